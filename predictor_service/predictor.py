@@ -1,0 +1,93 @@
+"""The in-process performance predictor: prompts -> per-model quality and expected cost.
+
+One batched call per batch of prompts; the Triton model (model_repository/routoo_predictor) and the CLI
+both go through `Predictor.predict`. On a CUDA device the static predictor runs as one fused kernel
+(token gather + mean + normalise + head); elsewhere the PyTorch references run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels.static_predictor import static_predictor
+from predictor_service.artifact import Artifact, ArtifactError
+from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
+from predictor_service.head import log_lengths
+
+MAX_PROMPT_BYTES = 64 * 1024   # one source of truth for the prompt size limit (Triton model and selector)
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be scored; the message names the problem, never the prompt's text."""
+
+
+def check_prompt(text: str, *, max_bytes: int = MAX_PROMPT_BYTES) -> None:
+    if not isinstance(text, str):
+        raise PromptError(f"prompt must be text, got {type(text).__name__}")
+    if not text.strip():
+        raise PromptError("prompt is empty")
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise PromptError(f"prompt is {size} bytes, over the limit of {max_bytes} bytes")
+
+
+class Predictor:
+    def __init__(self, artifact: Artifact, encoder: StaticEncoder | MiniLMEncoder, *,
+                 device: str | torch.device = "cpu"):
+        manifest = artifact.manifest
+        if encoder.dim != manifest.dim:
+            raise ArtifactError(f"encoder {manifest.encoder!r} gives dim {encoder.dim}, the head expects "
+                                f"{manifest.dim}")
+        if manifest.encoder_table_digest and encoder.table_digest != manifest.encoder_table_digest:
+            # The table is distilled deterministically from the MiniLM wheel; a different digest means a
+            # different wheel or model2vec version, and the head was not trained on these vectors.
+            raise ArtifactError("the static embedding table differs from the one this head was trained on "
+                                f"(digest {encoder.table_digest[:12]} vs {manifest.encoder_table_digest[:12]}); "
+                                "rebuild it with `routoo prepare --force` or retrain the artifact")
+        self.artifact = artifact
+        self.encoder = encoder
+        self.device = torch.device(device)
+        self.weights = artifact.weights.to(self.device)
+        self.inv_temperature = float(manifest.inv_temperature)
+        self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":
+        artifact = Artifact.load(folder)
+        manifest = artifact.manifest
+        encoder = load_encoder(manifest.encoder, max_tokens=manifest.max_tokens)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(artifact, encoder, device=device)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.artifact.manifest.model_names)
+
+    @property
+    def model_prices(self) -> list[list[float | None]]:
+        return [list(p) for p in self.artifact.manifest.model_prices]
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(quality, expected_cost_usd), each (len(texts), n_models) float32."""
+        if len(texts) == 0:
+            n = len(self.model_names)
+            return np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)
+        log_len = log_lengths(texts).to(self.device)
+        if self._table is not None:
+            tokens = self.encoder.tokenize(texts)
+            quality, cost = static_predictor(tokens.token_ids.to(self.device), tokens.offsets.to(self.device),
+                                             self._table, log_len, *self.weights.as_dict().values(),
+                                             self.inv_temperature)
+        else:
+            embedding = torch.from_numpy(self.encoder.encode(texts)).to(self.device)
+            quality, cost = self.weights.score(embedding, log_len, self.inv_temperature)
+        return quality.cpu().numpy(), cost.cpu().numpy()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) prompt embeddings, for training and evaluation code."""
+        return self.encoder.encode(texts)
