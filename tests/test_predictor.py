@@ -1,0 +1,171 @@
+"""The in-process predictor: encoders, training, artifacts, add-model and the CLI, on small data."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
+from predictor_service.cli import main as routoo
+from predictor_service.data import load_dataset
+from predictor_service.encoders import load_encoder
+from predictor_service.metrics import auroc_per_model
+from predictor_service.predictor import Predictor, PromptError, check_prompt
+from predictor_service.training import TrainConfig, add_model, train
+from tests.test_data import write_dataset
+
+TOPICS = {"math": "integral derivative equation algebra polynomial matrix",
+          "law": "court statute plaintiff contract tort jurisdiction",
+          "biology": "cell protein enzyme gene organism membrane"}
+
+
+def synthetic_dataset(folder, n=240, seed=0):
+    """Three topics; `math_whiz` is right on math only, `lawyer` on law only, `coin` at random."""
+    rng = np.random.default_rng(seed)
+    prompts, scores, costs = [], [], []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        words = rng.choice(TOPICS[topic].split(), size=6)
+        text = f"Question {i} about {topic}: " + " ".join(words) + "?" + " detail" * int(rng.integers(0, 40))
+        prompts.append({"id": f"p{i}", "text": text, "category": topic})
+        scores.append([f"p{i}", int(topic == "math"), int(topic == "law"), int(rng.integers(0, 2))])
+        costs.append([f"p{i}", 1e-6 * len(text), 2e-6 * len(text), 1e-7 * len(text)])
+    return write_dataset(folder, prompts, ["math_whiz", "lawyer", "coin"], scores, costs)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return load_dataset(synthetic_dataset(root / "train")), load_dataset(synthetic_dataset(root / "dev", 90, 1))
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    train_ds, dev_ds = synthetic
+    artifact, result = train(train_ds, dev_ds, encoder_name="static",
+                             config=TrainConfig(hidden=32, max_epochs=60, patience=60), show_progress=False)
+    return artifact, result
+
+
+def test_static_encoder_is_deterministic_and_normalised():
+    encoder = load_encoder("static")
+    texts = ["What is 2 + 2?", "Explain the tort of negligence.", "x"]
+    first, second = encoder.encode(texts), encoder.encode(list(reversed(texts)))[::-1]
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert first.shape == (3, 256)
+
+
+def test_minilm_encoder_loads_offline_and_pools(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = load_encoder("minilm", max_tokens=32)
+    emb = encoder.encode(["a cat sits on the mat", "a kitten is on the rug", "quarterly tax filing"])
+    assert emb.shape == (3, 384)
+    similar, unrelated = emb[0] @ emb[1], emb[0] @ emb[2]
+    assert similar > unrelated + 0.2
+
+
+def test_training_learns_which_model_knows_which_topic(trained, synthetic):
+    artifact, result = trained
+    _, dev_ds = synthetic
+    auroc = auroc_per_model(dev_ds.quality, _predict(artifact, dev_ds.texts)[0])
+    assert auroc[0] > 0.95 and auroc[1] > 0.95         # the learnable models
+    assert result["head"]["log_loss"] < 0.6
+    assert artifact.manifest.model_names == ["math_whiz", "lawyer", "coin"]
+    assert artifact.manifest.training["train_digest"] == synthetic[0].digest
+
+
+def test_expected_cost_follows_length_and_price(trained):
+    artifact, _ = trained
+    _, cost = _predict(artifact, ["short integral?", "long integral? " + "detail " * 38])
+    assert (cost[1] > cost[0]).all()                     # longer prompt costs more for every model
+    assert cost[0, 1] > cost[0, 0] > cost[0, 2]          # price order of the pool
+
+
+def _predict(artifact, texts):
+    predictor = Predictor(artifact, load_encoder(artifact.manifest.encoder), device="cpu")
+    return predictor.predict(texts)
+
+
+def test_artifact_round_trip(trained, tmp_path):
+    artifact, _ = trained
+    artifact.save(tmp_path / "a")
+    loaded = Artifact.load(tmp_path / "a")
+    assert loaded.manifest == artifact.manifest
+    texts = ["integral of x", "court ruling on contract"]
+    np.testing.assert_allclose(_predict(loaded, texts)[0], _predict(artifact, texts)[0], rtol=0, atol=0)
+
+
+def test_bad_artifacts_are_named(tmp_path, trained):
+    with pytest.raises(ArtifactError, match="not a Routoo artifact"):
+        Artifact.load(tmp_path)
+    artifact, _ = trained
+    artifact.save(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    manifest["model_names"].append("ghost")
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="disagree with the manifest"):
+        Artifact.load(tmp_path / "a")
+
+
+def test_add_model_keeps_the_others_and_learns_the_new_one(trained, synthetic):
+    artifact, _ = trained
+    train_ds, dev_ds = synthetic
+    base = Artifact(artifact.manifest, artifact.weights)
+    # Fit `lawyer` again under a new name from its labels alone.
+    j = train_ds.model_names.index("lawyer")
+    grown = add_model(base, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
+    assert grown.manifest.model_names[-1] == "lawyer2"
+    for name in ("w1", "b1", "quality_emb", "cost_emb"):
+        old, new = getattr(artifact.weights, name), getattr(grown.weights, name)
+        np.testing.assert_array_equal(new[: old.shape[0]] if name.endswith("emb") else new, old)
+    quality, _ = _predict(grown, dev_ds.texts)
+    assert auroc_per_model(dev_ds.quality[:, [j]], quality[:, [-1]])[0] > 0.95
+    with pytest.raises(ValueError, match="already in the pool"):
+        add_model(grown, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
+
+
+def test_default_artifact_scores_unseen_prompts():
+    predictor = Predictor.load(default_artifact_path(), device="cpu")
+    texts = ["Which planet is largest?\nA. Mars\nB. Jupiter", "Solve x^2 = 4.", "Résumé: ünïcödé ✓"]
+    quality, cost = predictor.predict(texts)
+    assert quality.shape == cost.shape == (3, len(predictor.model_names))
+    assert ((quality > 0) & (quality < 1)).all() and (cost > 0).all()
+    one_by_one = np.concatenate([predictor.predict([t])[0] for t in texts])
+    np.testing.assert_allclose(one_by_one, quality, atol=1e-6)   # batching never changes an answer
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("   \n", "empty"), ("x" * 70_000, "over the limit")])
+def test_check_prompt_rejects_without_echoing_text(text, message):
+    with pytest.raises(PromptError, match=message) as info:
+        check_prompt(text)
+    assert "xxxx" not in str(info.value)
+
+
+def test_score_cli_writes_scores_csv_shape(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "q1", "text": "What is entropy?"}\n{"id": "q2", "text": "Define a tort."}\n')
+    assert routoo(["score", str(prompts), "--out", str(tmp_path / "s.csv")]) == 0
+    rows = list(csv.reader(open(tmp_path / "s.csv")))
+    assert rows[0][0] == "id" and len(rows[0]) == 33 and [r[0] for r in rows[1:]] == ["q1", "q2"]
+    assert all(0 < float(v) < 1 for v in rows[1][1:])
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text("{broken\n")
+    assert routoo(["score", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid JSON" in err and "Traceback" not in err
+
+
+def test_train_cli_end_to_end(tmp_path, capsys):
+    synthetic_dataset(tmp_path / "train", n=90)
+    synthetic_dataset(tmp_path / "dev", n=30, seed=3)
+    code = routoo(["train", "--data", str(tmp_path / "train"), "--dev", str(tmp_path / "dev"), "--encoder",
+                   "static", "--out", str(tmp_path / "art"), "--hidden", "16", "--max-epochs", "5"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "per-model mean (no prompt)" in out and "tf-idf + logistic reg." in out
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert set(manifest["dev_metrics"]["baselines"]) == {"per-model mean (no prompt)", "tf-idf + logistic reg."}
