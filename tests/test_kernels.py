@@ -1,0 +1,267 @@
+"""The fused kernels against their eager references: under TRITON_INTERPRET=1 on the CPU (set by
+tests/conftest.py before `kernels` is imported), compiled with fp32/fp16/bf16 inputs where CUDA exists."""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import (
+    scoring_head, scoring_head_reference, static_embed, static_embed_reference, static_predictor,
+    static_predictor_reference,
+)
+
+# Largest error allowed, per input dtype: absolute on quality and on the unit-norm embeddings, relative on
+# expected_cost_usd (it spans 1e-6..1 USD). A logit error e moves quality by <= e/4 and cost by ~e, so one
+# number serves all three. fp32: seen <= 1.1e-6. Half dtypes: the kernels round h (and the pooled
+# embedding) to the input dtype for tensor-core dots; emulating exactly that rounding on the CPU at
+# batch 129, dim 384, hidden 256, 33 models gave worst errors 5e-4 (fp16) and 4e-3 (bf16).
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+VOCAB = 30522  # bert-base-uncased, the static encoder's tokenizer
+PROMPT_LENGTHS = (200, 0, 3, 1)  # cycled then shuffled: long, empty and tiny prompts in one batch
+INV_TEMPERATURE = 1.5
+REPO = Path(__file__).resolve().parents[1]
+
+_CUDA = torch.cuda.is_available()
+_NOT_INTERPRETED = "kernels were compiled: TRITON_INTERPRET=1 must be set before `kernels` is imported"
+_NO_COMPILED_CUDA = "needs a CUDA device and compiled (not interpreted) kernels"
+BACKENDS = [
+    pytest.param("cpu", torch.float32, id="interpret-fp32",
+                 marks=pytest.mark.skipif(not kernels.INTERPRET, reason=_NOT_INTERPRETED)),
+    *[pytest.param("cuda", dtype, id=f"cuda-{name}",
+                   marks=pytest.mark.skipif(not _CUDA or kernels.INTERPRET, reason=_NO_COMPILED_CUDA))
+      for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16))],
+]
+
+
+def make_head_params(dim, hidden, n_models, dtype=torch.float32, device="cpu"):
+    """Scales that give trained-looking outputs: quality across (0, 1), expected cost 1e-6..1 USD."""
+    params = dict(
+        w1=torch.randn(dim, hidden),
+        b1=0.1 * torch.randn(hidden),
+        quality_emb=1.5 * torch.randn(n_models, hidden) / hidden ** 0.5,
+        quality_bias=0.5 * torch.randn(n_models),
+        cost_emb=0.5 * torch.randn(n_models, hidden) / hidden ** 0.5,
+        cost_bias=-9.0 - 4.0 * torch.rand(n_models),
+        cost_len_coef=0.5 + 0.5 * torch.rand(n_models),
+    )
+    return {name: t.to(device=device, dtype=dtype) for name, t in params.items()}
+
+
+def make_prompts(batch, index_dtype=torch.int64, device="cpu"):
+    """Ragged token ids + offsets + log_len for `batch` prompts of PROMPT_LENGTHS, mixed."""
+    lengths = torch.tensor(PROMPT_LENGTHS).repeat(batch // len(PROMPT_LENGTHS) + 1)[:batch]
+    lengths = lengths[torch.randperm(batch)]
+    offsets = torch.zeros(batch + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    token_ids = torch.randint(0, VOCAB, (int(offsets[-1]),))
+    log_len = torch.log1p(4.5 * lengths.float())  # ~4.5 characters per token
+    return (token_ids.to(device=device, dtype=index_dtype), offsets.to(device=device, dtype=index_dtype),
+            log_len.to(device))
+
+
+def to_cpu(tensors: dict) -> dict:
+    return {name: t.cpu() for name, t in tensors.items()}
+
+
+def assert_head_close(got, want, dtype):
+    (quality, cost), (want_quality, want_cost) = got, want
+    assert quality.dtype == cost.dtype == torch.float32
+    assert torch.isfinite(quality).all() and torch.isfinite(cost).all()
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(quality.cpu(), want_quality, rtol=0, atol=tol)
+    torch.testing.assert_close(cost.cpu(), want_cost, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("device, dtype", BACKENDS)
+@pytest.mark.parametrize("dim, hidden", [(256, 64), (384, 96), (384, 256), (300, 512)])
+@pytest.mark.parametrize("n_models", [1, 3, 32, 33])
+@pytest.mark.parametrize("batch", [1, 7, 129])
+def test_scoring_head_matches_reference(batch, n_models, dim, hidden, device, dtype):
+    x = torch.nn.functional.normalize(torch.randn(batch, dim), dim=1).to(device=device, dtype=dtype)
+    head = make_head_params(dim, hidden, n_models, dtype, device)
+    log_len = torch.log1p(4000 * torch.rand(batch)).to(device)
+
+    got = scoring_head(x, **head, log_len=log_len, inv_temperature=INV_TEMPERATURE, impl="triton")
+    want = scoring_head_reference(x.cpu(), **to_cpu(head), log_len=log_len.cpu(),
+                                  inv_temperature=INV_TEMPERATURE)
+    assert got[0].shape == got[1].shape == (batch, n_models)
+    assert_head_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("device, dtype", BACKENDS)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
+@pytest.mark.parametrize("dim", [256, 384])
+@pytest.mark.parametrize("batch", [1, 7, 129])
+def test_static_embed_matches_reference(batch, dim, index_dtype, device, dtype):
+    token_ids, offsets, _ = make_prompts(batch, index_dtype, device)
+    table = torch.randn(VOCAB, dim).to(device=device, dtype=dtype)
+
+    got = static_embed(token_ids, offsets, table, impl="triton")
+    want = static_embed_reference(token_ids.cpu(), offsets.cpu(), table.cpu())
+    assert got.dtype == torch.float32 and got.shape == (batch, dim)
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=TOLERANCE[dtype])
+    # Empty prompts are exactly zero (no NaN from 0/0); the rest are unit vectors.
+    empty = (offsets[1:] == offsets[:-1]).cpu()
+    assert (got.cpu()[empty] == 0).all()
+    torch.testing.assert_close(got.cpu()[~empty].norm(dim=1), torch.ones(int((~empty).sum())))
+
+
+@pytest.mark.skipif(not kernels.INTERPRET, reason=_NOT_INTERPRETED)
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12), dim=st.integers(1, 300),
+       seed=st.integers(0, 2**31 - 1))
+def test_static_embed_any_ragged_batch(lengths, dim, seed):
+    """Any lengths and any dim (tails of every size): equal to the reference, each row unit norm or zero."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(lengths).cumsum(0)
+    vocab = 97
+    token_ids = torch.randint(0, vocab, (int(offsets[-1]),), generator=generator)
+    table = torch.randn(vocab, dim, generator=generator)
+
+    got = static_embed(token_ids, offsets, table, impl="triton")
+    torch.testing.assert_close(got, static_embed_reference(token_ids, offsets, table), rtol=0,
+                               atol=TOLERANCE[torch.float32])
+    norms = got.norm(dim=1)
+    assert torch.all((norms == 0) | ((norms - 1).abs() < 1e-5))
+    assert torch.equal(norms == 0, torch.tensor(lengths) == 0)
+
+
+@pytest.mark.parametrize("device, dtype", BACKENDS)
+@pytest.mark.parametrize("dim, hidden", [(256, 64), (384, 96)])
+@pytest.mark.parametrize("n_models", [1, 33])
+@pytest.mark.parametrize("batch", [1, 7, 129])
+def test_static_predictor_matches_reference(batch, n_models, dim, hidden, device, dtype):
+    token_ids, offsets, log_len = make_prompts(batch, torch.int32, device)
+    table = (0.1 * torch.randn(VOCAB, dim)).to(device=device, dtype=dtype)
+    head = make_head_params(dim, hidden, n_models, dtype, device)
+
+    got = static_predictor(token_ids, offsets, table, log_len, **head, inv_temperature=INV_TEMPERATURE,
+                           impl="triton")
+    want = static_predictor_reference(token_ids.cpu(), offsets.cpu(), table.cpu(), log_len.cpu(),
+                                      **to_cpu(head), inv_temperature=INV_TEMPERATURE)
+    assert got[0].shape == got[1].shape == (batch, n_models)
+    assert_head_close(got, want, dtype)
+
+
+def _call_args(op, device="cpu", dtype=torch.float32):
+    """Positional/keyword arguments for a small valid call of `op`."""
+    token_ids, offsets, log_len = make_prompts(5, torch.int64, device)
+    table = torch.randn(VOCAB, 256).to(device=device, dtype=dtype)
+    head = make_head_params(256, 64, 3, dtype, device)
+    if op == "scoring_head":
+        x = torch.randn(5, 256).to(device=device, dtype=dtype)
+        return (x,), dict(**head, log_len=log_len, inv_temperature=1.0)
+    if op == "static_embed":
+        return (token_ids, offsets, table), {}
+    return (token_ids, offsets, table, log_len), dict(**head, inv_temperature=1.0)
+
+
+@pytest.mark.parametrize("op", ["scoring_head", "static_embed", "static_predictor"])
+def test_dispatch_picks_reference_for_cpu_tensors(op, monkeypatch):
+    # importlib, not `import kernels.<op>`: the package re-exports each op function under its module's name.
+    module = importlib.import_module(f"kernels.{op}")
+    calls = []
+    monkeypatch.setattr(module, f"{op}_forward", lambda *a: calls.append("triton"))
+    monkeypatch.setattr(module, f"{op}_reference", lambda *a: calls.append("reference"))
+    args, kwargs = _call_args(op)
+    dispatcher = getattr(module, op)
+
+    dispatcher(*args, **kwargs, impl="auto")
+    dispatcher(*args, **kwargs, impl="reference")
+    assert calls == ["reference", "reference"]
+    if kernels.INTERPRET:
+        dispatcher(*args, **kwargs, impl="triton")
+        assert calls[-1] == "triton"
+    else:
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            dispatcher(*args, **kwargs, impl="triton")
+
+
+@pytest.mark.skipif(not _CUDA or kernels.INTERPRET, reason=_NO_COMPILED_CUDA)
+@pytest.mark.parametrize("op", ["scoring_head", "static_embed", "static_predictor"])
+def test_dispatch_picks_kernel_for_cuda_tensors(op, monkeypatch):
+    module = importlib.import_module(f"kernels.{op}")
+    calls = []
+    monkeypatch.setattr(module, f"{op}_forward", lambda *a: calls.append("triton"))
+    monkeypatch.setattr(module, f"{op}_reference", lambda *a: calls.append("reference"))
+    args, kwargs = _call_args(op, "cuda")
+    getattr(module, op)(*args, **kwargs, impl="auto")
+    args, kwargs = _call_args(op, "cuda", torch.float64)  # no float64 tl.dot: back to the reference
+    getattr(module, op)(*args, **kwargs, impl="auto")
+    assert calls == ["triton", "reference"]
+
+
+def _replace(op, name, value):
+    """A valid call of `op` with one argument replaced (or transformed, if `value` is callable)."""
+    args, kwargs = _call_args(op)
+    names = {"scoring_head": ["x"], "static_embed": ["token_ids", "offsets", "table"],
+             "static_predictor": ["token_ids", "offsets", "table", "log_len"]}[op]
+    args = dict(zip(names, args))
+    bucket = args if name in args else kwargs
+    bucket[name] = value(bucket[name]) if callable(value) else value
+    return [args[n] for n in names], kwargs
+
+
+def _swap_two_offsets(offsets):
+    bad = offsets.clone()
+    bad[1], bad[2] = offsets[2] + 1, offsets[1]
+    return bad
+
+
+BAD_INPUTS = [
+    ("scoring_head", "w1", lambda w: w[:200], "w1 has shape"),
+    ("scoring_head", "quality_bias", lambda b: b[:2], "quality_bias has shape"),
+    ("scoring_head", "log_len", lambda t: t[:4], "log_len has shape"),
+    ("scoring_head", "x", lambda x: x.long(), "x has dtype"),
+    ("scoring_head", "x", lambda x: x.half(), "w1 dtype"),
+    ("scoring_head", "cost_emb", lambda e: e.double(), "cost_emb dtype"),
+    ("static_embed", "offsets", _swap_two_offsets, "non-decreasing"),
+    ("static_embed", "offsets", lambda o: o[:-1], "offsets must run from 0"),
+    ("static_embed", "token_ids", lambda t: t.float(), "token_ids has dtype"),
+    ("static_embed", "token_ids", lambda t: t + VOCAB, r"token_ids must lie in \[0, 30522\)"),
+    ("static_embed", "table", lambda t: t[0], "table has shape"),
+    ("static_predictor", "offsets", _swap_two_offsets, "non-decreasing"),
+    ("static_predictor", "w1", lambda w: w[:128], "w1 has shape"),
+    ("static_predictor", "log_len", lambda t: t[:1], "log_len has shape"),
+    ("static_predictor", "cost_len_coef", lambda c: c.int(), "cost_len_coef has dtype"),
+]
+
+
+@pytest.mark.parametrize("op, name, value, message", BAD_INPUTS,
+                         ids=[f"{op}-{name}-{i}" for i, (op, name, _, _) in enumerate(BAD_INPUTS)])
+def test_bad_inputs_raise_value_error(op, name, value, message):
+    args, kwargs = _replace(op, name, value)
+    with pytest.raises(ValueError, match=message):
+        getattr(kernels, op)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("op", ["scoring_head", "static_embed", "static_predictor"])
+def test_bad_impl_raises_value_error(op):
+    args, kwargs = _call_args(op)
+    with pytest.raises(ValueError, match=r"impl='cuda' is not one of"):
+        getattr(kernels, op)(*args, **kwargs, impl="cuda")
+    args, kwargs = _call_args(op, dtype=torch.float64)
+    # float64 is fine for the reference but has no kernel; the message says which capability is missing.
+    with pytest.raises(ValueError, match="does not support dtype torch.float64" if kernels.INTERPRET
+                       else "needs CUDA tensors"):
+        getattr(kernels, op)(*args, **kwargs, impl="triton")
+
+
+def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # also forces the skip path on a GPU machine
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device; skipping" in proc.stdout
+    assert not out.exists()
