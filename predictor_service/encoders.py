@@ -11,6 +11,7 @@ Both load from files that packages ship, never from a hub: `HF_HUB_OFFLINE=1` is
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class StaticEncoder:
     def __init__(self, table: np.ndarray, tokenizer, *, max_tokens: int = MAX_TOKENS):
         self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))  # (vocab, dim)
         self.tokenizer = tokenizer
+        self.tokenizer.enable_truncation(max_tokens)
         self.max_tokens = max_tokens
         self.dim = int(self.table.shape[1])
         self.table_digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
@@ -71,11 +73,12 @@ class StaticEncoder:
 
     def tokenize(self, texts: list[str]) -> TokenBatch:
         encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-        ids = [[t for t in e.ids[: self.max_tokens] if t != self._unk_id] for e in encodings]
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        ids = [e.ids for e in encodings]          # truncated to max_tokens by the tokenizer itself
+        if self._unk_id >= 0:
+            ids = [[t for t in x if t != self._unk_id] if self._unk_id in x else x for x in ids]
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(offsets[-1]))
+        np.cumsum([len(x) for x in ids], out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(offsets[-1]))
         return TokenBatch(torch.from_numpy(flat), torch.from_numpy(offsets))
 
     def encode(self, texts: list[str]) -> np.ndarray:
