@@ -16,8 +16,8 @@ from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
 from predictor_service.head import log_lengths
+from predictor_service.limits import MAX_PROMPT_BYTES
 
-MAX_PROMPT_BYTES = 64 * 1024   # one source of truth for the prompt size limit (Triton model and selector)
 
 
 class PromptError(ValueError):

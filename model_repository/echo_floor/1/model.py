@@ -1,0 +1,30 @@
+"""The serving floor: routoo_predictor's request/response handling without the prediction.
+
+Reads each request's PROMPT tensor (as routoo_predictor does) and answers zeros of the pool's width, so
+its latency is what Triton, gRPC and the Python backend cost on their own.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        pool = config.get("parameters", {}).get("pool_models", {}).get("string_value", "")
+        if not pool:
+            raise pb_utils.TritonModelException(
+                "config parameter pool_models is missing; serve a materialised repository "
+                "(routoo serve-predictor)")
+        self.n_models = len(json.loads(pool))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rows = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().shape[0]
+            zeros = np.zeros((rows, self.n_models), np.float32)  # (rows, n_models)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("QUALITY", zeros), pb_utils.Tensor("EXPECTED_COST_USD", zeros)]))
+        return responses

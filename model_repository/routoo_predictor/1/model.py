@@ -1,0 +1,98 @@
+"""Triton Python-backend glue for Routoo's predictor: decode each request's prompts, make one
+`Predictor.predict` call for the whole dynamic batch, answer every request in order.
+
+Settings come from the config's `parameters` (see config.pbtxt). A request with a bad prompt gets its own
+TritonError and takes no part in the batch's call; prompt text is never logged.
+"""
+
+import contextlib
+import json
+import locale
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from predictor_service.artifact import default_artifact_path
+from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.predictor import Predictor, PromptError, check_prompt
+
+
+def _parameter(config: dict, key: str, default: str = "") -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _decode(raw) -> str:
+    """One PROMPT element (bytes) -> text, or PromptError naming the problem (never the text)."""
+    if not isinstance(raw, bytes):
+        raise PromptError(f"PROMPT elements must be bytes, got {type(raw).__name__}")
+    if len(raw) > MAX_PROMPT_BYTES:   # before decoding, so an oversized payload costs nothing more
+        raise PromptError(f"prompt is {len(raw)} bytes, over the limit of {MAX_PROMPT_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"prompt is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    check_prompt(text)
+    return text
+
+
+def _decode_rows(rows) -> list:
+    """All of one request's prompts, or PromptError naming the first bad row (a request fails as a whole)."""
+    texts = []
+    for i, raw in enumerate(rows):
+        try:
+            texts.append(_decode(raw))
+        except PromptError as e:
+            raise PromptError(f"PROMPT row {i}: {e}" if len(rows) > 1 else str(e)) from e
+    return texts
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # The stub's interpreter runs isolated (PYTHON* variables ignored) and never applies the locale, so
+        # open() without an encoding would read ASCII; take LC_CTYPE from the environment as `python` does.
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_CTYPE, "")
+        config = json.loads(args["model_config"])
+        # Intra-op threads: at these batch sizes one thread beats two on 2 cores (0.89 vs 1.07 ms at
+        # batch 1) and leaves a core to Triton's gRPC threads.
+        torch.set_num_threads(int(_parameter(config, "torch_threads", "1")))
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        artifact_path = _parameter(config, "artifact_path") or str(default_artifact_path())
+        self.predictor = Predictor.load(artifact_path, device=device)
+        served = _parameter(config, "pool_models")
+        if served and json.loads(served) != self.predictor.model_names:
+            raise pb_utils.TritonModelException(
+                f"config parameter pool_models disagrees with the artifact at {artifact_path}; "
+                "re-materialise the repository (routoo serve-predictor)")
+
+    def execute(self, requests):
+        texts, spans, errors = [], [], []
+        for request in requests:
+            rows = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().reshape(-1)  # (rows,)
+            try:
+                prompts = _decode_rows(rows)
+            except PromptError as e:
+                spans.append(None)
+                errors.append(str(e))
+                continue
+            spans.append((len(texts), len(texts) + len(prompts)))
+            errors.append(None)
+            texts.extend(prompts)
+
+        quality, expected_cost_usd = self.predictor.predict(texts)  # (len(texts), n_models) each
+        responses = []
+        for span, error in zip(spans, errors):
+            if span is None:
+                # INVALID_ARG: clients see gRPC INVALID_ARGUMENT (the default would be INTERNAL).
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)))
+                continue
+            start, end = span
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("QUALITY", np.ascontiguousarray(quality[start:end])),
+                pb_utils.Tensor("EXPECTED_COST_USD", np.ascontiguousarray(expected_cost_usd[start:end])),
+            ]))
+        return responses

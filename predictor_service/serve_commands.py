@@ -1,0 +1,81 @@
+"""`routoo serve-predictor` and `routoo export-onnx`; registered by predictor_service/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+# Triton's conventional ports, which KServe-v2 clients and perf_analyzer assume.
+DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8000, 8001, 8002
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+
+def cmd_serve_predictor(args: argparse.Namespace) -> int:
+    from predictor_service.triton_server import TritonServer, ensure_artifact, materialise_repository
+
+    kind = INSTANCE_KINDS[args.instance_kind]
+    if args.write_repository:
+        materialise_repository(args.write_repository, ensure_artifact(args.artifact),
+                               dynamic_batching=not args.no_dynamic_batching,
+                               instance_count=args.instance_count, instance_kind=kind)
+        print(f"model repository written to {args.write_repository}")
+        return 0
+
+    stop = threading.Event()
+    # The server runs in its own session, so a terminal's Ctrl-C reaches only us: SIGINT and SIGTERM end the
+    # wait below, and stop() sends tritonserver SIGTERM (then SIGKILL after --stop-timeout).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(args.artifact, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, host=args.host,
+                          dynamic_batching=not args.no_dynamic_batching, instance_count=args.instance_count,
+                          instance_kind=kind, log_verbose=args.log_verbose, stop_timeout_s=args.stop_timeout)
+    try:
+        server.start()
+        print(f"routoo_predictor ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
+              f"{server.metrics_url} (log {server.log_path}); Ctrl-C or SIGTERM stops it", flush=True)
+        while not stop.wait(0.5):
+            if not server.running():
+                print(f"routoo: error: tritonserver exited; see {server.log_path}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from predictor_service.onnx_export import write_triton_repository
+    from predictor_service.triton_server import ensure_artifact
+
+    written = write_triton_repository(ensure_artifact(args.artifact), args.out,
+                                      instance_kind=INSTANCE_KINDS[args.instance_kind])
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("serve-predictor", help="serve the predictor in Triton Inference Server")
+    p.add_argument("--artifact", help="artifact folder (default: the committed default, trained if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address every endpoint binds (default: loopback)")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="0 picks a free port")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, help="0 picks a free port")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help="Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="serve with dynamic batching off")
+    p.add_argument("--instance-count", type=int, help="model instances (default: the config's, 1)")
+    p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
+    p.add_argument("--stop-timeout", type=float, default=15.0, help="seconds from SIGTERM to SIGKILL")
+    p.add_argument("--log-verbose", action="store_true", help="tritonserver --log-verbose=1")
+    p.add_argument("--write-repository", metavar="DIR",
+                   help="only write the materialised model repository to DIR (for the tritonserver container)")
+    p.set_defaults(func=cmd_serve_predictor)
+
+    p = subparsers.add_parser("export-onnx", help="export the predictor to ONNX as Triton onnxruntime models")
+    p.add_argument("--artifact", help="artifact folder (default: the committed default)")
+    p.add_argument("--out", required=True, help="model repository folder to write")
+    p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="gpu")
+    p.set_defaults(func=cmd_export_onnx)

@@ -1,0 +1,366 @@
+"""Run the real `tritonserver` (from the nvidia-pytriton wheel) on Routoo's model repository.
+
+    with TritonServer() as server:           # free loopback ports, default artifact, both models
+        score_remote(server.grpc_url, ["some prompt"])
+
+`start()` materialises `model_repository/` into a run directory (artifact path, the pool's names and prices
+and a label file written into each config, dynamic batching and instance count set), prepares the Python
+backend directory the wheel needs (stub for this Python, LD_LIBRARY_PATH; /work/shared/NOTES.md), starts the
+binary in explicit model-control mode and waits until every model is ready. Clients discover the pool from
+the served config's `parameters` (`pool_models`, `pool_prices`) or the QUALITY output's labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+DEFAULT_MODELS = ("routoo_predictor", "echo_floor")
+POOL_LABELS = "pool_models.txt"      # one name a line, the QUALITY output's classification labels
+# Where `make train-default` reads its data; used only when the default artifact is missing.
+DEFAULT_TRAIN_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "train"
+DEFAULT_DEV_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "dev"
+
+
+class TritonServerError(RuntimeError):
+    """The server could not be set up or did not become ready; the message carries its last log lines."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS may hand it out again; start() retries on a clash)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TritonDist:
+    """The parts of the nvidia-pytriton wheel that running its `tritonserver` by hand needs."""
+
+    server: Path            # bin/tritonserver
+    python_backend: Path    # backends/python: libtriton_python.so, triton_python_backend_utils.py
+    stub: Path              # triton_python_backend_stub built for the running Python
+    libs: Path              # nvidia_pytriton.libs: libcudart and friends, which the copied stub links to
+
+    @classmethod
+    def locate(cls) -> "TritonDist":
+        try:
+            import pytriton
+        except ImportError as e:
+            raise TritonServerError("nvidia-pytriton is not installed; it ships the tritonserver binary "
+                                    "(pip install -r requirements.txt)") from e
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        dist = cls(server=root / "bin" / "tritonserver", python_backend=root / "backends" / "python",
+                   stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+                   libs=root.parent.parent / "nvidia_pytriton.libs")
+        missing = [str(p) for p in (dist.server, dist.python_backend, dist.stub, dist.libs) if not p.exists()]
+        if missing:
+            raise TritonServerError(f"nvidia-pytriton wheel lacks {missing} (Python {version} stub needed)")
+        return dist
+
+    def backend_directory(self, target: Path) -> Path:
+        """`--backend-directory`: python/ holds the backend's files plus the stub for this Python."""
+        python_dir = target / "python"
+        shutil.copytree(self.python_backend, python_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(self.stub, python_dir / "triton_python_backend_stub")
+        return target
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub cannot find libcudart-*.so or libpython3.X.so without these (NOTES.md).
+        libs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]
+        env["LD_LIBRARY_PATH"] = ":".join(filter(None, [*libs, env.get("LD_LIBRARY_PATH", "")]))
+        # The stub embeds libpython in isolated mode (PYTHON* variables are ignored) and finds its prefix
+        # from the `python3` on PATH: putting this interpreter's bin/ first gives model.py this venv's
+        # site-packages, hence torch and, through the editable install (`pip install -e .`), predictor_service.
+        env["PATH"] = ":".join(filter(None, [str(Path(sys.prefix) / "bin"), env.get("PATH", "")]))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+
+def ensure_artifact(path: str | Path | None) -> Path:
+    """The artifact folder to serve; trains the default one first if it is missing (as `make train-default`)."""
+    folder = Path(path) if path is not None else default_artifact_path()
+    try:
+        Artifact.load(folder)
+        return folder
+    except ArtifactError:
+        if path is not None and folder.resolve() != default_artifact_path().resolve():
+            raise
+    if not DEFAULT_TRAIN_DATA.is_dir():
+        raise ArtifactError(f"no artifact at {folder} and no training data at {DEFAULT_TRAIN_DATA} to train "
+                            "one; pass --artifact or run `make train-default`")
+    from predictor_service.data import load_dataset
+    from predictor_service.training import TrainConfig, train
+
+    log.warning("no artifact at %s; training the default (static encoder) from %s", folder, DEFAULT_TRAIN_DATA)
+    dev = load_dataset(DEFAULT_DEV_DATA) if DEFAULT_DEV_DATA.is_dir() else None
+    artifact, _ = train(load_dataset(DEFAULT_TRAIN_DATA), dev, encoder_name="static", config=TrainConfig())
+    artifact.save(folder)
+    return folder
+
+
+def materialise_repository(target: str | Path, artifact_path: str | Path, *,
+                           models: tuple[str, ...] = DEFAULT_MODELS, dynamic_batching: bool = True,
+                           instance_count: int | None = None, instance_kind: str = "KIND_CPU",
+                           source: Path = MODEL_REPOSITORY) -> Path:
+    """Copy `source`'s models into `target` with the served settings written into each config.pbtxt.
+
+    instance_count None keeps the committed count. With dynamic_batching False the block is removed and
+    nothing else changes, so "batching off" is the same model with only that difference.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    artifact_path = Path(artifact_path).resolve()
+    manifest = Artifact.load(artifact_path).manifest
+    target = Path(target)
+    for name in models:
+        if not (source / name / "config.pbtxt").is_file():
+            choices = sorted(p.name for p in source.iterdir() if (p / "config.pbtxt").is_file())
+            raise TritonServerError(f"no model {name!r} in {source}; it has {choices}")
+        model_dir = target / name
+        shutil.copytree(source / name, model_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        parameters = {"artifact_path": str(artifact_path),
+                      "pool_models": json.dumps(manifest.model_names),
+                      "pool_prices": json.dumps(manifest.model_prices)}
+        for key, value in parameters.items():
+            config.parameters[key].string_value = value
+        if not dynamic_batching:
+            config.ClearField("dynamic_batching")
+        for group in config.instance_group:
+            if instance_count is not None:
+                group.count = instance_count
+            group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(instance_kind)
+        for output in config.output:
+            if output.name == "QUALITY":
+                (model_dir / POOL_LABELS).write_text("".join(f"{m}\n" for m in manifest.model_names))
+                output.label_filename = POOL_LABELS
+        (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return target
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class TritonServer:
+    """One `tritonserver` process serving Routoo's models; a context manager (start on enter, stop on exit).
+
+    Ports of 0 or None are picked free at the first start and kept, so `restart()` comes back on the same
+    addresses (the selector's recovery tests rely on that).
+    """
+
+    def __init__(self, artifact: str | Path | None = None, *, grpc_port: int | None = 0,
+                 http_port: int | None = 0, metrics_port: int | None = 0, host: str = "127.0.0.1",
+                 dynamic_batching: bool = True, instance_count: int | None = None,
+                 instance_kind: str = "KIND_CPU", models: tuple[str, ...] = DEFAULT_MODELS,
+                 log_verbose: bool = False, ready_timeout_s: float = 180.0, stop_timeout_s: float = 15.0,
+                 run_dir: str | Path | None = None):
+        self.artifact = artifact
+        self.host = host
+        self.dynamic_batching = dynamic_batching
+        self.instance_count = instance_count          # None: the committed config's count
+        self.instance_kind = instance_kind
+        self.models = tuple(models)
+        self.log_verbose = log_verbose
+        self.ready_timeout_s = ready_timeout_s        # first start loads torch + the artifact: ~10 s here
+        self.stop_timeout_s = stop_timeout_s          # SIGTERM grace before SIGKILL
+        self._requested_ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
+        self.ports: dict[str, int] = {}
+        self._run_dir = Path(run_dir) if run_dir is not None else None
+        self._owns_run_dir = run_dir is None
+        self._process: subprocess.Popen | None = None
+        self._log_file = None
+        self._shm_prefix = ""
+
+    # --- addresses -------------------------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports['grpc']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.ports['http']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports['metrics']}/metrics"
+
+    @property
+    def repository(self) -> Path:
+        return self._require_run_dir() / "model_repository"
+
+    @property
+    def log_path(self) -> Path:
+        return self._require_run_dir() / "tritonserver.log"
+
+    def _require_run_dir(self) -> Path:
+        if self._run_dir is None:
+            raise TritonServerError("the server has not been started")
+        return self._run_dir
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def __enter__(self) -> "TritonServer":
+        try:
+            self.start()
+        except BaseException:   # a failed start leaves no process or run directory behind
+            self.stop()
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self.cleanup()
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> "TritonServer":
+        if self.running():
+            return self
+        if self._run_dir is None:
+            self._run_dir = Path(tempfile.mkdtemp(prefix="routoo-triton-"))
+        if not (self._run_dir / "model_repository").is_dir():
+            self._prepare()
+        # Auto-picked ports can be taken between free_port() and the bind: retry with fresh ones, but never
+        # move ports that were asked for or that a restart must keep.
+        first_start = not self.ports
+        for attempt in range(3):
+            if first_start:
+                self.ports = {k: (v or free_port(self.host)) for k, v in self._requested_ports.items()}
+            self._launch()
+            try:
+                self._wait_ready()
+                return self
+            except TritonServerError:
+                clash = "already in use" in self._log_tail(20)
+                self.stop()
+                all_auto = first_start and not any(self._requested_ports.values())
+                if not (clash and all_auto and attempt < 2):
+                    raise
+                log.warning("a port picked for tritonserver was taken meanwhile (%s); retrying on fresh ports",
+                            self.ports)
+        return self
+
+    def restart(self) -> "TritonServer":
+        """Stop, then start again on the same ports with the same repository."""
+        self.stop()
+        return self.start()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit %.0f s after SIGTERM; killing it", self.stop_timeout_s)
+                # Its own session (start_new_session): the group holds the server and its Python stubs.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        # A killed stub leaves its shared-memory regions behind; the prefix is unique to this server.
+        if self._shm_prefix:
+            for leftover in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+    def cleanup(self) -> None:
+        """Remove the run directory if this object created it (after stop)."""
+        if self._owns_run_dir and self._run_dir is not None and not self.running():
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        artifact_path = ensure_artifact(self.artifact)
+        if Artifact.load(artifact_path).manifest.encoder == "static":
+            # Distil the table here (once, ~30 s) rather than inside the stub's load, under the ready timeout.
+            from predictor_service.encoders import build_static_table
+
+            build_static_table()
+        materialise_repository(self._run_dir / "model_repository", artifact_path, models=self.models,
+                               dynamic_batching=self.dynamic_batching, instance_count=self.instance_count,
+                               instance_kind=self.instance_kind)
+        TritonDist.locate().backend_directory(self._run_dir / "backends")
+
+    def command(self) -> list[str]:
+        dist = TritonDist.locate()
+        run_dir = self._require_run_dir()
+        args = [str(dist.server), f"--model-repository={run_dir / 'model_repository'}",
+                f"--backend-directory={run_dir / 'backends'}",
+                "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models),
+                # The configs are complete; auto-complete would launch one more stub per model just to ask
+                # model.py (which imports torch: ~8 s more to start on 2 cores).
+                "--disable-auto-complete-config",
+                f"--grpc-address={self.host}", f"--grpc-port={self.ports['grpc']}",
+                f"--http-address={self.host}", f"--http-port={self.ports['http']}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
+                # Servers on one machine must not share the Python backend's shared-memory regions.
+                f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+                f"--exit-timeout-secs={max(1, int(self.stop_timeout_s) - 2)}"]
+        if self.log_verbose:
+            args.append("--log-verbose=1")
+        return args
+
+    def _launch(self) -> None:
+        self._shm_prefix = f"routoo_{os.getpid()}_{self.ports['grpc']}_"
+        self._log_file = open(self.log_path, "ab")
+        log.info("starting tritonserver: gRPC %s, HTTP %s, metrics %s (log %s)", self.grpc_url, self.http_url,
+                 self.metrics_url, self.log_path)
+        self._process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                         env=TritonDist.locate().environment(), start_new_session=True)
+
+    def _wait_ready(self) -> None:
+        base = f"http://{self.http_url}/v2"
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise TritonServerError(f"tritonserver exited with code {code} before it was ready; last log "
+                                        f"lines ({self.log_path}):\n{self._log_tail()}")
+            if _http_ok(f"{base}/health/ready") and all(_http_ok(f"{base}/models/{m}/ready") for m in self.models):
+                return
+            time.sleep(0.1)
+        raise TritonServerError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; last log lines "
+                                f"({self.log_path}):\n{self._log_tail()}")
+
+    def _log_tail(self, n_lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            return "\n".join(lines[-n_lines:])
+        return "(no log)"

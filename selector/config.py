@@ -1,0 +1,108 @@
+"""The selector's settings, in one place. Prices and latencies live in the pool file (pool.toml), not here."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from predictor_service.limits import MAX_PROMPT_BYTES
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    # Where the selector listens. Loopback by default: the API has no authentication.
+    host: str = "127.0.0.1"
+    port: int = 50051                    # 0 = any free port (tests)
+    # The predictor served by Triton (KServe v2 over gRPC).
+    triton_url: str = "127.0.0.1:8001"
+    predictor_model: str = "routoo_predictor"
+    pool_path: Path | None = None        # None = selector/pool.toml
+    # Deadline of one Triton call. A chunk of 64 prompts takes ~0.8 s with the MiniLM encoder on 2 cores
+    # (12.6 ms/prompt) and a few ms with the static one; 2 s leaves room for queueing behind other calls.
+    # A caller's own shorter gRPC deadline wins.
+    triton_timeout_s: float = 2.0
+    # Triton calls one RouteBatch/Score request keeps in flight: enough to fill the dynamic batcher,
+    # few enough that one huge batch does not starve single Route calls.
+    triton_chunk_concurrency: int = 4
+    # gRPC retries a broken connection with exponential backoff up to 120 s by default; 1 s caps how long
+    # the selector keeps answering UNAVAILABLE after Triton is back.
+    triton_reconnect_backoff_max_ms: int = 1000
+    # How long start-up waits for the predictor to be ready before giving up with a clear message.
+    startup_timeout_s: float = 60.0
+    # How often the health service re-checks that the predictor is ready.
+    health_poll_s: float = 1.0
+    # Input limits: UTF-8 bytes per prompt (the Triton model's own limit, one source of truth) and prompts
+    # per RouteBatch/Score call.
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
+    max_batch_prompts: int = 20_000
+    # gRPC message size: 20k prompts of ~2 KB each fit; a default of 4 MiB would not.
+    max_message_bytes: int = 64 * MIB
+    # Requests handled at once; beyond this the selector answers RESOURCE_EXHAUSTED at once instead of
+    # queueing without bound (a Route takes ~1-2 ms, so 128 in flight is already a deep queue).
+    max_concurrent_requests: int = 128
+    # Model to return, unscored, when the predictor is unreachable or too slow. Off by default: a silent
+    # fallback hides an outage; turn it on where any answer beats an error.
+    fallback_model: str | None = None
+    # Policy when a RouteRequest sets none: tradeoff with this lambda (quality points per USD);
+    # 0 = best predicted quality regardless of cost.
+    default_quality_per_usd: float = 0.0
+    # Eligible models listed after the chosen one in a decision.
+    runners_up: int = 3
+    # Prometheus /metrics on this port (None = off; 0 = any free port).
+    metrics_port: int | None = None
+    # Seconds in-flight calls get to finish on SIGINT/SIGTERM before they are cancelled.
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        positive = {"triton_timeout_s": self.triton_timeout_s, "startup_timeout_s": self.startup_timeout_s,
+                    "health_poll_s": self.health_poll_s, "max_prompt_bytes": self.max_prompt_bytes,
+                    "max_batch_prompts": self.max_batch_prompts, "max_message_bytes": self.max_message_bytes,
+                    "max_concurrent_requests": self.max_concurrent_requests,
+                    "triton_chunk_concurrency": self.triton_chunk_concurrency,
+                    "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms}
+        bad = {name: value for name, value in positive.items() if not value > 0}
+        if bad:
+            raise ValueError(f"these selector settings must be > 0: {bad}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not self.default_quality_per_usd >= 0:
+            raise ValueError(f"default_quality_per_usd must be >= 0, got {self.default_quality_per_usd}")
+        if self.runners_up < 0 or self.grace_s < 0:
+            raise ValueError(f"runners_up and grace_s must be >= 0, got {self.runners_up}, {self.grace_s}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = True) -> None:
+    """The selector's command-line options; defaults come from SelectorConfig so they live in one place."""
+    defaults = SelectorConfig()
+    parser.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s)")
+    parser.add_argument("--selector-port", type=int, default=defaults.port, help="default: %(default)s")
+    if triton:
+        parser.add_argument("--triton-url", default=defaults.triton_url,
+                            help="the predictor's Triton gRPC endpoint (default: %(default)s)")
+    parser.add_argument("--pool", type=Path, default=None, help="pool file (default: selector/pool.toml)")
+    parser.add_argument("--triton-timeout-s", type=float, default=defaults.triton_timeout_s,
+                        help="deadline of one predictor call (default: %(default)s)")
+    parser.add_argument("--fallback-model", default=None,
+                        help="answer with this model, unscored, while the predictor is down (default: off)")
+    parser.add_argument("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
+                        help="beyond this, RESOURCE_EXHAUSTED (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
+                        help="serve Prometheus /metrics on this port (default: off)")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:
+    values = dict(host=args.host, port=args.selector_port, pool_path=args.pool,
+                  triton_timeout_s=args.triton_timeout_s, fallback_model=args.fallback_model,
+                  max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port)
+    if getattr(args, "triton_url", None):
+        values["triton_url"] = args.triton_url
+    values.update(overrides)
+    return SelectorConfig(**values)

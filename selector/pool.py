@@ -1,0 +1,207 @@
+"""The model pool: which models the selector may choose, their prices and latency (selector/pool.toml).
+
+The pool file is the one source of truth for prices. The predictor was trained with prices of its own
+(its config parameter `pool_prices`); where the two differ, the predictor's expected cost for a model is
+scaled by the ratio of blended prices, pool file over trained (`PoolColumns.cost_scale`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "pool.toml"
+
+# Weight of the input price in a blended price. On mmlu-pro/train a prompt averages ~164 input tokens and
+# the models answer with 30-380 output tokens (~200 typical), so input and output weigh about the same.
+BLEND_INPUT_SHARE = 0.5
+
+_FIELDS = {"name", "input_usd_per_mtok", "output_usd_per_mtok", "p95_latency_ms", "enabled"}
+
+
+class PoolError(ValueError):
+    """A pool file that cannot be used; the message names the file, the model and the bad value."""
+
+
+class PoolMismatchError(PoolError):
+    """The pool file and the predictor disagree on the model names."""
+
+
+def blended_usd_per_mtok(input_usd_per_mtok: float, output_usd_per_mtok: float) -> float:
+    return BLEND_INPUT_SHARE * input_usd_per_mtok + (1 - BLEND_INPUT_SHARE) * output_usd_per_mtok
+
+
+@dataclass(frozen=True)
+class PoolModel:
+    name: str
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    p95_latency_ms: float
+    enabled: bool = True
+
+    @property
+    def blended_usd_per_mtok(self) -> float:
+        return blended_usd_per_mtok(self.input_usd_per_mtok, self.output_usd_per_mtok)
+
+
+@dataclass(frozen=True)
+class Pool:
+    models: tuple[PoolModel, ...]
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if not names:
+            raise PoolError("the pool is empty")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PoolError(f"duplicate model names in the pool: {duplicates}")
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    # Arrays and the name index are built once: the selector reads them on every request.
+    @cached_property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {m.name: i for i, m in enumerate(self.models)}
+
+    def index(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError as e:
+            raise PoolError(f"unknown model {name!r}; the pool has {self.names}") from e
+
+    @cached_property
+    def enabled(self) -> np.ndarray:              # (n_models,) bool, read-only
+        return _read_only(np.array([m.enabled for m in self.models], dtype=bool))
+
+    @cached_property
+    def p95_latency_ms(self) -> np.ndarray:       # (n_models,) float64, read-only
+        return _read_only(np.array([m.p95_latency_ms for m in self.models], dtype=np.float64))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+def load_pool(path: str | Path | None = None) -> Pool:
+    """Reads a pool file (TOML, `[[models]]` tables); `None` = the default selector/pool.toml."""
+    path = Path(path) if path is not None else DEFAULT_POOL_PATH
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PoolError(f"{path}: no such pool file") from e
+    except tomllib.TOMLDecodeError as e:
+        raise PoolError(f"{path}: not valid TOML ({e})") from e
+    entries = spec.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise PoolError(f"{path}: expected [[models]] tables with {sorted(_FIELDS)}")
+    models = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: models[{i}] ({entry.get('name')!r})"
+        unknown = sorted(set(entry) - _FIELDS)
+        if unknown:
+            raise PoolError(f"{where}: unknown keys {unknown}; valid keys are {sorted(_FIELDS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise PoolError(f"{where}: 'name' must be a non-empty string")
+
+        def number(key: str, *, positive: bool = False) -> float:
+            value = entry.get(key)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and (value > 0 if positive else value >= 0))
+            if not ok:
+                raise PoolError(f"{where}: {key!r} must be a number {'> 0' if positive else '>= 0'}, "
+                                f"got {value!r}")
+            return float(value)
+
+        enabled = entry.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise PoolError(f"{where}: 'enabled' must be true or false, got {enabled!r}")
+        models.append(PoolModel(name, number("input_usd_per_mtok"), number("output_usd_per_mtok"),
+                                number("p95_latency_ms", positive=True), enabled))
+    try:
+        return Pool(tuple(models))
+    except PoolError as e:
+        raise PoolError(f"{path}: {e}") from e
+
+
+@dataclass(frozen=True)
+class ServedPool:
+    """What the predictor serves, read from its Triton model config: output columns and trained prices."""
+
+    names: tuple[str, ...]
+    prices: tuple[tuple[float, float] | None, ...]   # (input, output) USD per Mtok; None = unknown
+
+    @classmethod
+    def from_config_parameters(cls, parameters: dict[str, str], *, model: str) -> "ServedPool":
+        """From the string values of the config's `pool_models` and `pool_prices` parameters."""
+        try:
+            names = json.loads(parameters["pool_models"])
+            prices = json.loads(parameters.get("pool_prices", "null")) or [None] * len(names)
+        except (KeyError, json.JSONDecodeError) as e:
+            raise PoolError(f"Triton model {model!r}: its config parameters need 'pool_models' (a JSON list of "
+                            f"names) and 'pool_prices' (a JSON list of [input, output] or null): {e}") from e
+        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                or not isinstance(prices, list) or len(prices) != len(names)):
+            raise PoolError(f"Triton model {model!r}: 'pool_models' must be a list of names and 'pool_prices' "
+                            f"a list of the same length, got {len(names)} names and {prices!r:.200}")
+        parsed: list[tuple[float, float] | None] = []
+        for name, price in zip(names, prices):
+            try:
+                known = price is not None and price[0] is not None and price[1] is not None
+                parsed.append((float(price[0]), float(price[1])) if known else None)
+            except (TypeError, ValueError, IndexError) as e:
+                raise PoolError(f"Triton model {model!r}: 'pool_prices' for {name!r} must be [input, output] USD "
+                                f"per Mtok or null, got {price!r}") from e
+        return cls(tuple(names), tuple(parsed))
+
+
+@dataclass(frozen=True)
+class PoolColumns:
+    """Maps the predictor's output columns onto the pool's order and prices."""
+
+    columns: np.ndarray      # (n_models,) int: predictor column of each pool model
+    cost_scale: np.ndarray   # (n_models,) float64: pool blended price / trained blended price
+
+    def apply(self, quality: np.ndarray, expected_cost_usd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(batch, n_served) predictor outputs -> (batch, n_models) in pool order, costs at pool prices.
+
+        Keeps the predictor's dtype (FP32 from Triton), which the batch solver reads at half the bytes.
+        """
+        cost = (expected_cost_usd[:, self.columns] * self.cost_scale).astype(expected_cost_usd.dtype, copy=False)
+        return quality[:, self.columns], cost
+
+
+def match_pool(pool: Pool, served: ServedPool) -> PoolColumns:
+    """Checks the pool file against the predictor's models; raises PoolMismatchError naming every difference."""
+    pool_names, served_names = set(pool.names), set(served.names)
+    missing = [n for n in served.names if n not in pool_names]
+    extra = [n for n in pool.names if n not in served_names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"served by the predictor but not in the pool file: {missing}")
+        if extra:
+            parts.append(f"in the pool file but not served by the predictor: {extra}")
+        raise PoolMismatchError("the pool file does not match the predictor's models; " + "; ".join(parts))
+    column_of = {name: i for i, name in enumerate(served.names)}
+    columns = np.array([column_of[m.name] for m in pool.models], dtype=np.int64)
+    scale = np.ones(len(pool), dtype=np.float64)
+    for i, model in enumerate(pool.models):
+        trained = served.prices[columns[i]]
+        trained_blended = blended_usd_per_mtok(*trained) if trained is not None else 0.0
+        # Unknown or zero trained price: there is nothing to scale from, so the prediction stands.
+        if trained_blended > 0:
+            scale[i] = model.blended_usd_per_mtok / trained_blended
+    return PoolColumns(columns, scale)

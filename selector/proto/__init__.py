@@ -1,0 +1,1 @@
+"""gRPC API of the selector (package `routoo.selector.v1`); generated modules, see generate.py."""

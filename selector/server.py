@@ -1,0 +1,375 @@
+"""The selector's gRPC server (grpc.aio), shaped as grpc's Python examples: create_server(), serve(), main().
+
+Each RPC validates its request, asks the predictor in Triton for the prompt's per-model quality and expected
+cost, and lets a policy (or the budgeted assignment) decide. Errors are answered per request with the
+status codes of the API (selector.proto); the server keeps serving. Prompt text is never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import time
+from typing import Callable
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from selector.config import SelectorConfig, add_selector_arguments, config_from_args
+from selector.metrics import SelectorMetrics
+from selector.policies import (POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel, Policy,
+                               TradeoffPolicy, assign_budget, make_policy, require_eligible)
+from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
+from selector.proto import selector_pb2 as pb
+from selector.proto import selector_pb2_grpc as pb_grpc
+from selector.triton_scores import (PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource,
+                                    TritonScores)
+
+log = logging.getLogger("routoo.selector")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name   # "routoo.selector.v1.Selector"
+_METHODS = ("Route", "RouteBatch", "Score")
+_STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+              NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
+              BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
+              PredictorUnavailable: grpc.StatusCode.UNAVAILABLE,
+              PredictorTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+              PredictorError: grpc.StatusCode.INTERNAL}
+
+
+class StartupError(RuntimeError):
+    """The selector cannot start: the predictor never became ready, or the pool file does not match it."""
+
+
+class SelectorService(pb_grpc.SelectorServicer):
+    def __init__(self, config: SelectorConfig, pool: Pool, columns: PoolColumns, scores: ScoreSource,
+                 metrics: SelectorMetrics):
+        self._config = config
+        self._pool = pool
+        self._columns = columns
+        self._scores = scores
+        self._metrics = metrics
+        self._in_flight = 0          # one event loop: a plain counter is safe
+        # Labelled metric children looked up once (labels() takes a lock and a dict lookup per call).
+        self._decisions = [metrics.decisions.labels(name) for name in pool.names]
+        self._request_seconds = {m: metrics.request_seconds.labels(m) for m in _METHODS}
+        self._triton_seconds = {m: metrics.triton_seconds.labels(m) for m in _METHODS}
+
+    # --- RPCs ---------------------------------------------------------------------------------------
+
+    async def Route(self, request: pb.RouteRequest, context) -> pb.RouteDecision:
+        return await self._answer("Route", self._route, request, context)
+
+    async def RouteBatch(self, request: pb.RouteBatchRequest, context) -> pb.RouteBatchResponse:
+        return await self._answer("RouteBatch", self._route_batch, request, context)
+
+    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        return await self._answer("Score", self._score_rpc, request, context)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[
+            pb.PoolModel(name=m.name, input_usd_per_mtok=m.input_usd_per_mtok,
+                         output_usd_per_mtok=m.output_usd_per_mtok, p95_latency_ms=m.p95_latency_ms,
+                         enabled=m.enabled, cost_scale=float(scale))
+            for m, scale in zip(self._pool.models, self._columns.cost_scale)])
+
+    # --- handlers -----------------------------------------------------------------------------------
+
+    async def _route(self, request: pb.RouteRequest, context) -> pb.RouteDecision:
+        policy = self._policy(request)
+        constraints = self._constraints(request.constraints)
+        self._check_prompts([request.prompt], "prompt")
+        try:
+            quality, cost = await self._predict("Route", [request.prompt], context)   # (1, n_models) each
+        except (PredictorUnavailable, PredictorTimeout) as e:
+            fallback = self._fallback(constraints, policy, e)
+            if fallback is None:
+                raise
+            return fallback
+        codes = constraints.exclusions(self._pool, cost)
+        eligible = require_eligible(codes, constraints)
+        ranking = policy.select(quality[0], cost[0], eligible[0]).tolist()
+        chosen = ranking[0]
+        self._decisions[chosen].inc()
+        # Python floats once, and messages built in place (.add): a list of messages passed to the
+        # constructor is copied again, which was most of a Route's own time.
+        names, q, c = self._pool.names, quality[0].tolist(), cost[0].tolist()
+        decision = pb.RouteDecision(model=names[chosen], quality=q[chosen], expected_cost_usd=c[chosen],
+                                    policy=policy.describe())
+        for j in ranking[1:1 + self._config.runners_up]:
+            decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
+        for j, name in enumerate(names):
+            decision.scores.add(model=name, quality=q[j], expected_cost_usd=c[j])
+        for j in np.flatnonzero(codes[0]).tolist():
+            decision.excluded.add(model=names[j], reason=constraints.reason(int(codes[0, j]), self._pool, j, c[j]))
+        return decision
+
+    async def _route_batch(self, request: pb.RouteBatchRequest, context) -> pb.RouteBatchResponse:
+        budget_usd = request.total_budget_usd
+        if not budget_usd >= 0:
+            raise InvalidRequest("total_budget_usd", f"must be a number >= 0 (USD), got {budget_usd}")
+        constraints = self._constraints(request.constraints)
+        prompts = list(request.prompts)
+        self._check_prompts(prompts, "prompts")
+        quality, cost = await self._predict("RouteBatch", prompts, context)        # (batch, n_models) each
+        eligible = require_eligible(constraints.exclusions(self._pool, cost), constraints)
+        # 10k x 32 takes tens of ms: off the event loop, so single Route calls keep flowing meanwhile.
+        result = await asyncio.to_thread(assign_budget, quality, cost, eligible, budget_usd)
+        rows = np.arange(len(prompts))
+        names = np.array(self._pool.names, dtype=object)
+        for j, count in enumerate(np.bincount(result.choice, minlength=len(names)).tolist()):
+            if count:
+                self._decisions[j].inc(count)
+        response = pb.RouteBatchResponse(total_expected_cost_usd=result.total_cost_usd,
+                                         total_quality=result.total_quality,
+                                         quality_per_usd=result.quality_per_usd)
+        response.model.extend(names[result.choice].tolist())
+        response.quality.extend(quality[rows, result.choice].tolist())
+        response.expected_cost_usd.extend(cost[rows, result.choice].tolist())
+        return response
+
+    async def _score_rpc(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        prompts = list(request.prompts)
+        self._check_prompts(prompts, "prompts")
+        quality, cost = await self._predict("Score", prompts, context)
+        response = pb.ScoreResponse(models=self._pool.names)
+        response.quality.extend(quality.ravel().tolist())
+        response.expected_cost_usd.extend(cost.ravel().tolist())
+        return response
+
+    # --- shared steps -------------------------------------------------------------------------------
+
+    async def _answer(self, method: str, handler, request, context):
+        """Bounded concurrency, latency metrics, and the mapping of domain errors onto status codes."""
+        if self._in_flight >= self._config.max_concurrent_requests:
+            self._metrics.errors.labels(method, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the selector is handling its limit of {self._config.max_concurrent_requests} "
+                                f"concurrent requests; retry with backoff")
+        self._in_flight += 1
+        self._metrics.in_flight.inc()
+        start = time.perf_counter()
+        try:
+            return await handler(request, context)
+        except tuple(_STATUS_OF) as e:
+            code, message = next(status for kind, status in _STATUS_OF.items() if isinstance(e, kind)), str(e)
+        except Exception:            # a bug: the log has the traceback, the caller a plain message
+            log.exception("%s failed", method)
+            code, message = grpc.StatusCode.INTERNAL, "internal error in the selector; see its log"
+        finally:
+            self._in_flight -= 1
+            self._metrics.in_flight.dec()
+            self._request_seconds[method].observe(time.perf_counter() - start)
+        self._metrics.errors.labels(method, code.name).inc()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+            log.warning("%s -> %s: %s", method, code.name, message)
+        await context.abort(code, message)
+
+    def _policy(self, request: pb.RouteRequest) -> Policy:
+        # The oneof's field names are the registry's names, and each message's one field is the parameter.
+        which = request.WhichOneof("policy")
+        if which is None:
+            return TradeoffPolicy(self._config.default_quality_per_usd)
+        return make_policy(which, getattr(getattr(request, which), POLICIES[which].parameter))
+
+    def _constraints(self, message: pb.Constraints) -> Constraints:
+        constraints = Constraints(
+            allow=tuple(message.allow), deny=tuple(message.deny),
+            max_latency_ms=message.max_latency_ms if message.HasField("max_latency_ms") else None,
+            max_cost_usd=message.max_cost_usd if message.HasField("max_cost_usd") else None)
+        constraints.validate(self._pool)
+        return constraints
+
+    def _check_prompts(self, prompts: list[str], field: str) -> None:
+        limit = self._config.max_prompt_bytes
+        if field == "prompts":
+            if not prompts:
+                raise InvalidRequest("prompts", "must hold at least one prompt")
+            if len(prompts) > self._config.max_batch_prompts:
+                raise InvalidRequest("prompts", f"{len(prompts)} prompts is over the limit of "
+                                                f"{self._config.max_batch_prompts} per call")
+        for i, prompt in enumerate(prompts):
+            name = field if field == "prompt" else f"prompts[{i}]"
+            if not prompt.strip():
+                raise InvalidRequest(name, f"must be 1 to {limit} bytes of UTF-8 text, got an empty prompt")
+            # A character is at most 4 UTF-8 bytes: most prompts skip the encode.
+            if len(prompt) * 4 > limit and len(prompt.encode("utf-8")) > limit:
+                raise InvalidRequest(name, f"must be 1 to {limit} bytes of UTF-8 text, got "
+                                           f"{len(prompt.encode('utf-8'))} bytes")
+
+    async def _predict(self, method: str, prompts: list[str], context) -> tuple[np.ndarray, np.ndarray]:
+        """(quality, expected_cost_usd), (batch, n_models) in pool order at pool prices."""
+        timeout_s = self._config.triton_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:         # the caller's own deadline wins when it is shorter
+            timeout_s = min(timeout_s, remaining)
+            if timeout_s <= 0:
+                raise PredictorTimeout("the caller's deadline passed before the predictor was asked")
+        start = time.perf_counter()
+        try:
+            quality, cost = await self._scores.score(prompts, timeout_s=timeout_s)
+        finally:
+            self._triton_seconds[method].observe(time.perf_counter() - start)
+        if quality.shape[1] != len(self._columns.columns) or not (np.isfinite(quality).all() and
+                                                                    np.isfinite(cost).all()):
+            raise PredictorError(f"the predictor returned scores of shape {quality.shape} with "
+                                 f"{int((~np.isfinite(quality)).sum() + (~np.isfinite(cost)).sum())} non-finite "
+                                 f"values; expected {len(self._columns.columns)} finite columns")
+        return self._columns.apply(quality, cost)
+
+    def _fallback(self, constraints: Constraints, policy: Policy, error: Exception) -> pb.RouteDecision | None:
+        """The configured fallback model, unscored, if the constraints that need no scores allow it."""
+        name = self._config.fallback_model
+        if name is None or constraints.max_cost_usd is not None:    # its cost is unknown without the predictor
+            return None
+        j = self._pool.index(name)
+        no_cost = np.zeros((1, len(self._pool)))
+        if constraints.exclusions(self._pool, no_cost)[0, j]:
+            return None
+        log.warning("Route -> fallback %s: %s", name, error)
+        self._decisions[j].inc()
+        return pb.RouteDecision(model=name, quality=math.nan, expected_cost_usd=math.nan,
+                                policy=policy.describe(), fallback=True)
+
+
+class SelectorServer:
+    """The grpc.aio server plus what it owns: the predictor client, the health watcher, /metrics."""
+
+    def __init__(self, server: grpc.aio.Server, service: SelectorService, health_servicer, scores: ScoreSource,
+                 metrics: SelectorMetrics, config: SelectorConfig):
+        self.grpc_server = server
+        self.service = service
+        self.metrics = metrics
+        self.metrics_port: int | None = None
+        self._health = health_servicer
+        self._scores = scores
+        self._config = config
+        self._watcher: asyncio.Task | None = None
+        self._metrics_http = None
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        # create_server has just read the predictor's config, so both start SERVING; the watcher follows.
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._watcher = asyncio.create_task(self._watch_predictor())
+        if self._config.metrics_port is not None:
+            self._metrics_http, _ = self.metrics.serve_http(self._config.host, self._config.metrics_port)
+            self.metrics_port = self._metrics_http.server_port
+
+    async def _watch_predictor(self) -> None:
+        """The Selector service reports SERVING while the predictor is ready (or a fallback is configured)."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while True:
+            try:
+                ready = await self._scores.ready()
+            except Exception:        # the watcher must outlive any one failed check
+                log.exception("predictor readiness check failed")
+                ready = False
+            self.metrics.predictor_ready.set(1 if ready else 0)
+            ok = ready or self._config.fallback_model is not None
+            await self._health.set(SERVICE_NAME, serving if ok else not_serving)
+            await asyncio.sleep(self._config.health_poll_s)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish for `grace` seconds, then releases everything."""
+        if self._watcher is not None:      # first, or it would report SERVING again
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self._health.enter_graceful_shutdown()
+        await self.grpc_server.stop(self._config.grace_s if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        await self._scores.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(address: str | None = None, *, config: SelectorConfig | None = None,
+                        scores: ScoreSource | None = None) -> tuple[SelectorServer, int]:
+    """Builds the selector, not yet started; returns (server, bound port). Port 0 picks a free port.
+
+    Waits up to config.startup_timeout_s for the predictor, then checks the pool file against the models it
+    serves: a mismatch raises PoolMismatchError naming every difference, and nothing starts. `scores` (by
+    default a TritonScores on config.triton_url) then belongs to the server, which closes it.
+    """
+    config = config or SelectorConfig()
+    address = address or config.address
+    pool = load_pool(config.pool_path)
+    if config.fallback_model is not None and config.fallback_model not in pool.names:
+        raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
+    if scores is None:
+        scores = TritonScores.from_config(config)
+    try:
+        columns = match_pool(pool, await _wait_for_predictor(scores, config))
+        metrics = SelectorMetrics()
+        service = SelectorService(config, pool, columns, scores, metrics)
+        health_servicer = health.aio.HealthServicer()
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                                          ("grpc.max_send_message_length", config.max_message_bytes)])
+        pb_grpc.add_SelectorServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as e:      # grpc raises on a port in use
+            raise StartupError(f"cannot bind {address}: {e}") from e
+        if port == 0:
+            raise StartupError(f"cannot bind {address}")
+    except BaseException:
+        await scores.close()
+        raise
+    return SelectorServer(server, service, health_servicer, scores, metrics, config), port
+
+
+async def _wait_for_predictor(scores: ScoreSource, config: SelectorConfig):
+    deadline = time.monotonic() + config.startup_timeout_s
+    while True:
+        try:
+            return await scores.served_pool()
+        except (PredictorUnavailable, PredictorTimeout) as e:
+            if time.monotonic() > deadline:
+                raise StartupError(f"the predictor was not ready within {config.startup_timeout_s:g} s: {e}") from e
+        await asyncio.sleep(0.25)
+
+
+async def serve(config: SelectorConfig | None = None, *,
+                on_started: Callable[[SelectorServer, int], None] | None = None) -> None:
+    """Runs the selector until SIGINT/SIGTERM, then stops it gracefully."""
+    config = config or SelectorConfig()
+    server, port = await create_server(config=config)
+    await server.start()
+    log.info("selector listening on %s:%d (predictor %s)", config.host, port, config.triton_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_started is not None:
+        on_started(server, port)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("selector stopping")
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m selector.server", description=__doc__.split("\n")[0])
+    add_selector_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config_from_args(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The predictor's scores over KServe v2 gRPC: an asyncio tritonclient with one channel, reused.
+
+Contract with the Triton model (`routoo_predictor`): input PROMPT, BYTES, shape (batch, 1), UTF-8;
+outputs QUALITY and EXPECTED_COST_USD, FP32, shape (batch, n_served); config parameters `pool_models`
+(JSON list of names, in output column order) and `pool_prices` (JSON list of [input, output] USD/Mtok).
+Outputs come back in the predictor's column order and at its trained prices; `selector.pool.PoolColumns`
+maps them onto the pool file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.utils import InferenceServerException
+
+from selector.config import SelectorConfig
+from selector.pool import ServedPool
+
+INPUT = "PROMPT"
+OUTPUTS = ("QUALITY", "EXPECTED_COST_USD")
+
+
+class PredictorUnavailable(RuntimeError):
+    """Triton cannot be reached, or the model is not loaded."""
+
+
+class PredictorTimeout(RuntimeError):
+    """The call ran past its deadline."""
+
+
+class PredictorError(RuntimeError):
+    """Triton answered, but with an error or with outputs that break the contract."""
+
+
+class ScoreSource(Protocol):
+    """What the selector needs from a predictor; TritonScores in production, fakes in tests."""
+
+    async def served_pool(self) -> ServedPool: ...
+
+    async def score(self, prompts: list[str], *, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(quality, expected_cost_usd), each (len(prompts), n_served) in the predictor's column order."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class TritonScores:
+    """Settings come from SelectorConfig (`from_config`), where their defaults are explained."""
+
+    def __init__(self, url: str, model: str, *, chunk_concurrency: int, max_message_bytes: int,
+                 reconnect_backoff_max_ms: int):
+        self.url = url
+        self.model = model
+        self._chunk_concurrency = chunk_concurrency
+        # Replaces tritonclient's default channel options, so the message limits are repeated here.
+        self._client = grpcclient_aio.InferenceServerClient(url, channel_args=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", min(100, reconnect_backoff_max_ms)),
+            ("grpc.min_reconnect_backoff_ms", min(100, reconnect_backoff_max_ms)),
+            ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
+        ])
+        self._max_batch_size = 0     # from the model config, read by served_pool()
+
+    @classmethod
+    def from_config(cls, config: SelectorConfig) -> "TritonScores":
+        return cls(config.triton_url, config.predictor_model, chunk_concurrency=config.triton_chunk_concurrency,
+                   max_message_bytes=config.max_message_bytes,
+                   reconnect_backoff_max_ms=config.triton_reconnect_backoff_max_ms)
+
+    async def served_pool(self, *, timeout_s: float = 5.0) -> ServedPool:
+        """Reads the model config: the pool it serves and its max_batch_size (the chunk size of score())."""
+        try:
+            response = await self._client.get_model_config(self.model, client_timeout=timeout_s)
+        except InferenceServerException as e:
+            raise _translate(e, f"reading the config of {self.model!r} at {self.url}") from e
+        config = response.config
+        if config.max_batch_size <= 0:
+            raise PredictorError(f"Triton model {self.model!r} has max_batch_size {config.max_batch_size}; the "
+                                 f"selector sends (batch, 1) tensors and needs batching enabled")
+        self._max_batch_size = config.max_batch_size
+        parameters = {key: value.string_value for key, value in config.parameters.items()}
+        return ServedPool.from_config_parameters(parameters, model=self.model)
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model, client_timeout=1.0))
+        except InferenceServerException:
+            return False
+
+    async def score(self, prompts: list[str], *, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        if not self._max_batch_size:
+            await self.served_pool(timeout_s=timeout_s)
+        size = self._max_batch_size
+        chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        if len(chunks) == 1:
+            return await self._infer(chunks[0], timeout_s)
+        # Several chunks in flight fill Triton's dynamic batcher; a bound keeps one huge request from
+        # queueing ahead of every single-prompt Route.
+        gate = asyncio.Semaphore(self._chunk_concurrency)
+
+        async def one(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            async with gate:
+                return await self._infer(chunk, timeout_s)
+
+        tasks = [asyncio.ensure_future(one(chunk)) for chunk in chunks]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:      # after a failure, the other chunks' answers are no use
+                task.cancel()
+        return np.concatenate([q for q, _ in results]), np.concatenate([c for _, c in results])
+
+    async def _infer(self, prompts: list[str], timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        batch = np.array([p.encode("utf-8") for p in prompts], dtype=np.object_).reshape(-1, 1)
+        prompt = grpcclient.InferInput(INPUT, list(batch.shape), "BYTES")
+        prompt.set_data_from_numpy(batch)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        try:
+            result = await self._client.infer(self.model, [prompt], outputs=outputs, client_timeout=timeout_s)
+        except InferenceServerException as e:
+            raise _translate(e, f"scoring {len(prompts)} prompt(s) with {self.model!r} at {self.url}") from e
+        quality, cost = (result.as_numpy(name) for name in OUTPUTS)
+        if quality is None or cost is None or quality.shape != cost.shape or quality.shape[0] != len(prompts):
+            raise PredictorError(f"{self.model!r} returned QUALITY {getattr(quality, 'shape', None)} and "
+                                 f"EXPECTED_COST_USD {getattr(cost, 'shape', None)} for {len(prompts)} prompts; "
+                                 f"expected two (batch, n_models) arrays")
+        return quality, cost
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _translate(error: InferenceServerException, doing: str) -> RuntimeError:
+    status = error.status() or ""
+    if status.endswith("UNAVAILABLE"):
+        return PredictorUnavailable(f"the predictor is unreachable while {doing}: {error.message()}")
+    if status.endswith("DEADLINE_EXCEEDED"):
+        return PredictorTimeout(f"the predictor missed the deadline while {doing}")
+    if status.endswith("NOT_FOUND") or "is not ready" in (error.message() or "") or "unknown model" in (
+            error.message() or ""):
+        return PredictorUnavailable(f"the predictor model is not loaded while {doing}: {error.message()}")
+    return PredictorError(f"Triton failed while {doing}: [{status}] {error.message()}")

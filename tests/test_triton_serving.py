@@ -1,0 +1,211 @@
+"""The predictor in the real Triton Inference Server: started on free loopback ports once for the module,
+spoken to with tritonclient (sync and asyncio gRPC), stopped in teardown."""
+
+import asyncio
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from predictor_service.artifact import Artifact, default_artifact_path
+from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.predictor import Predictor
+from predictor_service.remote import score_remote
+from predictor_service.triton_server import (
+    POOL_LABELS, TritonServer, TritonServerError, materialise_repository,
+)
+from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
+
+MODEL = "routoo_predictor"
+CANARY = "zebra-canary-7731"   # a word that must never reach the server's log
+TOPICS = ["photosynthesis", "tax law", "sorting algorithms", "the French revolution", "eigenvalues",
+          "protein folding", "Kant's ethics", "compilers"]
+
+
+def make_prompts(n: int) -> list[str]:
+    """Distinct prompts whose scores differ by much more than the tolerance (topic and length vary)."""
+    return [f"Question {i} about {TOPICS[i % len(TOPICS)]}: explain {CANARY} " + "in detail and with care " * i
+            for i in range(n)]
+
+
+EDGE_PROMPTS = [
+    "What is 2 + 2?",
+    "Ünïcödé prompt — 日本語のテキストと emoji 🚀 mixed in",
+    "Line one\nline two\n\ttabbed line three",
+    "x",
+    "Explain quantum field theory in detail. " * 400,          # past max_tokens: truncated the same way
+    "A" * (MAX_PROMPT_BYTES - 1),                               # just under the size limit
+]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.load(default_artifact_path(), device="cpu")
+
+
+def bytes_input(raw_prompts: list[bytes]) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("PROMPT", [len(raw_prompts), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array(raw_prompts, dtype=object).reshape(-1, 1))
+    return tensor
+
+
+def assert_scores_equal(quality, cost, expected_quality, expected_cost):
+    np.testing.assert_allclose(quality, expected_quality, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cost, expected_cost, rtol=1e-5, atol=0)   # USD amounts are ~1e-8..1e-2
+
+
+def model_stats(client: grpcclient.InferenceServerClient) -> dict:
+    return client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+
+
+def test_outputs_over_grpc_equal_in_process_predictor(triton_server, predictor):
+    expected_quality, expected_cost = predictor.predict(EDGE_PROMPTS)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    # The whole set as one request, then each prompt alone: batch composition must not change a row.
+    result = client.infer(MODEL, [bytes_input([p.encode() for p in EDGE_PROMPTS])])
+    assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+                        expected_quality, expected_cost)
+    for i, prompt in enumerate(EDGE_PROMPTS):
+        result = client.infer(MODEL, [bytes_input([prompt.encode()])])
+        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+                            expected_quality[i:i + 1], expected_cost[i:i + 1])
+
+
+def test_pool_is_discoverable_from_config_and_labels(triton_server, predictor):
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    config = client.get_model_config(MODEL, as_json=True)["config"]
+    assert json.loads(config["parameters"]["pool_models"]["string_value"]) == predictor.model_names
+    assert json.loads(config["parameters"]["pool_prices"]["string_value"]) == predictor.model_prices
+    assert int(config["max_batch_size"]) > 0 and "dynamic_batching" in config
+
+    # Classification extension: the top-3 of QUALITY come back named by the label file.
+    prompt = "Prove that there are infinitely many primes."
+    result = client.infer(MODEL, [bytes_input([prompt.encode()])],
+                          outputs=[grpcclient.InferRequestedOutput("QUALITY", class_count=3)])
+    top = [entry.decode().split(":") for entry in result.as_numpy("QUALITY").reshape(-1)]
+    quality = predictor.predict([prompt])[0][0]
+    assert [label for _, _, label in top] == [predictor.model_names[j] for j in np.argsort(-quality)[:3]]
+    assert [int(index) for _, index, _ in top] == list(np.argsort(-quality)[:3])
+
+
+def test_concurrent_requests_are_batched_without_cross_talk(triton_server, predictor):
+    prompts = make_prompts(64)
+    expected_quality, expected_cost = predictor.predict(prompts)
+    gaps = np.abs(expected_quality[:, None, :] - expected_quality[None, :, :]).max(-1)  # (64, 64)
+    assert gaps[~np.eye(64, dtype=bool)].min() > 1e-3, "prompts too alike to detect cross-talk"
+    sync_client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    before = model_stats(sync_client)
+
+    async def send_all():
+        async with grpcaio.InferenceServerClient(triton_server.grpc_url) as client:
+            return await asyncio.gather(*(client.infer(MODEL, [bytes_input([p.encode()])]) for p in prompts))
+
+    results = asyncio.run(send_all())
+    for i, result in enumerate(results):
+        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+                            expected_quality[i:i + 1], expected_cost[i:i + 1])
+
+    after = model_stats(sync_client)
+    requests = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert requests == 64
+    assert executions < 64, f"64 concurrent requests ran as {executions} executions: no batching"
+    batched = {int(s["batch_size"]) for s in after["batch_stats"] if int(s["batch_size"]) > 1}
+    assert batched, "statistics show no execution with batch size > 1"
+
+
+def test_bad_requests_fail_alone_and_server_stays_up(triton_server, predictor):
+    good = make_prompts(24)
+    bad = {b"": "prompt is empty", b"   \n\t ": "prompt is empty",
+           b"caf\xc3 " + CANARY.encode() + b"\xff": "not valid UTF-8",
+           (CANARY + " ").encode() * (MAX_PROMPT_BYTES // 10): f"over the limit of {MAX_PROMPT_BYTES} bytes"}
+    # Bad requests interleaved with good ones, all in flight at once, so batches mix them.
+    payloads = [p.encode() for p in good]
+    for k, raw in enumerate(bad):
+        payloads.insert(3 + 6 * k, raw)
+    expected_quality, expected_cost = predictor.predict(good)
+
+    async def send_all():
+        async with grpcaio.InferenceServerClient(triton_server.grpc_url) as client:
+            return await asyncio.gather(*(client.infer(MODEL, [bytes_input([raw])]) for raw in payloads),
+                                        return_exceptions=True)
+
+    sync_client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    before = model_stats(sync_client)
+    results = asyncio.run(send_all())
+    after = model_stats(sync_client)
+    good_index = 0
+    for raw, result in zip(payloads, results):
+        if raw in bad:
+            assert isinstance(result, InferenceServerException), f"bad prompt got an answer: {result}"
+            assert bad[raw] in result.message() and result.status() == "StatusCode.INVALID_ARGUMENT"
+            assert CANARY not in result.message()   # errors never echo the prompt
+            continue
+        assert not isinstance(result, Exception), f"good prompt failed: {result}"
+        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+                            expected_quality[good_index:good_index + 1], expected_cost[good_index:good_index + 1])
+        good_index += 1
+    assert int(after["execution_count"]) - int(before["execution_count"]) < len(payloads)
+
+    # One bad row fails its whole multi-row request, naming the row; the server keeps answering.
+    with pytest.raises(InferenceServerException, match="PROMPT row 1: prompt is empty"):
+        sync_client.infer(MODEL, [bytes_input([b"fine prompt", b"", b"another"])])
+    assert triton_server.running() and sync_client.is_model_ready(MODEL)
+    names, quality, _ = score_remote(triton_server.grpc_url, good[:2])
+    np.testing.assert_allclose(quality, expected_quality[:2], rtol=0, atol=1e-5)
+    assert CANARY not in triton_server.log_path.read_text(errors="replace")
+
+
+def test_echo_floor_answers_zeros_of_pool_width(triton_server, predictor):
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    result = client.infer("echo_floor", [bytes_input([b"a", b"b", b"c"])])
+    for name in ("QUALITY", "EXPECTED_COST_USD"):
+        out = result.as_numpy(name)
+        assert out.shape == (3, len(predictor.model_names)) and out.dtype == np.float32 and not out.any()
+
+
+def test_score_remote_chunks_by_max_batch_size(triton_server, predictor):
+    prompts = make_prompts(70)   # past max_batch_size (64): two requests
+    names, quality, cost = score_remote(triton_server.grpc_url, prompts)
+    expected_quality, expected_cost = predictor.predict(prompts)
+    assert names == predictor.model_names
+    assert_scores_equal(quality, cost, expected_quality, expected_cost)
+
+
+def test_metrics_endpoint_reports_inference_counts(triton_server):
+    with urllib.request.urlopen(triton_server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    assert f'nv_inference_request_success{{model="{MODEL}",version="1"}}' in text
+
+
+def test_clash_on_a_requested_port_fails_with_the_server_log(triton_server):
+    taken = int(triton_server.grpc_url.rsplit(":", 1)[1])
+    with pytest.raises(TritonServerError, match="(?s)exited with code.*last log lines.*already in use"):
+        with TritonServer(grpc_port=taken, models=("echo_floor",), ready_timeout_s=60):
+            pass
+    assert triton_server.running()
+
+
+def test_materialised_repository_can_turn_batching_off(tmp_path):
+    repo = materialise_repository(tmp_path, default_artifact_path(), models=("routoo_predictor",),
+                                  dynamic_batching=False, instance_count=2)
+    config = text_format.Parse((repo / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    names = Artifact.load(default_artifact_path()).manifest.model_names
+    assert not config.HasField("dynamic_batching") and config.max_batch_size > 0
+    assert [g.count for g in config.instance_group] == [2]
+    assert json.loads(config.parameters["pool_models"].string_value) == names
+    assert (repo / MODEL / POOL_LABELS).read_text().split() == names
+
+
+def test_restart_comes_back_on_the_same_ports(triton_server):
+    url = triton_server.grpc_url
+    triton_server.restart()
+    assert triton_server.grpc_url == url
+    names, quality, _ = score_remote(url, ["Is the server back?"])
+    assert quality.shape == (1, len(names))
