@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 
 STATIC_DIMS = 256          # model2vec's PCA width: 256 keeps 98% of the table's variance at 2/3 the size
 MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first 256 carry question + options
+CHUNK_CACHE_SIZE = 1 << 18  # whitespace chunks remembered by the static tokenizer (~60 MB when full)
+# Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
+# characters or keeps them inside a word).
+_SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
 
 
 def minilm_path() -> Path:
@@ -63,6 +68,7 @@ class StaticEncoder:
         self.table_digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
         unk = tokenizer.token_to_id("[UNK]")
         self._unk_id = -1 if unk is None else unk
+        self._chunk_ids: dict[str, list[int]] = {}
 
     @classmethod
     def load(cls, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
@@ -72,14 +78,35 @@ class StaticEncoder:
         return cls(np.asarray(model.embedding, dtype=np.float32), model.tokenizer, max_tokens=max_tokens)
 
     def tokenize(self, texts: list[str]) -> TokenBatch:
-        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-        ids = [e.ids for e in encodings]          # truncated to max_tokens by the tokenizer itself
-        if self._unk_id >= 0:
-            ids = [[t for t in x if t != self._unk_id] if self._unk_id in x else x for x in ids]
+        ids = [self._token_ids(text) for text in texts]
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in ids], out=offsets[1:])
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(offsets[-1]))
         return TokenBatch(torch.from_numpy(flat), torch.from_numpy(offsets))
+
+    def _token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids for `text`, truncated to max_tokens, [UNK] dropped.
+
+        BERT's normaliser and pre-tokeniser never join across whitespace, so each whitespace-separated
+        chunk tokenizes on its own and a chunk -> ids cache gives exactly the tokenizer's answer: ~30 us
+        for a 700-character prompt instead of ~300 us through the tokenizer (0.4 us a character). Texts
+        with a character that Python and BERT disagree on as whitespace take the tokenizer itself.
+        """
+        if _SPLIT_DISAGREES.search(text):
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        else:
+            ids, cache = [], self._chunk_ids
+            for chunk in text.split():
+                piece = cache.get(chunk)
+                if piece is None:
+                    if len(cache) >= CHUNK_CACHE_SIZE:
+                        cache.clear()
+                    piece = cache[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
+                ids.extend(piece)
+                if len(ids) >= self.max_tokens:
+                    break
+            ids = ids[: self.max_tokens]
+        return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""

@@ -169,3 +169,15 @@ def test_train_cli_end_to_end(tmp_path, capsys):
     assert "per-model mean (no prompt)" in out and "tf-idf + logistic reg." in out
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert set(manifest["dev_metrics"]["baselines"]) == {"per-model mean (no prompt)", "tf-idf + logistic reg."}
+
+
+@pytest.mark.parametrize("text", [
+    "Which of these is a prime? A. 4 B. 7\nC. 9", "naïve café 東京タワー (Tokyo)", "tab\tsep\nnew\rline",
+    "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
+    "supercalifragilistic" * 8, "", "   ", "word " * 400,
+])
+def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(text):
+    encoder = load_encoder("static")
+    expected = [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
+    assert encoder._token_ids(text) == expected
+    assert encoder._token_ids(text) == expected          # second time from the cache
