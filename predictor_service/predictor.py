@@ -82,7 +82,7 @@ class Predictor:
             tokens = self.encoder.tokenize(texts)
             quality, cost = static_predictor(tokens.token_ids.to(self.device), tokens.offsets.to(self.device),
                                              self._table, log_len, *self.weights.as_dict().values(),
-                                             self.inv_temperature, trusted_tokens=True)
+                                             self.inv_temperature, trusted=True)
         else:
             embedding = torch.from_numpy(self.encoder.encode(texts)).to(self.device)
             quality, cost = self.weights.score(embedding, log_len, self.inv_temperature)
