@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import signal
+import struct
 import time
 from typing import Callable
 
@@ -22,8 +23,8 @@ from grpc_reflection.v1alpha import reflection
 
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.metrics import SelectorMetrics
-from selector.policies import (POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel, Policy,
-                               TradeoffPolicy, assign_budget, make_policy, require_eligible)
+from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
+                               Policy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
 from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
@@ -59,6 +60,12 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._decisions = [metrics.decisions.labels(name) for name in pool.names]
         self._request_seconds = {m: metrics.request_seconds.labels(m) for m in _METHODS}
         self._triton_seconds = {m: metrics.triton_seconds.labels(m) for m in _METHODS}
+        self._scores_wire = _ScoresWire(pool.names)
+        # What a request that sets no policy and no constraints gets (the common case), built once.
+        self._default_policy = TradeoffPolicy(config.default_quality_per_usd)
+        self._no_constraints = Constraints()
+        # Read at scrape time: no gauge lock taken twice per RPC.
+        metrics.in_flight.set_function(lambda: self._in_flight)
 
     # --- RPCs ---------------------------------------------------------------------------------------
 
@@ -91,22 +98,26 @@ class SelectorService(pb_grpc.SelectorServicer):
             if fallback is None:
                 raise
             return fallback
-        codes = constraints.exclusions(self._pool, cost)
-        eligible = require_eligible(codes, constraints)
-        ranking = policy.select(quality[0], cost[0], eligible[0]).tolist()
-        chosen = ranking[0]
-        self._decisions[chosen].inc()
+        # One prompt: plain Python over the row (exclusions_one, rank) beats numpy's per-call overhead on
+        # tens of models, with the same decisions as the array versions.
+        codes = constraints.exclusions_one(self._pool, cost[0])
+        eligible = [j for j, code in enumerate(codes) if code == ELIGIBLE]
+        if not eligible:
+            require_eligible(np.array([codes]), constraints)     # raises NoEligibleModel, naming the culprits
         # Python floats once, and messages built in place (.add): a list of messages passed to the
         # constructor is copied again, which was most of a Route's own time.
         names, q, c = self._pool.names, quality[0].tolist(), cost[0].tolist()
+        ranking = policy.rank(q, c, eligible)
+        chosen = ranking[0]
+        self._decisions[chosen].inc()
         decision = pb.RouteDecision(model=names[chosen], quality=q[chosen], expected_cost_usd=c[chosen],
                                     policy=policy.describe())
         for j in ranking[1:1 + self._config.runners_up]:
             decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
-        for j, name in enumerate(names):
-            decision.scores.add(model=name, quality=q[j], expected_cost_usd=c[j])
-        for j in np.flatnonzero(codes[0]).tolist():
-            decision.excluded.add(model=names[j], reason=constraints.reason(int(codes[0, j]), self._pool, j, c[j]))
+        decision.MergeFromString(self._scores_wire.encode(q, c))
+        for j, code in enumerate(codes):
+            if code != ELIGIBLE:
+                decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
         return decision
 
     async def _route_batch(self, request: pb.RouteBatchRequest, context) -> pb.RouteBatchResponse:
@@ -152,7 +163,6 @@ class SelectorService(pb_grpc.SelectorServicer):
                                 f"the selector is handling its limit of {self._config.max_concurrent_requests} "
                                 f"concurrent requests; retry with backoff")
         self._in_flight += 1
-        self._metrics.in_flight.inc()
         start = time.perf_counter()
         try:
             return await handler(request, context)
@@ -163,7 +173,6 @@ class SelectorService(pb_grpc.SelectorServicer):
             code, message = grpc.StatusCode.INTERNAL, "internal error in the selector; see its log"
         finally:
             self._in_flight -= 1
-            self._metrics.in_flight.dec()
             self._request_seconds[method].observe(time.perf_counter() - start)
         self._metrics.errors.labels(method, code.name).inc()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
@@ -174,10 +183,12 @@ class SelectorService(pb_grpc.SelectorServicer):
         # The oneof's field names are the registry's names, and each message's one field is the parameter.
         which = request.WhichOneof("policy")
         if which is None:
-            return TradeoffPolicy(self._config.default_quality_per_usd)
+            return self._default_policy
         return make_policy(which, getattr(getattr(request, which), POLICIES[which].parameter))
 
     def _constraints(self, message: pb.Constraints) -> Constraints:
+        if message.ByteSize() == 0:        # unset or empty: no constraints
+            return self._no_constraints
         constraints = Constraints(
             allow=tuple(message.allow), deny=tuple(message.deny),
             max_latency_ms=message.max_latency_ms if message.HasField("max_latency_ms") else None,
@@ -235,6 +246,39 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._decisions[j].inc()
         return pb.RouteDecision(model=name, quality=math.nan, expected_cost_usd=math.nan,
                                 policy=policy.describe(), fallback=True)
+
+
+class _ScoresWire:
+    """RouteDecision.scores (one ModelScore per pool model, in pool order) in protobuf wire format.
+
+    Merged into the decision with MergeFromString, which parses it like any other message: ~4x cheaper than
+    32 `scores.add(...)` calls, the largest piece of Route's own work. Per model, the field-6 tag and length
+    and the model name are fixed; only quality (field 2, float) and expected_cost_usd (field 3, double) vary.
+    """
+
+    _VALUES = struct.Struct("<BfBd")                 # tag of field 2 (fixed32), float, tag of field 3, double
+
+    def __init__(self, names: list[str]):
+        self._prefixes = []
+        for name in names:
+            data = name.encode("utf-8")
+            name_field = b"\x0a" + _varint(len(data)) + data                     # field 1, length-delimited
+            entry_length = len(name_field) + self._VALUES.size
+            self._prefixes.append(b"\x32" + _varint(entry_length) + name_field)   # field 6, length-delimited
+
+    def encode(self, quality: list[float], expected_cost_usd: list[float]) -> bytes:
+        pack = self._VALUES.pack
+        return b"".join([prefix + pack(0x15, q, 0x19, c)
+                         for prefix, q, c in zip(self._prefixes, quality, expected_cost_usd)])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class SelectorServer:

@@ -5,6 +5,12 @@ outputs QUALITY and EXPECTED_COST_USD, FP32, shape (batch, n_served); config par
 (JSON list of names, in output column order) and `pool_prices` (JSON list of [input, output] USD/Mtok).
 Outputs come back in the predictor's column order and at its trained prices; `selector.pool.PoolColumns`
 maps them onto the pool file.
+
+The hot path (`_infer`) calls tritonclient's generated stub (`GRPCInferenceServiceStub.ModelInfer`) on the
+client's channel with a `ModelInferRequest` built here, and reads `raw_output_contents` with np.frombuffer:
+what `InferenceServerClient.infer` does, without its per-call InferInput / object-array serialisation and
+InferResult parsing, which cost more selector CPU than the rest of a Route. Config and readiness calls, rare,
+go through the client.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc._utils import get_error_grpc
+from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 from tritonclient.utils import InferenceServerException
 
 from selector.config import SelectorConfig
@@ -67,6 +76,10 @@ class TritonScores:
             ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
         ])
         self._max_batch_size = 0     # from the model config, read by served_pool()
+        # The client's own channel (tritonclient is pinned), so one connection and its reconnect settings
+        # serve every call.
+        self._model_infer = GRPCInferenceServiceStub(self._client._channel).ModelInfer
+        self._single = self._request_template(1)    # the Route case, copied per call
 
     @classmethod
     def from_config(cls, config: SelectorConfig) -> "TritonScores":
@@ -117,17 +130,44 @@ class TritonScores:
                 task.cancel()
         return np.concatenate([q for q, _ in results]), np.concatenate([c for _, c in results])
 
+    def _request_template(self, batch: int) -> service_pb2.ModelInferRequest:
+        request = service_pb2.ModelInferRequest(model_name=self.model)
+        request.inputs.add(name=INPUT, datatype="BYTES", shape=[batch, 1])
+        for name in OUTPUTS:
+            request.outputs.add(name=name)
+        return request
+
     async def _infer(self, prompts: list[str], timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-        batch = np.array([p.encode("utf-8") for p in prompts], dtype=np.object_).reshape(-1, 1)
-        prompt = grpcclient.InferInput(INPUT, list(batch.shape), "BYTES")
-        prompt.set_data_from_numpy(batch)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        # KServe v2 BYTES in raw_input_contents: per element, a 4-byte little-endian length, then the bytes.
+        if len(prompts) == 1:
+            request = service_pb2.ModelInferRequest()
+            request.CopyFrom(self._single)
+            data = prompts[0].encode("utf-8")
+            payload = len(data).to_bytes(4, "little") + data
+        else:
+            request = self._request_template(len(prompts))
+            payload = b"".join(part for data in (p.encode("utf-8") for p in prompts)
+                               for part in (len(data).to_bytes(4, "little"), data))
+        request.raw_input_contents.append(payload)
         try:
-            result = await self._client.infer(self.model, [prompt], outputs=outputs, client_timeout=timeout_s)
-        except InferenceServerException as e:
-            raise _translate(e, f"scoring {len(prompts)} prompt(s) with {self.model!r} at {self.url}") from e
-        quality, cost = (result.as_numpy(name) for name in OUTPUTS)
-        if quality is None or cost is None or quality.shape != cost.shape or quality.shape[0] != len(prompts):
+            response = await self._model_infer(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise _translate(get_error_grpc(e),
+                             f"scoring {len(prompts)} prompt(s) with {self.model!r} at {self.url}") from e
+        quality = cost = None
+        contents = response.raw_output_contents
+        for i, output in enumerate(response.outputs):
+            if output.name not in OUTPUTS or i >= len(contents):
+                continue
+            if output.datatype != "FP32":
+                raise PredictorError(f"{self.model!r} returned {output.name} as {output.datatype}; expected FP32")
+            array = np.frombuffer(contents[i], dtype="<f4").reshape(output.shape)   # read-only view
+            if output.name == OUTPUTS[0]:
+                quality = array
+            else:
+                cost = array
+        if (quality is None or cost is None or quality.ndim != 2 or quality.shape != cost.shape
+                or quality.shape[0] != len(prompts)):
             raise PredictorError(f"{self.model!r} returned QUALITY {getattr(quality, 'shape', None)} and "
                                  f"EXPECTED_COST_USD {getattr(cost, 'shape', None)} for {len(prompts)} prompts; "
                                  f"expected two (batch, n_models) arrays")

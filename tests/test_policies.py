@@ -60,6 +60,24 @@ def satisfies(pool, constraints, j, cost):
 
 # --- policies and constraints ---------------------------------------------------------------------------
 
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), scored=scored_pools(), policy=policies(), ties=st.booleans())
+def test_the_one_prompt_path_of_route_matches_the_array_path(data, scored, policy, ties):
+    """Route's plain-Python path (exclusions_one, rank) decides exactly as exclusions/require_eligible/select,
+    on float32 scores as Triton returns them, with exact ties in quality and cost."""
+    pool, quality, cost = scored
+    if ties:   # a few distinct values, so that keys tie and the tie-break order shows
+        quality, cost = np.round(quality, 1), np.round(cost, 3)
+    quality, cost = quality.astype(np.float32), cost.astype(np.float32)
+    constraints = data.draw(constraints_for(pool))
+    codes = constraints.exclusions(pool, cost[None, :])
+    assert constraints.exclusions_one(pool, cost) == codes[0].tolist()
+    eligible = [j for j, code in enumerate(codes[0].tolist()) if code == ELIGIBLE]
+    if eligible:
+        expected = policy.select(quality, cost, require_eligible(codes, constraints)[0]).tolist()
+        assert policy.rank(quality.tolist(), cost.tolist(), eligible) == expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), scored=scored_pools(), policy=policies())
 def test_chosen_model_satisfies_every_constraint(data, scored, policy):

@@ -35,7 +35,7 @@ from selector.pool import DEFAULT_POOL_PATH, PoolMismatchError, ServedPool, load
 from selector.proto import generate
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
-from selector.server import SERVICE_NAME, create_server
+from selector.server import SERVICE_NAME, _ScoresWire, create_server
 from selector.triton_scores import PredictorUnavailable
 from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
 
@@ -281,6 +281,20 @@ def test_the_selectors_prompt_limit_is_the_predictors():
     # predictor_service.predictor holds the one limit, but importing it pulls in torch, which the selector
     # does not load; this keeps the two equal.
     assert SelectorConfig().max_prompt_bytes == MAX_PROMPT_BYTES
+
+
+def test_route_scores_in_wire_format_equal_the_messages_built_field_by_field():
+    names = ["a", "gpt-4o", "ü" * 70, "m" * 200]          # 1- and 2-byte varint lengths, non-ASCII
+    rng = np.random.default_rng(3)
+    for quality, cost in [([0.0, -0.0, 1.0, 0.5], [0.0, -0.0, 1e-300, 2.5]),
+                          (rng.random(4).astype(np.float32).tolist(), (rng.random(4) * 1e-3).tolist())]:
+        built = pb.RouteDecision(model="a", policy="tradeoff(quality_per_usd=0)")
+        for name, q, c in zip(names, quality, cost):
+            built.scores.add(model=name, quality=q, expected_cost_usd=c)
+        merged = pb.RouteDecision(model="a", policy="tradeoff(quality_per_usd=0)")
+        merged.MergeFromString(_ScoresWire(names).encode(quality, cost))
+        assert merged == built
+        assert merged.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
 
 
 def test_the_committed_generated_code_matches_the_proto(tmp_path):
