@@ -26,7 +26,8 @@ bench-quick: setup
 	$(PY) -m bench.run --quick
 
 eval: setup
-	$(VENV)/bin/routoo eval --train ../shared/data/mmlu-pro/train --test ../shared/data/mmlu-pro/dev
+	$(VENV)/bin/routoo eval --train ../shared/data/mmlu-pro/train --test ../shared/data/mmlu-pro/dev \
+		--out-json docs/evaluation-static.json --plot docs/frontier.png
 
 train-default: setup
 	$(VENV)/bin/routoo train --data ../shared/data/mmlu-pro/train --dev ../shared/data/mmlu-pro/dev \

@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a predictor artifact on a canonical dataset")
     p.add_argument("--data", required=True, help="training dataset folder (canonical format)")
-    p.add_argument("--dev", help="dev dataset folder: early stopping, temperature and reported metrics")
+    p.add_argument("--dev", help="dev dataset folder: only for the reported metrics (no training step reads it)")
     p.add_argument("--encoder", choices=["static", "minilm"], default="static")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256,
+                   help="hidden width of the merged head, shared by the ensemble members (a multiple of 4)")
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")

@@ -98,7 +98,7 @@ def test_concurrent_requests_are_batched_without_cross_talk(triton_server, predi
     prompts = make_prompts(64)
     expected_quality, expected_cost = predictor.predict(prompts)
     gaps = np.abs(expected_quality[:, None, :] - expected_quality[None, :, :]).max(-1)  # (64, 64)
-    assert gaps[~np.eye(64, dtype=bool)].min() > 1e-3, "prompts too alike to detect cross-talk"
+    assert gaps[~np.eye(64, dtype=bool)].min() > 1e-4, "prompts too alike to detect cross-talk"  # 10x the tolerance
     sync_client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     before = model_stats(sync_client)
 

@@ -1,0 +1,109 @@
+"""`routoo eval` and `routoo eval-add-model`: the routing evaluation harness (predictor_service/evaluation.py)
+on the command line. Registered by predictor_service/cli.py through `add_commands(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from predictor_service.eval_config import EvalConfig
+
+_DEFAULTS = EvalConfig()
+
+
+def _pool_list(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--pool needs at least one model name")
+    return names
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--sizes must be comma-separated integers, got {value!r}") from e
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"--sizes must be integers >= 2, got {value!r}")
+    return sizes
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from predictor_service.artifact import Artifact, default_artifact_path
+    from predictor_service.data import load_dataset
+    from predictor_service.evaluation import evaluate, format_tables, plot_frontiers, write_json
+
+    started = time.perf_counter()
+    artifact = Artifact.load(args.artifact or default_artifact_path())
+    train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
+    print(f"train: {len(train_ds)} prompts ({train_ds.report.summary()}); "
+          f"test: {len(test_ds)} prompts ({test_ds.report.summary()}); "
+          f"artifact: {args.artifact or default_artifact_path()} ({artifact.manifest.encoder} encoder)")
+    config = replace(_DEFAULTS, ref_model=args.ref or None, tfidf=not args.skip_tfidf, seed=args.seed)
+    report = evaluate(train_ds, test_ds, artifact, pool=args.pool, config=config)
+    print(f"\nkNN: k = {report['knn']['k']}, chosen by frontier AUC on {config.knn_holdout:.0%} of train")
+    print(f"\n{'quality prediction on test':<40}{'log loss':>9}{'ECE':>8}{'AUROC':>8}")
+    for name, m in report["quality_metrics"].items():
+        print(f"{name[:39]:<40}{m['log_loss']:>9.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
+    print(format_tables(report))
+    if args.out_json:
+        print(f"\nJSON: {write_json(report, args.out_json)}")
+    if args.plot:
+        print(f"plot: {plot_frontiers(report, args.plot)}")
+    print(f"evaluation took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def cmd_eval_add_model(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from predictor_service.artifact import Artifact
+    from predictor_service.data import load_dataset
+    from predictor_service.evaluation import add_model_experiment, format_add_model
+
+    started = time.perf_counter()
+    train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
+    full = Artifact.load(args.artifact) if args.artifact else None
+    result = add_model_experiment(train_ds, test_ds, args.model, encoder_name=args.encoder, full_artifact=full,
+                                  sizes=args.sizes, repeats=args.repeats, seed=args.seed)
+    print(format_add_model(result))
+    if args.out_json:
+        path = Path(args.out_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"JSON: {path}")
+    print(f"experiment took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="accuracy/cost frontiers of the router against baselines")
+    p.add_argument("--train", required=True, help="dataset folder the baselines are fitted on (canonical format)")
+    p.add_argument("--test", required=True, help="dataset folder to evaluate on")
+    p.add_argument("--artifact", help="predictor artifact (default: the committed default artifact)")
+    p.add_argument("--pool", type=_pool_list, help="comma-separated models to route among (default: all "
+                   "that the artifact and the test data share); the open-weights subset is evaluated too")
+    p.add_argument("--ref", default=_DEFAULTS.ref_model,
+                   help=f"extra reference model (default {_DEFAULTS.ref_model}; '' for none)")
+    p.add_argument("--out-json", help="write every figure and frontier point as JSON")
+    p.add_argument("--plot", help="write a PNG of the frontiers with the single models labelled")
+    p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (~1-2 min faster)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("eval-add-model", help="drop a model from training, add it back from n labelled "
+                              "prompts with add-model, compare its AUROC with full training")
+    p.add_argument("--train", required=True, help="training dataset folder")
+    p.add_argument("--test", required=True, help="dataset folder the AUROC is measured on")
+    p.add_argument("--model", required=True, help="the model to drop and add back (a mid-priced one)")
+    p.add_argument("--encoder", choices=["static", "minilm"], default="static")
+    p.add_argument("--artifact", help="artifact trained with all data, as the reference (default: train one)")
+    p.add_argument("--sizes", type=_sizes, default=(50, 200, 1000), help="labelled prompt counts (default "
+                   "50,200,1000; all labelled prompts are always added as a last row)")
+    p.add_argument("--repeats", type=int, default=5, help="random draws per size (mean and std reported)")
+    p.add_argument("--out-json", help="write the results as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval_add_model)
