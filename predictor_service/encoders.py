@@ -89,21 +89,28 @@ class StaticEncoder:
         """The tokenizer's ids for `text`, truncated to max_tokens, [UNK] dropped.
 
         BERT's normaliser and pre-tokeniser never join across whitespace, so each whitespace-separated
-        chunk tokenizes on its own and a chunk -> ids cache gives exactly the tokenizer's answer: ~30 us
-        for a 700-character prompt instead of ~300 us through the tokenizer (0.4 us a character). Texts
+        chunk tokenizes on its own and a chunk -> ids cache gives exactly the tokenizer's answer: ~60 us
+        for a 700-character prompt instead of ~370 us through the tokenizer once its words were seen. Texts
         with a character that Python and BERT disagree on as whitespace take the tokenizer itself.
         """
         if _SPLIT_DISAGREES.search(text):
             ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         else:
-            ids, cache = [], self._chunk_ids
-            for chunk in text.split():
-                piece = cache.get(chunk)
-                if piece is None:
-                    if len(cache) >= CHUNK_CACHE_SIZE:
+            ids, cache, chunks = [], self._chunk_ids, text.split()
+            # Windows of max_tokens chunks: nearly every chunk gives >= 1 token, so one window usually
+            # suffices, and a 64 KiB prompt never tokenizes past what truncation keeps.
+            for start in range(0, len(chunks), self.max_tokens):
+                window = chunks[start:start + self.max_tokens]
+                missing = [c for c in dict.fromkeys(window) if c not in cache]
+                if missing:
+                    # One batched call for a prompt's unseen chunks: a call per chunk made a cold prompt
+                    # cost more (540 us) than the plain tokenizer (370 us); batched it is ~410 us.
+                    if len(cache) + len(missing) > CHUNK_CACHE_SIZE:
                         cache.clear()
-                    piece = cache[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
-                ids.extend(piece)
+                    encodings = self.tokenizer.encode_batch_fast(missing, add_special_tokens=False)
+                    cache.update(zip(missing, (e.ids for e in encodings)))
+                for chunk in window:
+                    ids.extend(cache[chunk])
                 if len(ids) >= self.max_tokens:
                     break
             ids = ids[: self.max_tokens]
