@@ -113,6 +113,17 @@ class RunResult:
         return out
 
 
+async def _timed_call(target, prompt: str, since: float, result) -> None:
+    """One request: its latency from `since` on success, a counted error of its kind on failure."""
+    try:
+        await target(prompt)
+    except Exception as e:   # noqa: BLE001 - every failure of the target is a counted error
+        result.errors += 1
+        result.error_kinds[_error_kind(e)] += 1
+    else:
+        result.latencies_s.append(time.perf_counter() - since)
+
+
 def _error_kind(exc: BaseException) -> str:
     """A short key to count errors by: the gRPC status and details where the error carries them."""
     code, details = getattr(exc, "code", None), getattr(exc, "details", None)
@@ -163,14 +174,7 @@ async def closed_loop(target: AsyncTarget, prompts: Sequence[str], concurrency: 
         while issued < limit and time.perf_counter() < stop_at:
             prompt = prompts[issued % len(prompts)]
             issued += 1
-            sent = time.perf_counter()
-            try:
-                await target(prompt)
-            except Exception as e:   # noqa: BLE001 - every failure of the target is a counted error
-                result.errors += 1
-                result.error_kinds[_error_kind(e)] += 1
-            else:
-                result.latencies_s.append(time.perf_counter() - sent)
+            await _timed_call(target, prompt, time.perf_counter(), result)
             last_done = time.perf_counter()
 
     clients = {asyncio.ensure_future(client()) for _ in range(concurrency)}
@@ -213,14 +217,7 @@ async def open_loop(target: AsyncTarget, prompts: Sequence[str], rate_per_s: flo
     async def one(prompt: str, intended: float) -> None:
         nonlocal last_done
         # From the schedule when sent late (the wait counts), from the send when sent up to TIMER_SLACK_S early.
-        since = min(intended, time.perf_counter())
-        try:
-            await target(prompt)
-        except Exception as e:   # noqa: BLE001 - every failure of the target is a counted error
-            result.errors += 1
-            result.error_kinds[_error_kind(e)] += 1
-        else:
-            result.latencies_s.append(time.perf_counter() - since)
+        await _timed_call(target, prompt, min(intended, time.perf_counter()), result)
         last_done = time.perf_counter()
 
     for i, offset in enumerate(schedule):
