@@ -3,20 +3,19 @@
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from predictor_service.artifact import default_artifact_path
 from selector.policies import (DENIED, DISABLED, ELIGIBLE, NOT_ALLOWED, POLICIES, TOO_EXPENSIVE, TOO_SLOW,
                                BudgetTooSmall, Constraints, CostCapPolicy, InvalidRequest, NoEligibleModel,
                                QualityTargetPolicy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
 from selector.pool import (DEFAULT_POOL_PATH, Pool, PoolError, PoolMismatchError, PoolModel, ServedPool,
                            blended_usd_per_mtok, load_pool, match_pool)
 
-MODELS_JSON = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu-pro" / "train" / "models.json"
 
 # --- strategies -----------------------------------------------------------------------------------------
 
@@ -331,13 +330,14 @@ def test_a_budget_below_the_cheapest_assignment_says_what_it_would_take():
 
 # --- pool -----------------------------------------------------------------------------------------------
 
-def test_default_pool_has_the_32_models_and_prices_of_the_training_data():
+def test_default_pool_has_the_32_models_and_prices_of_the_default_artifact():
+    # The committed artifact's manifest carries the training data's pool and prices, so this holds on a
+    # machine without ../shared/data too.
+    manifest = json.loads((default_artifact_path() / "manifest.json").read_text())
     pool = load_pool()
-    spec = json.loads(MODELS_JSON.read_text())["models"]
-    assert pool.names == [m["name"] for m in spec]
-    for model, entry in zip(pool.models, spec):
-        assert (model.input_usd_per_mtok, model.output_usd_per_mtok) == (entry["input_usd_per_mtok"],
-                                                                         entry["output_usd_per_mtok"])
+    assert pool.names == manifest["model_names"] and len(pool.names) == 32
+    for model, (input_usd, output_usd) in zip(pool.models, manifest["model_prices"]):
+        assert (model.input_usd_per_mtok, model.output_usd_per_mtok) == (input_usd, output_usd)
         assert model.p95_latency_ms > 0 and model.enabled
     assert "STAND-IN" in DEFAULT_POOL_PATH.read_text()
 
