@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,14 +191,10 @@ def build_static_table(*, force: bool = False) -> Path:
 
     log.info("distilling the static embedding table from %s (once, ~30 s)", minilm_path())
     model = distill(model_name=str(minilm_path()), pca_dims=STATIC_DIMS)
+    # Written beside the target, then moved: a run killed half-way never leaves a half-written table.
     tmp = target.with_suffix(".tmp")
     model.save_pretrained(str(tmp))
-    tmp.replace(target) if not target.exists() else _replace_dir(tmp, target)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
     return target
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.rmtree(dst)
-    src.replace(dst)

@@ -73,7 +73,9 @@ class HeadWeights:
 
 
 class ScoringHead(nn.Module):
-    """Trainable form of HeadWeights; forward returns logits for the BCE loss and log cost for the MSE."""
+    """Trainable quality branch of HeadWeights: forward gives the quality logits for the BCE loss (dropout
+    on the hidden layer in training mode). Training fits the cost rows afterwards by ridge regression on
+    the frozen hidden layer (training.fit_cost_rows); they live here only so `weights()` is a whole head."""
 
     def __init__(self, dim: int, hidden: int, n_models: int, *, dropout: float = 0.1):
         super().__init__()
@@ -85,11 +87,9 @@ class ScoringHead(nn.Module):
         self.cost_len_coef = nn.Parameter(torch.ones(n_models))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, prompt_embedding: torch.Tensor, log_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.dropout(torch.relu(self.hidden(prompt_embedding)))                 # (batch, hidden)
-        logits = h @ self.quality_emb.T + self.quality_bias                         # (batch, n_models)
-        log_cost = h @ self.cost_emb.T + self.cost_bias + log_len[:, None] * self.cost_len_coef
-        return logits, log_cost
+    def forward(self, prompt_embedding: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.hidden_features(prompt_embedding))                    # (batch, hidden)
+        return h @ self.quality_emb.T + self.quality_bias                           # (batch, n_models)
 
     def hidden_features(self, prompt_embedding: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.hidden(prompt_embedding))

@@ -87,7 +87,3 @@ class Predictor:
             embedding = torch.from_numpy(self.encoder.encode(texts)).to(self.device)
             quality, cost = self.weights.score(embedding, log_len, self.inv_temperature)
         return quality.cpu().numpy(), cost.cpu().numpy()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """(n, dim) prompt embeddings, for training and evaluation code."""
-        return self.encoder.encode(texts)

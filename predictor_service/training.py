@@ -148,15 +148,13 @@ def fit_member(x_fit: np.ndarray, target: np.ndarray, x_stop: np.ndarray, qualit
     for epoch in bar:
         model.train()
         for idx in torch.randperm(len(xt), generator=generator).split(batch_size):
-            h = model.dropout(model.hidden_features(xt[idx]))
-            logits = h @ model.quality_emb.T + model.quality_bias
-            loss = _masked_bce(logits, yq[idx], known[idx])
+            loss = _masked_bce(model(xt[idx]), yq[idx], known[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            stop_logits = model.hidden_features(xs) @ model.quality_emb.T + model.quality_bias
+            stop_logits = model(xs)                             # eval mode: no dropout
             stop_loss = log_loss(quality_stop, torch.sigmoid(stop_logits).numpy())
         bar.set_postfix(held_out_log_loss=f"{stop_loss:.4f}")
         if stop_loss < best_loss - 1e-5:
