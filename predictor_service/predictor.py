@@ -2,7 +2,8 @@
 
 One batched call per batch of prompts; the Triton model (model_repository/routoo_predictor) and the CLI
 both go through `Predictor.predict`. On a CUDA device the static predictor runs as one fused kernel
-(token gather + mean + normalise + head); elsewhere the PyTorch references run.
+(token gather + mean + normalise + head); on the CPU as kernels.FoldedStaticPredictor, the same maths in
+seven PyTorch ops. The minilm head runs through kernels.scoring_head (kernel on CUDA, reference elsewhere).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.static_predictor import static_predictor
+from kernels.static_predictor import FoldedStaticPredictor, static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
 from predictor_service.head import log_lengths
@@ -53,6 +54,10 @@ class Predictor:
         self.weights = artifact.weights.to(self.device)
         self.inv_temperature = float(manifest.inv_temperature)
         self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
+        self._folded = None
+        if self._table is not None and self.device.type == "cpu":
+            self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
+                                                 self.inv_temperature)
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":
@@ -80,6 +85,9 @@ class Predictor:
         log_len = log_lengths(texts).to(self.device)
         if self._table is not None:
             tokens = self.encoder.tokenize(texts)
+            if self._folded is not None:
+                quality, cost = self._folded(tokens.token_ids, tokens.offsets, log_len)
+                return np.ascontiguousarray(quality.numpy()), np.ascontiguousarray(cost.numpy())
             quality, cost = static_predictor(tokens.token_ids.to(self.device), tokens.offsets.to(self.device),
                                              self._table, log_len, *self.weights.as_dict().values(),
                                              self.inv_temperature, trusted=True)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import (
-    scoring_head, scoring_head_reference, static_embed, static_embed_reference, static_predictor,
+    FoldedStaticPredictor, scoring_head, scoring_head_reference, static_embed, static_embed_reference, static_predictor,
     static_predictor_reference,
 )
 
@@ -151,6 +151,22 @@ def test_static_predictor_matches_reference(batch, n_models, dim, hidden, device
                                       **to_cpu(head), inv_temperature=INV_TEMPERATURE)
     assert got[0].shape == got[1].shape == (batch, n_models)
     assert_head_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dim, hidden", [(256, 64), (256, 256), (384, 96)])
+@pytest.mark.parametrize("n_models", [1, 33])
+@pytest.mark.parametrize("batch", [1, 7, 129])
+def test_folded_cpu_predictor_matches_reference(batch, n_models, dim, hidden):
+    """The CPU serving path (first layer folded into the table) against the same reference; empty and
+    one-token prompts included."""
+    token_ids, offsets, log_len = make_prompts(batch)
+    table = 0.1 * torch.randn(VOCAB, dim)
+    head = make_head_params(dim, hidden, n_models)
+    got = FoldedStaticPredictor(table, **head, inv_temperature=INV_TEMPERATURE)(token_ids, offsets, log_len)
+    want = static_predictor_reference(token_ids, offsets, table, log_len, **head,
+                                      inv_temperature=INV_TEMPERATURE)
+    assert got[0].shape == got[1].shape == (batch, n_models)
+    assert_head_close(got, want, torch.float32)
 
 
 def _call_args(op, device="cpu", dtype=torch.float32):

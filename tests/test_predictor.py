@@ -2,13 +2,17 @@
 
 import csv
 import json
+import string
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
 from predictor_service.cli import main as routoo
-from predictor_service.data import load_dataset
+from predictor_service.data import load_dataset, read_prompts
 from predictor_service.encoders import load_encoder
 from predictor_service.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
@@ -181,3 +185,33 @@ def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(text):
     expected = [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
     assert encoder._token_ids(text) == expected
     assert encoder._token_ids(text) == expected          # second time from the cache
+
+
+@pytest.fixture(scope="module")
+def static_encoder():
+    return load_encoder("static")
+
+
+def _tokenizer_ids(encoder, text):
+    return [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(string.printable + "éß×–“”πΩ東\u00a0"), max_size=300))
+def test_static_tokenizer_matches_on_any_text(static_encoder, text):
+    """Printable-ASCII chunks take the encoder's own WordPiece, the rest the tokenizer: both must give
+    exactly the tokenizer's ids, cold and from the cache."""
+    static_encoder._chunk_ids.clear()
+    expected = _tokenizer_ids(static_encoder, text)
+    assert static_encoder._token_ids(text) == expected
+    assert static_encoder._token_ids(text) == expected
+
+
+MMLU_PRO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu-pro"
+
+
+@pytest.mark.skipif(not (MMLU_PRO / "dev" / "prompts.jsonl").is_file(), reason="needs ../shared/data")
+def test_static_tokenizer_matches_on_every_dev_prompt(static_encoder):
+    static_encoder._chunk_ids.clear()
+    texts = [p.text for p in read_prompts(MMLU_PRO / "dev" / "prompts.jsonl")]
+    assert [static_encoder._token_ids(t) for t in texts] == [_tokenizer_ids(static_encoder, t) for t in texts]
