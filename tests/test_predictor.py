@@ -70,6 +70,17 @@ def test_minilm_encoder_loads_offline_and_pools(monkeypatch):
     assert similar > unrelated + 0.2
 
 
+def test_minilm_batches_give_each_prompt_its_own_embedding():
+    """Length-sorted sub-batches under the token budget, padding masked: a batch's rows equal the prompts
+    encoded one at a time, in the caller's order."""
+    encoder = load_encoder("minilm", max_tokens=64)
+    texts = ["short", "word " * 60, "a medium length question about torts and contracts", "x y", "z " * 20]
+    encoder.token_budget = 96    # several sub-batches of different widths
+    batched = encoder.encode(texts)
+    single = np.concatenate([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+
+
 def test_training_learns_which_model_knows_which_topic(trained, synthetic):
     artifact, result = trained
     _, dev_ds = synthetic
