@@ -138,8 +138,10 @@ class FoldedStaticPredictor:
             self.hidden, self.n_models = w1.shape[1], quality_emb.shape[0]
             self.table = torch.cat([table @ w1, table], dim=1).contiguous()           # (vocab, hidden + dim)
             self.b1 = b1.float().contiguous()
-            # inv_temperature scales the quality logits, so it folds into their rows and biases.
-            self.out_w = torch.cat([quality_emb.float() * inv_temperature, cost_emb.float()]).T.contiguous()
+            # inv_temperature scales the quality logits, so it folds into their rows and biases. Kept
+            # (2 m, hidden) and used transposed, as the reference does: a pre-transposed copy sent batch 1
+            # down another BLAS path whose rounding differed from batch 64 by 1.3e-5 in cost (1e-6 this way).
+            self.out_w = torch.cat([quality_emb.float() * inv_temperature, cost_emb.float()]).contiguous()
             self.out_b = torch.cat([quality_bias.float() * inv_temperature, cost_bias.float()]).contiguous()
             self.cost_len_coef = cost_len_coef.float().contiguous()
 
@@ -149,7 +151,7 @@ class FoldedStaticPredictor:
         sums = F.embedding_bag(token_ids, self.table, offsets, mode="sum", include_last_offset=True)
         norm = torch.linalg.vector_norm(sums[:, h_dim:], dim=1, keepdim=True).clamp_(min=NORM_EPS)
         h = sums[:, :h_dim].div_(norm).add_(self.b1).relu_()                        # (batch, hidden)
-        out = torch.addmm(self.out_b, h, self.out_w)                                  # (batch, 2 m)
+        out = torch.addmm(self.out_b, h, self.out_w.T)                                # (batch, 2 m)
         quality = out[:, :m].sigmoid_()
         expected_cost_usd = out[:, m:].addcmul_(log_len[:, None], self.cost_len_coef).exp_()
         return quality, expected_cost_usd

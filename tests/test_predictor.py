@@ -147,8 +147,18 @@ def test_default_artifact_scores_unseen_prompts():
     quality, cost = predictor.predict(texts)
     assert quality.shape == cost.shape == (3, len(predictor.model_names))
     assert ((quality > 0) & (quality < 1)).all() and (cost > 0).all()
-    one_by_one = np.concatenate([predictor.predict([t])[0] for t in texts])
-    np.testing.assert_allclose(one_by_one, quality, atol=1e-6)   # batching never changes an answer
+
+
+def test_batching_never_changes_an_answer():
+    """Triton's dynamic batcher must give each prompt what it gets alone (to fp32 rounding, not 1e-5)."""
+    predictor = Predictor.load(default_artifact_path(), device="cpu")
+    rng = np.random.default_rng(0)
+    words = " ".join(TOPICS.values()).split() + ["What", "is", "the", "value", "of", "A.", "B.", "C.", "(x+1)^2"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 120)))) for _ in range(60)]
+    quality, cost = predictor.predict(texts)
+    alone = [predictor.predict([t]) for t in texts]
+    np.testing.assert_allclose(np.concatenate([q for q, _ in alone]), quality, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([c for _, c in alone]), cost, rtol=3e-6)
 
 
 @pytest.mark.parametrize("text, message", [("", "empty"), ("   \n", "empty"), ("x" * 70_000, "over the limit")])
