@@ -58,6 +58,7 @@ class BenchSettings:
     route_batch_prompts: int = 10_000
     route_batch_repeats: int = 15
     quick: bool = False
+    device: str = "cpu"                     # "gpu": Triton instances KIND_GPU, in-process predictor on cuda
 
 
 # --quick: the static encoder, 1 and 32 clients, short runs: 60-100 s on 2 busy cores, ~20 s of it starting
@@ -151,7 +152,7 @@ async def bench_encoder(encoder: str, settings: BenchSettings, prompts: list[str
     wanted = set(settings.targets)
 
     if "in_process" in wanted:
-        target = InProcessTarget.load(artifact)
+        target = InProcessTarget.load(artifact, device="cuda" if settings.device == "gpu" else "cpu")
         enc["n_models"] = len(target.predictor.model_names)
         enc["targets"]["in_process"] = await measurer.measure(f"{encoder}/in_process", target)
         del target
@@ -169,7 +170,9 @@ async def bench_encoder(encoder: str, settings: BenchSettings, prompts: list[str
 async def _with_triton(encoder, artifact, dynamic_batching, models, names, measurer, enc, report) -> None:
     started = time.perf_counter()
     try:
-        with triton_server(artifact, dynamic_batching=dynamic_batching, models=models) as server:
+        kind = "KIND_GPU" if measurer.settings.device == "gpu" else "KIND_CPU"
+        with triton_server(artifact, dynamic_batching=dynamic_batching, models=models,
+                           instance_kind=kind) as server:
             log.info("%s: tritonserver ready in %.1f s (dynamic batching %s)", encoder,
                      time.perf_counter() - started, "on" if dynamic_batching else "off")
             predictor_stats = TritonTarget(server.grpc_url, "routoo_predictor")
@@ -282,13 +285,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", default=None, help="comma-separated closed-loop concurrencies")
     parser.add_argument("--prompts", type=Path, default=None,
                         help="prompts.jsonl to send (default: ../shared/data/mmlu-pro/dev)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: serve with KIND_GPU instances and run the in-process target on cuda")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     settings = QUICK if args.quick else BenchSettings()
-    changes: dict = {}
+    changes: dict = {"device": args.device}
     if args.slo_ms is not None:
         if not args.slo_ms > 0:
             raise SystemExit(f"--slo-ms must be > 0, got {args.slo_ms}")

@@ -167,13 +167,15 @@ def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0):
 
 
 @contextlib.contextmanager
-def triton_server(artifact: Path, *, dynamic_batching: bool, models: tuple[str, ...]):
+def triton_server(artifact: Path, *, dynamic_batching: bool, models: tuple[str, ...],
+                  instance_kind: str = "KIND_CPU"):
     """The real tritonserver (predictor_service.triton_server) on free loopback ports; yields it."""
     try:
         from predictor_service.triton_server import TritonServer
     except ImportError as e:
         raise TargetUnavailable(f"predictor_service.triton_server is not importable ({e})") from e
-    server = TritonServer(artifact=artifact, dynamic_batching=dynamic_batching, models=models)
+    server = TritonServer(artifact=artifact, dynamic_batching=dynamic_batching, models=models,
+                          instance_kind=instance_kind)
     with server:
         yield server
 
@@ -316,14 +318,14 @@ class InProcessTarget:
     predictor: object
 
     @classmethod
-    def load(cls, artifact: Path) -> "InProcessTarget":
+    def load(cls, artifact: Path, device: str = "cpu") -> "InProcessTarget":
         import torch
 
         from predictor_service.predictor import Predictor
 
         # The same intra-op threads as a routoo_predictor instance in Triton, so RPC is the only difference.
         torch.set_num_threads(served_torch_threads())
-        return cls(Predictor.load(artifact, device="cpu"))
+        return cls(Predictor.load(artifact, device=device))
 
     async def __call__(self, prompt: str):
         quality, _ = self.predictor.predict([prompt])
