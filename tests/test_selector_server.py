@@ -268,9 +268,12 @@ def test_a_price_in_the_pool_file_scales_that_models_expected_cost(selector, tri
 
 
 def test_a_triton_call_past_its_deadline_is_deadline_exceeded(triton_server):  # noqa: F811
-    hurried = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, triton_timeout_s=1e-6))
+    # gRPC deadlines have millisecond resolution, and one warm prompt can come back within a millisecond,
+    # so the call that must miss its 1 ms deadline is ten chunks of 64 prompts (tens of ms of work).
+    hurried = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, triton_timeout_s=1e-3))
     try:
-        error = rpc_error(hurried.stub.Route, make_route_request(PROMPTS[0]))
+        prompts = [f"{PROMPTS[i % len(PROMPTS)]} ({i})" for i in range(640)]
+        error = rpc_error(hurried.stub.RouteBatch, pb.RouteBatchRequest(prompts=prompts, total_budget_usd=1.0))
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "deadline" in error.details()
     finally:
