@@ -133,12 +133,22 @@ class StaticEncoder:
         cache, other = self._chunk_ids, []
         for chunk in chunks:
             if _PRINTABLE_ASCII.fullmatch(chunk):
-                cache[chunk] = [i for word in _ASCII_WORDS.findall(chunk.lower()) for i in self._wordpiece(word)]
+                cache[chunk] = self._ascii_chunk_ids(chunk)
             else:
                 other.append(chunk)
         if other:
             encodings = self.tokenizer.encode_batch_fast(other, add_special_tokens=False)
             cache.update(zip(other, (e.ids for e in encodings)))
+
+    def _ascii_chunk_ids(self, chunk: str) -> list[int]:
+        """Ids of one printable-ASCII chunk, cut at max_tokens: a prompt keeps only its first max_tokens ids,
+        so later ones are never used, and a 64 KiB chunk like "a.a.a..." costs 0.1 ms instead of 70."""
+        ids = []
+        for match in _ASCII_WORDS.finditer(chunk.lower()):
+            ids.extend(self._wordpiece(match.group()))
+            if len(ids) >= self.max_tokens:
+                return ids[: self.max_tokens]
+        return ids
 
     def _wordpiece(self, word: str) -> list[int]:
         """WordPiece as the tokenizer's model does it: longest vocabulary prefix first, then '##' pieces;
