@@ -80,9 +80,12 @@ class StaticEncoder:
         unk = tokenizer.token_to_id("[UNK]")
         self._unk_id = -1 if unk is None else unk
         self._chunk_ids: dict[str, list[int]] = {}
-        model = json.loads(tokenizer.to_str())["model"]
-        self._vocab: dict[str, int] = model["vocab"]
-        self._max_word_chars = int(model.get("max_input_chars_per_word", 100))
+        spec = json.loads(tokenizer.to_str())
+        self._vocab: dict[str, int] = spec["model"]["vocab"]
+        self._max_word_chars = int(spec["model"].get("max_input_chars_per_word", 100))
+        # Added tokens ("[UNK]", "[PAD]") are matched in the raw text before any normalisation; a chunk that
+        # holds one goes to the tokenizer.
+        self._added_tokens = tuple(t["content"] for t in spec.get("added_tokens", ()))
 
     @classmethod
     def load(cls, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
@@ -132,7 +135,7 @@ class StaticEncoder:
         made a prompt with a few new words cost 3x a seen one."""
         cache, other = self._chunk_ids, []
         for chunk in chunks:
-            if _PRINTABLE_ASCII.fullmatch(chunk):
+            if _PRINTABLE_ASCII.fullmatch(chunk) and not any(t in chunk for t in self._added_tokens):
                 cache[chunk] = self._ascii_chunk_ids(chunk)
             else:
                 other.append(chunk)

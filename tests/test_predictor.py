@@ -200,6 +200,7 @@ def test_train_cli_end_to_end(tmp_path, capsys):
     "Which of these is a prime? A. 4 B. 7\nC. 9", "naïve café 東京タワー (Tokyo)", "tab\tsep\nnew\rline",
     "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
     "supercalifragilistic" * 8, "", "   ", "word " * 400, "a." * 20_000, "(x+1)^2=" * 5_000 + " tail",
+    "[UNK]", "see[PAD]here [unk] [UNK]x",
 ])
 def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(text):
     encoder = load_encoder("static")
