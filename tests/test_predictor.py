@@ -218,8 +218,12 @@ def _tokenizer_ids(encoder, text):
     return [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(string.printable + "éß×–“”πΩ東\u00a0"), max_size=300))
+# Characters, plus the tokenizer's added tokens, which it matches in the raw text before normalising.
+TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0", "[UNK]", "[PAD]", "[unk]"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every CI run
+@given(st.lists(st.sampled_from(TEXT_PIECES), max_size=300).map("".join))
 def test_static_tokenizer_matches_on_any_text(static_encoder, text):
     """Printable-ASCII chunks take the encoder's own WordPiece, the rest the tokenizer: both must give
     exactly the tokenizer's ids, cold and from the cache."""
