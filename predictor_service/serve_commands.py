@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -12,10 +13,27 @@ DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8000, 8001, 8002
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
+def default_instance_count(instance_kind: str, usable_cpus: int | None = None) -> int:
+    """Model instances when --instance-count is not given. CPU: half the usable CPUs, each instance running
+    one torch thread, the other half left to Triton's gRPC threads and the Python backend's IPC (on 2 cores
+    that is 1, which measured best: docs/serving.md). GPU: one instance per device."""
+    if instance_kind != "KIND_CPU":
+        return 1
+    if usable_cpus is None:
+        usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, usable_cpus // 2)
+
+
 def cmd_serve_predictor(args: argparse.Namespace) -> int:
     from predictor_service.triton_server import TritonServer, ensure_artifact, materialise_repository
 
     kind = INSTANCE_KINDS[args.instance_kind]
+    if args.instance_count is not None and args.instance_count < 1:
+        print(f"routoo: error: --instance-count must be >= 1, got {args.instance_count}", file=sys.stderr)
+        return 2
+    if args.instance_count is None and not args.write_repository:
+        # A written repository may be served on another host: it keeps the committed count unless told.
+        args.instance_count = default_instance_count(kind)
     if args.write_repository:
         materialise_repository(args.write_repository, ensure_artifact(args.artifact),
                                dynamic_batching=not args.no_dynamic_batching,
@@ -66,7 +84,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                    help="Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port")
     p.add_argument("--no-dynamic-batching", action="store_true", help="serve with dynamic batching off")
-    p.add_argument("--instance-count", type=int, help="model instances (default: the config's, 1)")
+    p.add_argument("--instance-count", type=int,
+                   help="model instances (default: half the usable CPUs for cpu, one per GPU for gpu)")
     p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
     p.add_argument("--stop-timeout", type=float, default=15.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--log-verbose", action="store_true", help="tritonserver --log-verbose=1")

@@ -64,6 +64,7 @@ def _names(text: str) -> list[str]:
 # --- serve ----------------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from predictor_service.serve_commands import default_instance_count
     from predictor_service.triton_server import TritonServer
     from selector.server import StartupError, serve
 
@@ -71,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM while Triton starts: unwind through the `with` so tritonserver (its own session) is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     triton = TritonServer(args.artifact, grpc_port=args.triton_grpc_port, http_port=args.triton_http_port,
-                          metrics_port=args.triton_metrics_port, host=args.host)
+                          metrics_port=args.triton_metrics_port, host=args.host,
+                          instance_count=default_instance_count("KIND_CPU"))
     print(f"starting the predictor in Triton on {args.host} (gRPC {args.triton_grpc_port}) ...", flush=True)
     with triton:
         def started(server, port: int) -> None:

@@ -16,7 +16,9 @@ from tritonclient.utils import InferenceServerException
 from predictor_service.artifact import Artifact, default_artifact_path
 from predictor_service.limits import MAX_PROMPT_BYTES
 from predictor_service.predictor import Predictor
+from predictor_service.cli import main as routoo
 from predictor_service.remote import score_remote
+from predictor_service.serve_commands import default_instance_count
 from predictor_service.triton_server import (
     POOL_LABELS, TritonServer, TritonServerError, materialise_repository,
 )
@@ -201,6 +203,21 @@ def test_materialised_repository_can_turn_batching_off(tmp_path):
     assert [g.count for g in config.instance_group] == [2]
     assert json.loads(config.parameters["pool_models"].string_value) == names
     assert (repo / MODEL / POOL_LABELS).read_text().split() == names
+
+
+@pytest.mark.parametrize("kind, cpus, expected", [("KIND_CPU", 1, 1), ("KIND_CPU", 2, 1), ("KIND_CPU", 16, 8),
+                                                  ("KIND_GPU", 16, 1)])
+def test_instances_are_sized_for_the_machine(kind, cpus, expected):
+    assert default_instance_count(kind, cpus) == expected
+
+
+def test_serve_predictor_writes_the_repository_it_would_serve(tmp_path, capsys):
+    assert routoo(["serve-predictor", "--write-repository", str(tmp_path / "a"), "--instance-count", "3",
+                   "--no-dynamic-batching"]) == 0
+    config = text_format.Parse((tmp_path / "a" / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert [g.count for g in config.instance_group] == [3] and not config.HasField("dynamic_batching")
+    assert routoo(["serve-predictor", "--instance-count", "0"]) == 2
+    assert "--instance-count must be >= 1" in capsys.readouterr().err
 
 
 def test_restart_comes_back_on_the_same_ports(triton_server):
