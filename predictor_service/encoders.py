@@ -145,7 +145,7 @@ class StaticEncoder:
 
     def _ascii_chunk_ids(self, chunk: str) -> list[int]:
         """Ids of one printable-ASCII chunk, cut at max_tokens: a prompt keeps only its first max_tokens ids,
-        so later ones are never used, and a 64 KiB chunk like "a.a.a..." costs 0.1 ms instead of 70."""
+        so later ones are never used, and a 64 KiB prompt like "a.a.a..." is predicted in ~4 ms, not ~70."""
         ids = []
         for match in _ASCII_WORDS.finditer(chunk.lower()):
             ids.extend(self._wordpiece(match.group()))
