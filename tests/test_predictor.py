@@ -196,19 +196,6 @@ def test_train_cli_end_to_end(tmp_path, capsys):
     assert set(manifest["dev_metrics"]["baselines"]) == {"per-model mean (no prompt)", "tf-idf + logistic reg."}
 
 
-@pytest.mark.parametrize("text", [
-    "Which of these is a prime? A. 4 B. 7\nC. 9", "naïve café 東京タワー (Tokyo)", "tab\tsep\nnew\rline",
-    "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
-    "supercalifragilistic" * 8, "", "   ", "word " * 400, "a." * 20_000, "(x+1)^2=" * 5_000 + " tail",
-    "[UNK]", "see[PAD]here [unk] [UNK]x",
-])
-def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(text):
-    encoder = load_encoder("static")
-    expected = [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
-    assert encoder._token_ids(text) == expected
-    assert encoder._token_ids(text) == expected          # second time from the cache
-
-
 @pytest.fixture(scope="module")
 def static_encoder():
     return load_encoder("static")
@@ -216,6 +203,19 @@ def static_encoder():
 
 def _tokenizer_ids(encoder, text):
     return [t for t in encoder.tokenizer.encode(text, add_special_tokens=False).ids if t != encoder._unk_id]
+
+
+@pytest.mark.parametrize("text", [
+    "Which of these is a prime? A. 4 B. 7\nC. 9", "naïve café 東京タワー (Tokyo)", "tab\tsep\nnew\rline",
+    "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
+    "supercalifragilistic" * 8, "", "   ", "word " * 400, "a." * 20_000, "(x+1)^2=" * 5_000 + " tail",
+    "[UNK]", "see[PAD]here [unk] [UNK]x",
+])
+def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder, text):
+    static_encoder._chunk_ids.clear()
+    expected = _tokenizer_ids(static_encoder, text)
+    assert static_encoder._token_ids(text) == expected
+    assert static_encoder._token_ids(text) == expected          # second time from the cache
 
 
 # Characters, plus the tokenizer's added tokens, which it matches in the raw text before normalising.
