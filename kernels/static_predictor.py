@@ -9,7 +9,6 @@ pre-activation by the embedding norm at the end: (m / |m|) @ w1 == (m @ w1) / |m
 """
 
 import torch
-import torch.nn.functional as F
 
 from ._triton_utils import INTERPRETER_TILE_SCALE, next_power_of_2, resolve_impl, tl, triton
 from .scoring_head import (
@@ -121,41 +120,4 @@ def static_predictor(token_ids, offsets, table, log_len, w1, b1, quality_emb, qu
               cost_len_coef, inv_temperature)
 
 
-class FoldedStaticPredictor:
-    """The static predictor for CPU serving, in PyTorch, with the first layer folded into the table.
-
-    The kernel's identity (m / |m|) @ w1 == (m @ w1) / |m| taken one step further: rows of
-    [table @ w1 | table] summed over a prompt's tokens give m @ w1 and m (up to the token count, which the
-    normalisation cancels) in one embedding_bag, and the two output layers are one addmm. Seven ops
-    instead of the references' fourteen: ~70 us instead of ~160 us at batch 1 on 2 cores, which is most of
-    what a served prompt costs. Equal to static_predictor_reference up to fp32 rounding (tested).
-    """
-
-    def __init__(self, table, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef,
-                 inv_temperature: float):
-        with torch.no_grad():
-            table, w1 = table.float(), w1.float()
-            self.hidden, self.n_models = w1.shape[1], quality_emb.shape[0]
-            self.table = torch.cat([table @ w1, table], dim=1).contiguous()           # (vocab, hidden + dim)
-            self.b1 = b1.float().contiguous()
-            # inv_temperature scales the quality logits, so it folds into their rows and biases. Kept
-            # (2 m, hidden) and used transposed, as the reference does: a pre-transposed copy sent batch 1
-            # down another BLAS path whose rounding differed from batch 64 by 1.3e-5 in cost (1e-6 this way).
-            self.out_w = torch.cat([quality_emb.float() * inv_temperature, cost_emb.float()]).contiguous()
-            self.out_b = torch.cat([quality_bias.float() * inv_temperature, cost_bias.float()]).contiguous()
-            self.cost_len_coef = cost_len_coef.float().contiguous()
-
-    def __call__(self, token_ids, offsets, log_len):
-        """(quality, expected_cost_usd), each (batch, n_models) fp32."""
-        h_dim, m = self.hidden, self.n_models
-        sums = F.embedding_bag(token_ids, self.table, offsets, mode="sum", include_last_offset=True)
-        norm = torch.linalg.vector_norm(sums[:, h_dim:], dim=1, keepdim=True).clamp_(min=NORM_EPS)
-        h = sums[:, :h_dim].div_(norm).add_(self.b1).relu_()                        # (batch, hidden)
-        out = torch.addmm(self.out_b, h, self.out_w.T)                                # (batch, 2 m)
-        quality = out[:, :m].sigmoid_()
-        expected_cost_usd = out[:, m:].addcmul_(log_len[:, None], self.cost_len_coef).exp_()
-        return quality, expected_cost_usd
-
-
-__all__ = ["FoldedStaticPredictor", "static_predictor", "static_predictor_forward",
-           "static_predictor_reference"]
+__all__ = ["static_predictor", "static_predictor_forward", "static_predictor_reference"]

@@ -2,8 +2,8 @@
 
 One batched call per batch of prompts; the Triton model (model_repository/routoo_predictor) and the CLI
 both go through `Predictor.predict`. On a CUDA device the static predictor runs as one fused kernel
-(token gather + mean + normalise + head); on the CPU as kernels.FoldedStaticPredictor, the same maths in
-seven PyTorch ops. The minilm head runs through kernels.scoring_head (kernel on CUDA, reference elsewhere).
+(token gather + mean + normalise + head); on the CPU as kernels.FoldedStaticPredictor, the same maths as
+one numba-compiled loop. The minilm head runs through kernels.scoring_head (kernel on CUDA, reference elsewhere).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.static_predictor import FoldedStaticPredictor, static_predictor
+from kernels.cpu_static_predictor import FoldedStaticPredictor
+from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
-from predictor_service.head import log_lengths
+from predictor_service.head import log_lengths, log_lengths_numpy
 from predictor_service.limits import MAX_PROMPT_BYTES
 
 
@@ -78,18 +79,22 @@ class Predictor:
     def model_prices(self) -> list[list[float | None]]:
         return [list(p) for p in self.artifact.manifest.model_prices]
 
-    @torch.inference_mode()
     def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(quality, expected_cost_usd), each (len(texts), n_models) float32."""
         if len(texts) == 0:
             n = len(self.model_names)
             return np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)
+        if self._folded is not None:   # the CPU serving path: no torch op on the way
+            tokens = self.encoder.tokenize(texts)
+            return self._folded.predict(tokens.token_ids.numpy(), tokens.offsets.numpy(),
+                                        log_lengths_numpy(texts))
+        return self._predict_torch(texts)
+
+    @torch.inference_mode()
+    def _predict_torch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         log_len = log_lengths(texts).to(self.device)
         if self._table is not None:
             tokens = self.encoder.tokenize(texts)
-            if self._folded is not None:
-                quality, cost = self._folded(tokens.token_ids, tokens.offsets, log_len)
-                return np.ascontiguousarray(quality.numpy()), np.ascontiguousarray(cost.numpy())
             quality, cost = static_predictor(tokens.token_ids.to(self.device), tokens.offsets.to(self.device),
                                              self._table, log_len, *self.weights.as_dict().values(),
                                              self.inv_temperature, trusted=True)

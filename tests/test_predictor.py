@@ -241,3 +241,18 @@ def test_static_tokenizer_matches_on_every_dev_prompt(static_encoder):
     static_encoder._chunk_ids.clear()
     texts = [p.text for p in read_prompts(MMLU_PRO / "dev" / "prompts.jsonl")]
     assert [static_encoder._token_ids(t) for t in texts] == [_tokenizer_ids(static_encoder, t) for t in texts]
+
+
+def test_static_chunk_cache_stays_exact_when_it_fills(static_encoder, monkeypatch):
+    """A full cache is cleared mid-prompt; the chunks of that prompt seen before the clear must come back."""
+    import predictor_service.encoders as encoders
+
+    monkeypatch.setattr(encoders, "CHUNK_CACHE_SIZE", 8)
+    static_encoder._chunk_ids.clear()
+    texts = ["alpha beta gamma delta", "alpha beta epsilon zeta eta theta iota", "kappa alpha lambda mu nu"]
+    try:
+        for text in texts * 2:
+            assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
+            assert len(static_encoder._chunk_ids) <= 8
+    finally:
+        static_encoder._chunk_ids.clear()

@@ -1,0 +1,89 @@
+"""The static predictor for CPU serving: token ids -> (quality, expected_cost_usd), compiled with numba.
+
+Same maths as static_predictor_reference, with the first layer folded into the table: rows of
+[table @ w1 | table] summed over a prompt's tokens give m @ w1 and m in one pass (the mean's token count
+cancels in the normalisation), since (m / |m|) @ w1 == (m @ w1) / |m|. One compiled loop per prompt does
+the gather, the norm, the hidden layer and both outputs.
+
+Why compiled: at batch 1 the PyTorch version of this (seven ops) cost ~120 us on 2 cores, nearly all of
+it per-op dispatch, and twice that inside Triton's Python stub, where the core has gone idle between
+requests; this loop takes ~10 us. Each prompt is computed on its own, in one fixed order, so its answer
+never depends on the other prompts of a dynamic batch (a batched BLAS call did: 1.3e-5 apart).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+from .static_embed import NORM_EPS
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
+    """table (vocab, hidden + dim) fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns
+    (inv_temperature folded in) then cost columns. Writes quality and cost, (batch, m) each."""
+    hidden, width, m = b1.shape[0], table.shape[1], cost_len_coef.shape[0]
+    sums = np.empty(width, np.float32)
+    logits = np.empty(2 * m, np.float64)
+    for b in range(offsets.shape[0] - 1):
+        sums[:] = 0.0
+        for t in range(offsets[b], offsets[b + 1]):   # fp32 running sum, as embedding_bag does
+            row = table[token_ids[t]]
+            for j in range(width):
+                sums[j] += row[j]
+        square = 0.0
+        for j in range(hidden, width):
+            square += np.float64(sums[j]) * sums[j]
+        norm = max(math.sqrt(square), NORM_EPS)
+        logits[:] = out_b
+        for j in range(hidden):
+            h = sums[j] / norm + b1[j]
+            if h > 0.0:                               # relu: an inactive unit adds nothing
+                w = out_wt[j]
+                for k in range(2 * m):
+                    logits[k] += h * w[k]
+        for k in range(m):
+            quality[b, k] = 1.0 / (1.0 + math.exp(-logits[k]))
+            cost[b, k] = math.exp(logits[m + k] + np.float64(log_len[b]) * cost_len_coef[k])
+
+
+class FoldedStaticPredictor:
+    """The static predictor on the CPU: weights folded once at load, one compiled call per batch."""
+
+    def __init__(self, table, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef,
+                 inv_temperature: float):
+        with torch.no_grad():
+            table, w1 = table.float(), w1.float()
+            self.table = torch.cat([table @ w1, table], dim=1).contiguous().numpy()   # (vocab, hidden + dim)
+            # inv_temperature scales the quality logits, so it folds into their rows and biases.
+            out_w = torch.cat([quality_emb.float() * inv_temperature, cost_emb.float()])  # (2 m, hidden)
+            out_b = torch.cat([quality_bias.float() * inv_temperature, cost_bias.float()])
+        self.b1 = b1.float().numpy().copy()
+        self.out_wt = out_w.T.contiguous().numpy()
+        self.out_b = out_b.double().numpy()
+        self.cost_len_coef = cost_len_coef.float().numpy().copy()
+        self.n_models = int(out_w.shape[0]) // 2
+        self.predict(np.zeros(1, np.int64), np.array([0, 1]), np.zeros(1, np.float32))  # compile or load now
+
+    def predict(self, token_ids: np.ndarray, offsets: np.ndarray, log_len: np.ndarray):
+        """numpy in (int64 ids, int64 offsets of batch + 1, fp32 log_len), numpy out: (quality,
+        expected_cost_usd), each (batch, n_models) fp32."""
+        batch = offsets.shape[0] - 1
+        quality = np.empty((batch, self.n_models), np.float32)
+        cost = np.empty((batch, self.n_models), np.float32)
+        _folded_predictor(token_ids, offsets, log_len, self.table, self.b1, self.out_wt, self.out_b,
+                          self.cost_len_coef, quality, cost)
+        return quality, cost
+
+    def __call__(self, token_ids, offsets, log_len):
+        """The same on torch CPU tensors, as the other kernels' dispatchers take them."""
+        quality, cost = self.predict(token_ids.to(torch.int64).numpy(), offsets.to(torch.int64).numpy(),
+                                     log_len.float().numpy())
+        return torch.from_numpy(quality), torch.from_numpy(cost)
+
+
+__all__ = ["FoldedStaticPredictor"]
