@@ -212,7 +212,7 @@ def _tokenizer_ids(encoder, text):
     "[UNK]", "see[PAD]here [unk] [UNK]x",
 ])
 def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder, text):
-    static_encoder._chunk_ids.clear()
+    static_encoder.clear_caches()
     expected = _tokenizer_ids(static_encoder, text)
     assert static_encoder._token_ids(text) == expected
     assert static_encoder._token_ids(text) == expected          # second time from the cache
@@ -227,7 +227,7 @@ TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0", "[UNK]", "[PA
 def test_static_tokenizer_matches_on_any_text(static_encoder, text):
     """Printable-ASCII chunks take the encoder's own WordPiece, the rest the tokenizer: both must give
     exactly the tokenizer's ids, cold and from the cache."""
-    static_encoder._chunk_ids.clear()
+    static_encoder.clear_caches()
     expected = _tokenizer_ids(static_encoder, text)
     assert static_encoder._token_ids(text) == expected
     assert static_encoder._token_ids(text) == expected
@@ -238,7 +238,7 @@ MMLU_PRO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu-pro"
 
 @pytest.mark.skipif(not (MMLU_PRO / "dev" / "prompts.jsonl").is_file(), reason="needs ../shared/data")
 def test_static_tokenizer_matches_on_every_dev_prompt(static_encoder):
-    static_encoder._chunk_ids.clear()
+    static_encoder.clear_caches()
     texts = [p.text for p in read_prompts(MMLU_PRO / "dev" / "prompts.jsonl")]
     assert [static_encoder._token_ids(t) for t in texts] == [_tokenizer_ids(static_encoder, t) for t in texts]
 
@@ -248,11 +248,11 @@ def test_static_chunk_cache_stays_exact_when_it_fills(static_encoder, monkeypatc
     import predictor_service.encoders as encoders
 
     monkeypatch.setattr(encoders, "CHUNK_CACHE_SIZE", 8)
-    static_encoder._chunk_ids.clear()
+    static_encoder.clear_caches()
     texts = ["alpha beta gamma delta", "alpha beta epsilon zeta eta theta iota", "kappa alpha lambda mu nu"]
     try:
         for text in texts * 2:
             assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
             assert len(static_encoder._chunk_ids) <= 8
     finally:
-        static_encoder._chunk_ids.clear()
+        static_encoder.clear_caches()
