@@ -22,7 +22,17 @@ import torch
 from .static_embed import NORM_EPS
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _compiled(fn):
+    """numba's njit, cached on disk where it can be: numba picks the cache folder when it decorates and
+    raises if none is writable (a read-only install run as another user), and the service must still start
+    then, compiling once per process (~2 s) instead."""
+    try:
+        return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True, boundscheck=False)(fn)
+
+
+@_compiled
 def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
     """table (vocab, hidden + dim) fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns
     (inv_temperature folded in) then cost columns. Writes quality and cost, (batch, m) each."""
@@ -71,7 +81,11 @@ class FoldedStaticPredictor:
 
     def predict(self, token_ids: np.ndarray, offsets: np.ndarray, log_len: np.ndarray):
         """numpy in (int64 ids, int64 offsets of batch + 1, fp32 log_len), numpy out: (quality,
-        expected_cost_usd), each (batch, n_models) fp32."""
+        expected_cost_usd), each (batch, n_models) fp32.
+
+        Trusted inputs only: nothing is checked, and the loop reads the table without bounds checks, so ids
+        must be < vocab (StaticEncoder guarantees it for its own tokenizer) and offsets non-decreasing.
+        """
         batch = offsets.shape[0] - 1
         quality = np.empty((batch, self.n_models), np.float32)
         cost = np.empty((batch, self.n_models), np.float32)

@@ -34,7 +34,12 @@ MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first
 # cache: 64 dev prompts cost 94 ms each at 4096, 73-76 at 512-768, 84-92 one at a time (1 thread, 2 cores).
 # A GPU wants large passes.
 PADDED_TOKEN_BUDGET = {"cpu": 512, "cuda": 32768}
-CHUNK_CACHE_SIZE = 1 << 18  # whitespace chunks remembered by the static tokenizer (~60 MB when full)
+# The static tokenizer's caches (chunk -> ids, word -> ids) hold at most CHUNK_CACHE_SIZE entries each, and
+# only chunks of at most CACHED_CHUNK_CHARS characters (URLs, formulas and runs of punctuation are tokenized
+# each time), so whatever the traffic a full cache stays under ~200 MB; real text's chunks average ~6
+# characters and 2 ids (~35 MB full).
+CHUNK_CACHE_SIZE = 1 << 17
+CACHED_CHUNK_CHARS = 32
 # Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
 # characters or keeps them inside a word).
 _SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
@@ -79,6 +84,10 @@ class StaticEncoder:
         self.max_tokens = max_tokens
         self.dim = int(self.table.shape[1])
         self.table_digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
+        if tokenizer.get_vocab_size(with_added_tokens=True) > self.table.shape[0]:
+            # The CPU path gathers table rows by id without bounds checks.
+            raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} ids but the "
+                             f"table only {self.table.shape[0]} rows")
         unk = tokenizer.token_to_id("[UNK]")
         self._unk_id = -1 if unk is None else unk
         # Ids as tuples: the garbage collector stops tracking a tuple of ints, so a full cache adds nothing
@@ -132,19 +141,20 @@ class StaticEncoder:
                         cache.clear()   # then the whole window is tokenized again
                     if plain is None:
                         plain = not _NOT_PLAIN.search(text) and not any(t in text for t in self._added_tokens)
-                    self._tokenize_chunks([c for c in dict.fromkeys(window) if c not in cache], plain=plain)
-                    pieces = list(map(cache.__getitem__, window))
+                    fresh = self._tokenize_chunks([c for c in dict.fromkeys(window) if c not in cache],
+                                                  plain=plain)
+                    pieces = [fresh[c] if c in fresh else cache[c] for c in window]
                 ids.extend(itertools.chain.from_iterable(pieces))
                 if len(ids) >= self.max_tokens:
                     break
             ids = ids[: self.max_tokens]
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
-    def _tokenize_chunks(self, chunks: list[str], *, plain: bool = False) -> None:
-        """Adds the ids of unseen chunks to the cache. Printable-ASCII chunks take a WordPiece written out
-        here; the rest (a few in a hundred) go to the tokenizer in one batched call. `plain`: the text was
-        checked as a whole (printable ASCII and whitespace, no added token), so every chunk of it is ASCII."""
-        cache, ascii_chunks, long_chunks, other = self._chunk_ids, [], [], []
+    def _tokenize_chunks(self, chunks: list[str], *, plain: bool = False) -> dict[str, tuple[int, ...]]:
+        """The ids of unseen chunks, cached where short enough. Printable-ASCII chunks take a WordPiece
+        written out here; the rest (a few in a hundred) go to the tokenizer in one batched call. `plain`: the
+        text was checked as a whole (printable ASCII and whitespace, no added token), so every chunk is."""
+        ascii_chunks, long_chunks, other = [], [], []
         for chunk in chunks:
             if not plain and (not _PRINTABLE_ASCII.fullmatch(chunk)
                               or any(t in chunk for t in self._added_tokens)):
@@ -153,32 +163,37 @@ class StaticEncoder:
                 long_chunks.append(chunk)
             else:
                 ascii_chunks.append(chunk)
-        self._tokenize_ascii_chunks(ascii_chunks)
+        fresh = self._tokenize_ascii_chunks(ascii_chunks)
         for chunk in long_chunks:
-            cache[chunk] = tuple(self._ascii_chunk_ids(chunk))
+            fresh[chunk] = tuple(self._ascii_chunk_ids(chunk))
         if other:
             encodings = self.tokenizer.encode_batch_fast(other, add_special_tokens=False)
-            cache.update(zip(other, (tuple(e.ids) for e in encodings)))
+            fresh.update(zip(other, (tuple(e.ids) for e in encodings)))
+        self._chunk_ids.update((c, ids) for c, ids in fresh.items() if len(c) <= CACHED_CHUNK_CHARS)
+        return fresh
 
-    def _tokenize_ascii_chunks(self, chunks: list[str]) -> None:
+    def _tokenize_ascii_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
         """All of a prompt's unseen printable-ASCII chunks in one pass: one lower() and one regex scan over
         them joined by spaces, then each word or punctuation mark's ids from a memo. A prompt's first pass
         has ~19 unseen chunks (MMLU-Pro dev, in order); one at a time they cost ~9 us each."""
+        fresh, memo = {}, self._piece_ids
         if not chunks:
-            return
-        cache, memo = self._chunk_ids, self._piece_ids
+            return fresh
         if len(memo) > CHUNK_CACHE_SIZE:
             memo.clear()
         chunk_index, ids = 0, []
         for piece in _ASCII_PIECES.findall(" ".join(chunks).lower() + " "):
             if piece == " ":            # end of a chunk
-                cache[chunks[chunk_index]] = tuple(ids)
+                fresh[chunks[chunk_index]] = tuple(ids)
                 chunk_index, ids = chunk_index + 1, []
                 continue
             piece_ids = memo.get(piece)
             if piece_ids is None:
-                piece_ids = memo[piece] = tuple(self._wordpiece(piece))
+                piece_ids = tuple(self._wordpiece(piece))
+                if len(piece) <= CACHED_CHUNK_CHARS:
+                    memo[piece] = piece_ids
             ids.extend(piece_ids)
+        return fresh
 
     def _ascii_chunk_ids(self, chunk: str) -> list[int]:
         """Ids of one printable-ASCII chunk, cut at max_tokens: a prompt keeps only its first max_tokens ids,

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.cpu_static_predictor import FoldedStaticPredictor
 from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
@@ -57,6 +56,8 @@ class Predictor:
         self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
         self._folded = None
         if self._table is not None and self.device.type == "cpu":
+            from kernels.cpu_static_predictor import FoldedStaticPredictor   # numba: only where it runs
+
             self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
                                                  self.inv_temperature)
 

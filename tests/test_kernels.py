@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import (
-    FoldedStaticPredictor, scoring_head, scoring_head_reference, static_embed, static_embed_reference, static_predictor,
+    scoring_head, scoring_head_reference, static_embed, static_embed_reference, static_predictor,
     static_predictor_reference,
 )
+from kernels.cpu_static_predictor import FoldedStaticPredictor
 
 # Largest error allowed, per input dtype: absolute on quality and on the unit-norm embeddings, relative on
 # expected_cost_usd (it spans 1e-6..1 USD). A logit error e moves quality by <= e/4 and cost by ~e, so one

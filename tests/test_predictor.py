@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
 from predictor_service.cli import main as routoo
 from predictor_service.data import load_dataset, read_prompts
-from predictor_service.encoders import load_encoder
+from predictor_service.encoders import StaticEncoder, load_encoder
 from predictor_service.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 from predictor_service.training import TrainConfig, add_model, train
@@ -256,3 +256,23 @@ def test_static_chunk_cache_stays_exact_when_it_fills(static_encoder, monkeypatc
             assert len(static_encoder._chunk_ids) <= 8
     finally:
         static_encoder.clear_caches()
+
+
+def test_static_tokenizer_caches_only_short_chunks(static_encoder):
+    """Long chunks (URLs, formulas) are tokenized each time, so no traffic can fill the cache with them."""
+    import predictor_service.encoders as encoders
+
+    static_encoder.clear_caches()
+    long_chunk = "https://example.org/" + "x" * encoders.CACHED_CHUNK_CHARS
+    text = f"see {long_chunk} and {long_chunk.upper()}日本"
+    for _ in range(2):
+        assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
+    assert "see" in static_encoder._chunk_ids
+    assert all(len(chunk) <= encoders.CACHED_CHUNK_CHARS for chunk in static_encoder._chunk_ids)
+    assert all(len(piece) <= encoders.CACHED_CHUNK_CHARS for piece in static_encoder._piece_ids)
+
+
+def test_static_encoder_refuses_a_table_smaller_than_its_vocabulary(static_encoder):
+    """The CPU path reads table rows by token id without bounds checks."""
+    with pytest.raises(ValueError, match="rows"):
+        StaticEncoder(static_encoder.table.numpy()[:1000], static_encoder.tokenizer)
