@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 
+from ._numba import compiled
 from .static_embed import NORM_EPS
 
 
-def _compiled(fn):
-    """numba's njit, cached on disk where it can be: numba picks the cache folder when it decorates and
-    raises if none is writable (a read-only install run as another user), and the service must still start
-    then, compiling once per process (~2 s) instead."""
-    try:
-        return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
-    except RuntimeError:
-        return numba.njit(nogil=True, boundscheck=False)(fn)
-
-
-@_compiled
+@compiled(boundscheck=False)
 def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
     """table (vocab, hidden + dim) fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns
     (inv_temperature folded in) then cost columns. Writes quality and cost, (batch, m) each."""

@@ -233,6 +233,15 @@ def test_static_tokenizer_matches_on_any_text(static_encoder, text):
     assert static_encoder._token_ids(text) == expected
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([*string.ascii_letters, *string.digits, *string.punctuation, " ", "\n", "\t",
+                                 "un", "##", "able", "ing", "x" * 101, "é"]), max_size=400).map("".join))
+def test_compiled_plain_ascii_tokenizer_matches(static_encoder, text):
+    """Plain ASCII text takes the compiled WordPiece: words of any length, '##' in the text, more than
+    max_tokens ids (the "é" sends some examples down the other path, for comparison)."""
+    assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
+
+
 MMLU_PRO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu-pro"
 
 
@@ -249,7 +258,8 @@ def test_static_chunk_cache_stays_exact_when_it_fills(static_encoder, monkeypatc
 
     monkeypatch.setattr(encoders, "CHUNK_CACHE_SIZE", 8)
     static_encoder.clear_caches()
-    texts = ["alpha beta gamma delta", "alpha beta epsilon zeta eta theta iota", "kappa alpha lambda mu nu"]
+    # "é" keeps these texts off the compiled plain-ASCII path, which has no cache.
+    texts = ["alpha beta gamma délta", "alpha beta epsilon zeta eta théta iota", "kappa alpha lambda mu nu é"]
     try:
         for text in texts * 2:
             assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
