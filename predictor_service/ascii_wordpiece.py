@@ -79,8 +79,8 @@ def _wordpiece(data, start, end, out, n, unk_id, max_word, slots, keys, longest)
 
 
 @compiled()
-def _plain_ascii_ids(data, max_tokens, unk_id, max_word, slots, keys, longest):
-    """Token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped."""
+def _plain_ascii_ids(data, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
+    """Token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped if drop_unk."""
     out = np.empty(max_tokens + 128, np.int64)   # slack: one word's pieces may pass max_tokens
     size = data.shape[0]
     lowered = np.empty(size, np.uint8)
@@ -102,7 +102,7 @@ def _plain_ascii_ids(data, max_tokens, unk_id, max_word, slots, keys, longest):
     n = min(n, max_tokens)
     kept = 0
     for j in range(n):
-        if out[j] != unk_id:
+        if not drop_unk or out[j] != unk_id:
             out[kept] = out[j]
             kept += 1
     return out[:kept].copy()
@@ -142,7 +142,9 @@ class PlainAsciiWordPiece:
         self.unk_id, self.max_word_chars, self.max_tokens = unk_id, max_word_chars, max_tokens
         self.ids(b"warm up")   # compile (or load the compiled code) now, not in the first request
 
-    def ids(self, text: bytes) -> np.ndarray:
-        """int64 ids of a plain ASCII text: printable ASCII and \\t \\n \\r only, no added token."""
-        return _plain_ascii_ids(np.frombuffer(text, np.uint8), self.max_tokens, self.unk_id,
+    def ids(self, text: bytes, *, drop_unk: bool = True) -> np.ndarray:
+        """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token), cut at
+        max_tokens. drop_unk=False keeps [UNK]s, as a chunk's cached ids must: a prompt's ids are truncated
+        before its [UNK]s go."""
+        return _plain_ascii_ids(np.frombuffer(text, np.uint8), self.max_tokens, drop_unk, self.unk_id,
                                 self.max_word_chars, *self._table)

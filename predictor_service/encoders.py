@@ -34,21 +34,18 @@ MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first
 # cache: 64 dev prompts cost 94 ms each at 4096, 73-76 at 512-768, 84-92 one at a time (1 thread, 2 cores).
 # A GPU wants large passes.
 PADDED_TOKEN_BUDGET = {"cpu": 512, "cuda": 32768}
-# The static tokenizer's caches (chunk -> ids, word -> ids) hold at most CHUNK_CACHE_SIZE entries each, and
-# only chunks of at most CACHED_CHUNK_CHARS characters (URLs, formulas and runs of punctuation are tokenized
-# each time), so whatever the traffic a full cache stays under ~200 MB; real text's chunks average ~6
-# characters and 2 ids (~35 MB full).
+# The static tokenizer's chunk -> ids cache (for text that is not plain ASCII) holds at most
+# CHUNK_CACHE_SIZE entries, and only chunks of at most CACHED_CHUNK_CHARS characters (URLs, formulas and runs
+# of punctuation are tokenized each time), so whatever the traffic it stays under ~200 MB; real text's
+# chunks average ~6 characters and 2 ids (~35 MB full).
 CHUNK_CACHE_SIZE = 1 << 17
 CACHED_CHUNK_CHARS = 32
 # Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
 # characters or keeps them inside a word).
 _SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
-# A chunk of printable ASCII: BERT's normaliser only lowercases it, and every non-alphanumeric character
-# in it is punctuation to BERT's pre-tokeniser, so it splits into alphanumeric runs and single characters.
-_PRINTABLE_ASCII = re.compile("[!-~]+")
-_NOT_PLAIN = re.compile("[^\t\n\r !-~]")   # a text without these splits into printable-ASCII chunks
-_ASCII_WORDS = re.compile("[a-z0-9]+|[^a-z0-9]")
-_ASCII_PIECES = re.compile("[a-z0-9]+|[^a-z0-9 ]| ")   # the same over chunks joined by spaces
+# Plain text (printable ASCII, spaces, tabs, newlines): BERT's normaliser only lowercases it, and every
+# non-alphanumeric character in it is punctuation to BERT's pre-tokeniser (ascii_wordpiece.py).
+_NOT_PLAIN = re.compile("[^\t\n\r !-~]")
 
 
 def minilm_path() -> Path:
@@ -93,17 +90,15 @@ class StaticEncoder:
         # Ids as tuples: the garbage collector stops tracking a tuple of ints, so a full cache adds nothing
         # to a full collection's walk (lists made one take 0.2 s in the Triton stub).
         self._chunk_ids: dict[str, tuple[int, ...]] = {}
-        self._piece_ids: dict[str, tuple[int, ...]] = {}   # WordPiece of a lowercased word or punctuation mark
         spec = json.loads(tokenizer.to_str())
-        self._vocab: dict[str, int] = spec["model"]["vocab"]
-        self._max_word_chars = int(spec["model"].get("max_input_chars_per_word", 100))
-        # Added tokens ("[UNK]", "[PAD]") are matched in the raw text before any normalisation; a chunk that
-        # holds one goes to the tokenizer.
+        # Added tokens ("[UNK]", "[PAD]") are matched in the raw text before any normalisation; a text or
+        # chunk that holds one goes to the tokenizer.
         self._added_tokens = tuple(t["content"] for t in spec.get("added_tokens", ()))
         from predictor_service.ascii_wordpiece import PlainAsciiWordPiece   # numba: only for this encoder
 
         self._plain = PlainAsciiWordPiece(
-            self._vocab, unk_id=self._unk_id, max_word_chars=self._max_word_chars, max_tokens=max_tokens,
+            spec["model"]["vocab"], unk_id=self._unk_id, max_tokens=max_tokens,
+            max_word_chars=int(spec["model"].get("max_input_chars_per_word", 100)),
             prefix=spec["model"].get("continuing_subword_prefix") or "##")
 
     @classmethod
@@ -115,7 +110,6 @@ class StaticEncoder:
 
     def clear_caches(self) -> None:
         self._chunk_ids.clear()
-        self._piece_ids.clear()
 
     def tokenize(self, texts: list[str]) -> TokenBatch:
         ids = [self._token_array(text) for text in texts]
@@ -130,9 +124,12 @@ class StaticEncoder:
     def _token_array(self, text: str) -> np.ndarray:
         """The same as int64 ids. Plain ASCII text (nearly every prompt) takes the compiled WordPiece, the
         rest the chunk cache."""
-        if not _NOT_PLAIN.search(text) and not any(t in text for t in self._added_tokens):
+        if self._is_plain(text):
             return self._plain.ids(text.encode("ascii"))
         return np.array(self._cached_token_ids(text), dtype=np.int64)
+
+    def _is_plain(self, text: str) -> bool:
+        return not _NOT_PLAIN.search(text) and not any(t in text for t in self._added_tokens)
 
     def _cached_token_ids(self, text: str) -> list[int]:
         """BERT's normaliser and pre-tokeniser never join across whitespace, so each whitespace-separated
@@ -162,74 +159,19 @@ class StaticEncoder:
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
     def _tokenize_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
-        """The ids of unseen chunks, cached where short enough. Printable-ASCII chunks take a WordPiece
-        written out here; the rest go to the tokenizer in one batched call."""
-        ascii_chunks, long_chunks, other = [], [], []
+        """The ids of unseen chunks, cached where short enough. Plain chunks take the compiled WordPiece,
+        the rest go to the tokenizer in one batched call."""
+        fresh, other = {}, []
         for chunk in chunks:
-            if not _PRINTABLE_ASCII.fullmatch(chunk) or any(t in chunk for t in self._added_tokens):
-                other.append(chunk)
-            elif len(chunk) > self.max_tokens:   # may give more ids than a prompt keeps: cut while going
-                long_chunks.append(chunk)
+            if self._is_plain(chunk):
+                fresh[chunk] = tuple(self._plain.ids(chunk.encode("ascii"), drop_unk=False).tolist())
             else:
-                ascii_chunks.append(chunk)
-        fresh = self._tokenize_ascii_chunks(ascii_chunks)
-        for chunk in long_chunks:
-            fresh[chunk] = tuple(self._ascii_chunk_ids(chunk))
+                other.append(chunk)
         if other:
             encodings = self.tokenizer.encode_batch_fast(other, add_special_tokens=False)
             fresh.update(zip(other, (tuple(e.ids) for e in encodings)))
         self._chunk_ids.update((c, ids) for c, ids in fresh.items() if len(c) <= CACHED_CHUNK_CHARS)
         return fresh
-
-    def _tokenize_ascii_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
-        """All of a prompt's unseen printable-ASCII chunks in one pass: one lower() and one regex scan over
-        them joined by spaces, then each word or punctuation mark's ids from a memo. A prompt's first pass
-        has ~19 unseen chunks (MMLU-Pro dev, in order); one at a time they cost ~9 us each."""
-        fresh, memo = {}, self._piece_ids
-        if not chunks:
-            return fresh
-        if len(memo) > CHUNK_CACHE_SIZE:
-            memo.clear()
-        chunk_index, ids = 0, []
-        for piece in _ASCII_PIECES.findall(" ".join(chunks).lower() + " "):
-            if piece == " ":            # end of a chunk
-                fresh[chunks[chunk_index]] = tuple(ids)
-                chunk_index, ids = chunk_index + 1, []
-                continue
-            piece_ids = memo.get(piece)
-            if piece_ids is None:
-                piece_ids = tuple(self._wordpiece(piece))
-                if len(piece) <= CACHED_CHUNK_CHARS:
-                    memo[piece] = piece_ids
-            ids.extend(piece_ids)
-        return fresh
-
-    def _ascii_chunk_ids(self, chunk: str) -> list[int]:
-        """Ids of one printable-ASCII chunk, cut at max_tokens: a prompt keeps only its first max_tokens ids,
-        so later ones are never used, and a 64 KiB prompt like "a.a.a..." is predicted in ~4 ms, not ~70."""
-        ids = []
-        for match in _ASCII_WORDS.finditer(chunk.lower()):
-            ids.extend(self._wordpiece(match.group()))
-            if len(ids) >= self.max_tokens:
-                return ids[: self.max_tokens]
-        return ids
-
-    def _wordpiece(self, word: str) -> list[int]:
-        """WordPiece as the tokenizer's model does it: longest vocabulary prefix first, then '##' pieces;
-        a word that cannot be covered (or is too long) is one [UNK]."""
-        if len(word) > self._max_word_chars:
-            return [self._unk_id]
-        vocab, ids, start = self._vocab, [], 0
-        while start < len(word):
-            for end in range(len(word), start, -1):
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in vocab:
-                    ids.append(vocab[piece])
-                    start = end
-                    break
-            else:
-                return [self._unk_id]
-        return ids
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""

@@ -279,7 +279,6 @@ def test_static_tokenizer_caches_only_short_chunks(static_encoder):
         assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
     assert "see" in static_encoder._chunk_ids
     assert all(len(chunk) <= encoders.CACHED_CHUNK_CHARS for chunk in static_encoder._chunk_ids)
-    assert all(len(piece) <= encoders.CACHED_CHUNK_CHARS for piece in static_encoder._piece_ids)
 
 
 def test_static_encoder_refuses_a_table_smaller_than_its_vocabulary(static_encoder):
