@@ -23,32 +23,38 @@ from .static_embed import NORM_EPS
 
 
 @compiled(boundscheck=False)
-def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
-    """table (vocab, hidden + dim) fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns
-    (inv_temperature folded in) then cost columns. Writes quality and cost, (batch, m) each."""
+def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
+    """One prompt, token_ids[start:end] -> its quality and cost rows, (m,) each. table (vocab, hidden + dim)
+    fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns (inv_temperature folded in) then cost
+    columns."""
     hidden, width, m = b1.shape[0], table.shape[1], cost_len_coef.shape[0]
-    sums = np.empty(width, np.float32)
-    logits = np.empty(2 * m, np.float64)
+    sums = np.zeros(width, np.float32)
+    for t in range(start, end):                       # fp32 running sum, as embedding_bag does
+        row = table[token_ids[t]]
+        for j in range(width):
+            sums[j] += row[j]
+    square = 0.0
+    for j in range(hidden, width):
+        square += np.float64(sums[j]) * sums[j]
+    norm = max(math.sqrt(square), NORM_EPS)
+    logits = out_b.copy()
+    for j in range(hidden):
+        h = sums[j] / norm + b1[j]
+        if h > 0.0:                                   # relu: an inactive unit adds nothing
+            w = out_wt[j]
+            for k in range(2 * m):
+                logits[k] += h * w[k]
+    for k in range(m):
+        quality[k] = 1.0 / (1.0 + math.exp(-logits[k]))
+        cost[k] = math.exp(logits[m + k] + np.float64(log_len) * cost_len_coef[k])
+
+
+@compiled(boundscheck=False)
+def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
+    """Every prompt of a batch, each on its own; writes quality and cost, (batch, m) each."""
     for b in range(offsets.shape[0] - 1):
-        sums[:] = 0.0
-        for t in range(offsets[b], offsets[b + 1]):   # fp32 running sum, as embedding_bag does
-            row = table[token_ids[t]]
-            for j in range(width):
-                sums[j] += row[j]
-        square = 0.0
-        for j in range(hidden, width):
-            square += np.float64(sums[j]) * sums[j]
-        norm = max(math.sqrt(square), NORM_EPS)
-        logits[:] = out_b
-        for j in range(hidden):
-            h = sums[j] / norm + b1[j]
-            if h > 0.0:                               # relu: an inactive unit adds nothing
-                w = out_wt[j]
-                for k in range(2 * m):
-                    logits[k] += h * w[k]
-        for k in range(m):
-            quality[b, k] = 1.0 / (1.0 + math.exp(-logits[k]))
-            cost[b, k] = math.exp(logits[m + k] + np.float64(log_len[b]) * cost_len_coef[k])
+        score_tokens(token_ids, offsets[b], offsets[b + 1], log_len[b], table, b1, out_wt, out_b, cost_len_coef,
+                     quality[b], cost[b])
 
 
 class FoldedStaticPredictor:
@@ -90,4 +96,4 @@ class FoldedStaticPredictor:
         return torch.from_numpy(quality), torch.from_numpy(cost)
 
 
-__all__ = ["FoldedStaticPredictor"]
+__all__ = ["FoldedStaticPredictor", "score_tokens"]

@@ -79,10 +79,21 @@ def _wordpiece(data, start, end, out, n, unk_id, max_word, slots, keys, longest)
 
 
 @compiled()
-def _plain_ascii_ids(data, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
-    """Token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped if drop_unk."""
-    out = np.empty(max_tokens + 128, np.int64)   # slack: one word's pieces may pass max_tokens
-    size = data.shape[0]
+def is_plain_ascii(data):
+    """Whether every byte is printable ASCII, a space, a tab or a newline (the text this tokenizer covers,
+    given no added token in it)."""
+    for i in range(len(data)):
+        c = data[i]
+        if not (32 <= c <= 126 or c == 9 or c == 10 or c == 13):
+            return False
+    return True
+
+
+@compiled()
+def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
+    """Writes the token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped if drop_unk, to
+    out (at least max_tokens + 128 long: one word's pieces may pass max_tokens); returns their count."""
+    size = len(data)
     lowered = np.empty(size, np.uint8)
     for j in range(size):
         c = data[j]
@@ -105,7 +116,14 @@ def _plain_ascii_ids(data, max_tokens, drop_unk, unk_id, max_word, slots, keys, 
         if not drop_unk or out[j] != unk_id:
             out[kept] = out[j]
             kept += 1
-    return out[:kept].copy()
+    return kept
+
+
+@compiled()
+def _plain_ascii_ids(data, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
+    out = np.empty(max_tokens + 128, np.int64)
+    n = plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest)
+    return out[:n].copy()
 
 
 def _table(pieces: dict[tuple[int, bytes], int]):
@@ -116,7 +134,7 @@ def _table(pieces: dict[tuple[int, bytes], int]):
     offset, mask = 0, capacity - 1
     longest = np.zeros(2, np.int64)
     for (kind, piece), token_id in pieces.items():
-        h = int(_hash(np.frombuffer(piece, np.uint8), 0, len(piece), kind))
+        h = int(_hash(piece, 0, len(piece), kind))
         slot = h & mask
         while slots[slot, 2] != 0:
             slot = (slot + 1) & mask
@@ -138,7 +156,7 @@ class PlainAsciiWordPiece:
                 key = (1, token[len(prefix):].encode()) if continuation else (0, token.encode())
                 pieces[key] = token_id
         # Arrays, not a tuple of them: numba types a tuple argument on every call (~20 us).
-        self._table = _table(pieces)
+        self.table = _table(pieces)   # (slots, keys, longest)
         self.unk_id, self.max_word_chars, self.max_tokens = unk_id, max_word_chars, max_tokens
         self.ids(b"warm up")   # compile (or load the compiled code) now, not in the first request
 
@@ -146,5 +164,4 @@ class PlainAsciiWordPiece:
         """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token), cut at
         max_tokens. drop_unk=False keeps [UNK]s, as a chunk's cached ids must: a prompt's ids are truncated
         before its [UNK]s go."""
-        return _plain_ascii_ids(np.frombuffer(text, np.uint8), self.max_tokens, drop_unk, self.unk_id,
-                                self.max_word_chars, *self._table)
+        return _plain_ascii_ids(text, self.max_tokens, drop_unk, self.unk_id, self.max_word_chars, *self.table)

@@ -129,7 +129,15 @@ class StaticEncoder:
         return np.array(self._cached_token_ids(text), dtype=np.int64)
 
     def _is_plain(self, text: str) -> bool:
-        return not _NOT_PLAIN.search(text) and not any(t in text for t in self._added_tokens)
+        return not _NOT_PLAIN.search(text) and not self.holds_added_token(text)
+
+    def holds_added_token(self, text: str) -> bool:
+        return any(t in text for t in self._added_tokens)
+
+    @property
+    def plain_tokenizer(self):
+        """The compiled tokenizer of plain ASCII text (PlainAsciiWordPiece)."""
+        return self._plain
 
     def _cached_token_ids(self, text: str) -> list[int]:
         """BERT's normaliser and pre-tokeniser never join across whitespace, so each whitespace-separated

@@ -54,12 +54,14 @@ class Predictor:
         self.weights = artifact.weights.to(self.device)
         self.inv_temperature = float(manifest.inv_temperature)
         self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
-        self._folded = None
+        self._folded = self._plain_path = None
         if self._table is not None and self.device.type == "cpu":
             from kernels.cpu_static_predictor import FoldedStaticPredictor   # numba: only where it runs
+            from predictor_service.plain_fast_path import PlainFastPath
 
             self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
                                                  self.inv_temperature)
+            self._plain_path = PlainFastPath(encoder, self._folded)
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":
@@ -85,11 +87,21 @@ class Predictor:
         if len(texts) == 0:
             n = len(self.model_names)
             return np.zeros((0, n), np.float32), np.zeros((0, n), np.float32)
-        if self._folded is not None:   # the CPU serving path: no torch op on the way
-            tokens = self.encoder.tokenize(texts)
-            return self._folded.predict(tokens.token_ids.numpy(), tokens.offsets.numpy(),
-                                        log_lengths_numpy(texts))
+        if self._folded is not None:
+            return self._predict_cpu(texts)
         return self._predict_torch(texts)
+
+    def _predict_cpu(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The CPU serving path, no torch op on the way: a plain ASCII prompt takes one compiled call, the
+        others are tokenized by the encoder and scored together."""
+        out = np.empty((2, len(texts), self._folded.n_models), np.float32)   # quality, expected cost
+        rest = [i for i, text in enumerate(texts) if not self._plain_path.score(text, out, i)]
+        if rest:
+            others = [texts[i] for i in rest]
+            tokens = self.encoder.tokenize(others)
+            out[0, rest], out[1, rest] = self._folded.predict(
+                tokens.token_ids.numpy(), tokens.offsets.numpy(), log_lengths_numpy(others))
+        return out[0], out[1]
 
     @torch.inference_mode()
     def _predict_torch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

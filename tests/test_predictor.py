@@ -161,6 +161,53 @@ def test_batching_never_changes_an_answer():
     np.testing.assert_allclose(np.concatenate([c for _, c in alone]), cost, rtol=3e-6)
 
 
+def _step_by_step(predictor, texts):
+    """The CPU path without the fused call: the encoder's tokenizer, then the folded predictor."""
+    from predictor_service.head import log_lengths_numpy
+
+    tokens = predictor.encoder.tokenize(texts)
+    return predictor._folded.predict(tokens.token_ids.numpy(), tokens.offsets.numpy(), log_lengths_numpy(texts))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([*string.printable, "the ", "question ", "x" * 101, "[UNK]", "[unk]", "[0, 1]",
+                                 "é", "東"]), min_size=1, max_size=200).map("".join))
+def test_plain_fast_path_gives_the_step_by_step_answer(text):
+    """One compiled call per plain ASCII prompt (the serving path) must answer exactly what the tokenizer
+    plus the folded predictor answer, and leave every other text (non-ASCII, an added token) to them."""
+    predictor = _default_cpu_predictor()
+    out = np.full((2, 3, len(predictor.model_names)), np.nan, np.float32)
+    covered = predictor._plain_path.score(text, out, 1)
+    plain = text.isascii() and all(c.isprintable() or c in "\t\n\r" for c in text) and "[UNK]" not in text
+    assert covered == plain
+    if covered:
+        quality, cost = _step_by_step(predictor, [text])
+        np.testing.assert_array_equal(out[0, 1], quality[0])
+        np.testing.assert_array_equal(out[1, 1], cost[0])
+        assert np.isnan(out[:, [0, 2]]).all()          # only its own row is written
+    else:
+        assert np.isnan(out).all()
+
+
+_CPU_PREDICTOR = []
+
+
+def _default_cpu_predictor():
+    if not _CPU_PREDICTOR:
+        _CPU_PREDICTOR.append(Predictor.load(default_artifact_path(), device="cpu"))
+    return _CPU_PREDICTOR[0]
+
+
+def test_a_mixed_batch_takes_both_cpu_paths_and_keeps_each_answer():
+    predictor = _default_cpu_predictor()
+    texts = ["Which planet is largest? A. Mars B. Jupiter", "Résumé: ünïcödé ✓", "see [UNK] here", "x" * 500,
+             "Solve x^2 = 4 on [0, 3]."]
+    quality, cost = predictor.predict(texts)
+    expected_quality, expected_cost = _step_by_step(predictor, texts)
+    np.testing.assert_array_equal(quality, expected_quality)
+    np.testing.assert_array_equal(cost, expected_cost)
+
+
 @pytest.mark.parametrize("text, message", [("", "empty"), ("   \n", "empty"), ("x" * 70_000, "over the limit")])
 def test_check_prompt_rejects_without_echoing_text(text, message):
     with pytest.raises(PromptError, match=message) as info:
