@@ -10,7 +10,6 @@ import gc
 import json
 import locale
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -95,9 +94,12 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)))
                 continue
+            # Rows of a C-ordered array are contiguous; a request that is the whole batch (one client) takes
+            # the arrays as they are: each numpy call costs ~20 us here, with the core's caches gone cold.
             start, end = span
+            whole = (start, end) == (0, len(texts))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("QUALITY", np.ascontiguousarray(quality[start:end])),
-                pb_utils.Tensor("EXPECTED_COST_USD", np.ascontiguousarray(expected_cost_usd[start:end])),
+                pb_utils.Tensor("QUALITY", quality if whole else quality[start:end]),
+                pb_utils.Tensor("EXPECTED_COST_USD", expected_cost_usd if whole else expected_cost_usd[start:end]),
             ]))
         return responses
