@@ -5,7 +5,8 @@ The JSON (schema below) is what bench/readme_table.py turns into the README's ta
     {"meta": {machine, date, versions, git revision, load average}, "settings": {...},
      "encoders": {"static": {"artifact", "n_models", "skipped": {target: why},
                              "targets": {name: {"closed": [RunResult.summary() + "server": split],
-                                                "slo": SloResult.as_dict()}}}},
+                                                "slo": SloResult.as_dict()}},
+                             "paired_1_client": Measurer.paired's echo_floor vs predictor blocks}},
      "micro": {"route_batch_10k_x_32_ms": {...}},
      "goals": [{"goal", "measured", "met"}], "breakdown": {...}, "notes": [...]}
 """
@@ -19,6 +20,8 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "numpy", "tritonclient", "grpcio", "nvidia-pytriton", "transformers", "model2vec",
@@ -121,6 +124,7 @@ def evaluate_goals(report: dict, *, high_clients: int = 32) -> list[dict]:
     p50_ratio = _ratio(_get(pred1, "p50_ms"), _get(echo1, "p50_ms"))
     rps_ratio = _ratio(_get(pred_n, "throughput_rps"), _get(echo_n, "throughput_rps"))
     lift = _ratio(_get(mini_on, "throughput_rps"), _get(mini_off, "throughput_rps"))
+    paired = report.get("encoders", {}).get("static", {}).get("paired_1_client") or {}
     routed = slo_rate(report, "static", "selector_route")
     slo_ran = report.get("encoders", {}).get("static", {}).get("targets", {}).get("selector_route", {}).get("slo")
     return [
@@ -139,6 +143,9 @@ def evaluate_goals(report: dict, *, high_clients: int = 32) -> list[dict]:
             lift, lambda v: v >= GOALS["minilm_batching_lift_32"], "x"),
         row(f"RouteBatch solver, 10,000 prompts x 32 models < {GOALS['route_batch_10k_ms']:g} ms", solver,
             lambda v: v < GOALS["route_batch_10k_ms"], "ms"),
+        row(f"predictor in Triton p50 / echo_floor p50, 1 client, interleaved blocks "
+            f"<= {GOALS['predictor_vs_echo_p50']:g}x", paired.get("p50_ratio"),
+            lambda v: v <= GOALS["predictor_vs_echo_p50"], "x"),
     ]
 
 
@@ -223,6 +230,17 @@ def render_table(report: dict) -> str:
     if micro:
         lines += ["", f"RouteBatch solver, 10,000 prompts x 32 models: median {micro['median_ms']:.2f} ms, "
                       f"min {micro['min_ms']:.2f} ms over {micro['repeats']} runs"]
+    for encoder, enc in report.get("encoders", {}).items():
+        paired = enc.get("paired_1_client")
+        if paired:
+            order = paired["order"]
+            lines += ["", f"{encoder}: {' and '.join(order)} interleaved, 1 client, {paired['blocks']} blocks of "
+                          f"{paired['block_s']:g} s (same machine state for both):"]
+            lines += [f"  {name:<19} p50 {_fmt(paired[name]['p50_ms']):>7} ms  p99 {_fmt(paired[name]['p99_ms']):>7} ms"
+                      f"  ({paired[name]['completed']} requests)" for name in order]
+            ratios = paired["block_p50_ratios"]
+            lines.append(f"  p50 ratio {_fmt(paired['p50_ratio'], 3)}x; per block {min(ratios, default=0):.2f}x to "
+                         f"{max(ratios, default=0):.2f}x, median {float(np.median(ratios)) if ratios else 0:.2f}x")
     latency = report.get("breakdown", {}).get("latency_1_client_ms")
     if latency:
         lines += ["", "where the time goes, static encoder, 1 client (mean ms):"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import report as report_mod
-from bench.loadgen import closed_loop, open_loop
+from bench.loadgen import closed_loop, open_loop, percentile
 from bench.slo import search_max_rate
 from bench.targets import (ENCODERS, TARGETS, TRITON_TARGETS, InProcessTarget, SelectorRouteTarget,
                            TargetUnavailable, TritonTarget, cpu_delta, cpu_seconds_by_role, ensure_artifact,
@@ -49,6 +49,8 @@ class BenchSettings:
     warmup_s: float = 1.0                   # unrecorded closed loop at the highest concurrency, per target
     closed_s: float = 4.0                   # per closed-loop run
     slo_probe_s: float = 3.0                # per open-loop probe
+    paired_blocks: int = 16                 # echo_floor / predictor, 1 client, interleaved (Measurer.paired)
+    paired_block_s: float = 0.5
     slo_max_probes: int = 6
     slo_min_rate: float = 5.0               # requests/s; below this a target counts as missing the SLO
     open_max_in_flight: int = 256           # outstanding requests before the generator drops arrivals
@@ -64,7 +66,7 @@ class BenchSettings:
 # --quick: the static encoder, 1 and 32 clients, short runs: 60-100 s on 2 busy cores, ~20 s of it starting
 # and stopping the servers.
 QUICK = BenchSettings(clients=(1, 32), warmup_s=0.3, closed_s=1.0, slo_probe_s=1.0, slo_max_probes=3,
-                      encoders=("static",), route_batch_repeats=5, quick=True)
+                      paired_blocks=6, paired_block_s=0.3, encoders=("static",), route_batch_repeats=5, quick=True)
 
 
 # --- one target -----------------------------------------------------------------------------------------
@@ -135,6 +137,41 @@ class Measurer:
         return out
 
 
+    async def paired(self, targets: dict) -> dict:
+        """1 client, the targets in alternating blocks (ABBA order, each block on the same prompts), so that
+        every target sees the same machine. These cores are shared: their speed drifts by tens of percent
+        over the minute between two targets' closed-loop runs, and a ratio of two such runs carries the
+        drift (echo_floor vs predictor p50 read 1.39x to 1.81x over six runs of one commit). Pooled
+        percentiles per target, and the ratio of the last target's p50 to the first's per block."""
+        s = self.settings
+        names = list(targets)
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        block_ratios = []
+        for name in names:   # warm-up: the connection and each server's first calls
+            await closed_loop(targets[name], self.prompts, 1, duration_s=0.3)
+        for block in range(s.paired_blocks):
+            shift = (block * 397) % len(self.prompts)
+            prompts = self.prompts[shift:] + self.prompts[:shift]
+            p50 = {}
+            for name in names if block % 2 == 0 else names[::-1]:
+                await self.settle(None)
+                result = await closed_loop(targets[name], prompts, 1, duration_s=s.paired_block_s)
+                latencies[name] += result.latencies_s
+                p50[name] = percentile(result.latencies_s, 50)
+            if p50[names[0]] and p50[names[-1]]:
+                block_ratios.append(p50[names[-1]] / p50[names[0]])
+        out: dict = {"blocks": s.paired_blocks, "block_s": s.paired_block_s, "order": names}
+        for name, lat in latencies.items():
+            out[name] = {"completed": len(lat),
+                         **{f"p{q}_ms": None if not lat else round(percentile(lat, q) * 1e3, 4) for q in (50, 99)}}
+        first, last = out[names[0]]["p50_ms"], out[names[-1]]["p50_ms"]
+        out["p50_ratio"] = None if not first or last is None else round(last / first, 4)
+        out["block_p50_ratios"] = [round(r, 3) for r in block_ratios]
+        log.info("paired %s, 1 client: p50 ratio %s (blocks %s..%s)", "/".join(names[::-1]), out["p50_ratio"],
+                 min(block_ratios, default=None), max(block_ratios, default=None))
+        return out
+
+
 # --- one encoder ----------------------------------------------------------------------------------------
 
 async def bench_encoder(encoder: str, settings: BenchSettings, prompts: list[str], report: dict) -> None:
@@ -178,6 +215,14 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
             predictor_stats = TritonTarget(server.grpc_url, "routoo_predictor")
             report["meta"].setdefault("tritonserver_version", await predictor_stats.server_version())
             try:
+                if {"echo_floor", "predictor_batching"} <= set(names):
+                    pair = {name: TritonTarget(server.grpc_url, TRITON_TARGETS[name])
+                            for name in ("echo_floor", "predictor_batching")}
+                    try:
+                        enc["paired_1_client"] = await measurer.paired(pair)
+                    finally:
+                        for target in pair.values():
+                            await target.close()
                 for name in names:
                     if name == "selector_route":
                         await _measure_selector(encoder, server.grpc_url, measurer, predictor_stats, enc)

@@ -260,10 +260,23 @@ def fake_report():
 
 def test_goals_compare_the_right_figures_and_say_when_one_is_missing():
     by_text = fake_report()["goals"]
-    assert [g["met"] for g in by_text] == [True, False, True, False, False, None, True]
+    assert [g["met"] for g in by_text] == [True, False, True, False, False, None, True, None]
     assert by_text[2]["measured"] == pytest.approx(1.25)     # 1.0 / 0.8
     assert by_text[3]["measured"] == pytest.approx(0.5)      # 3500 / 7000
     assert by_text[4]["measured"] == 800.0
+
+
+def test_the_interleaved_pair_is_a_goal_of_its_own_and_has_its_table_lines():
+    r = fake_report()
+    r["encoders"]["static"]["paired_1_client"] = {
+        "blocks": 2, "block_s": 0.5, "order": ["echo_floor", "predictor_batching"],
+        "echo_floor": {"completed": 900, "p50_ms": 1.0, "p99_ms": 2.0},
+        "predictor_batching": {"completed": 700, "p50_ms": 1.6, "p99_ms": 3.0},
+        "p50_ratio": 1.6, "block_p50_ratios": [1.55, 1.65]}
+    goal = report.evaluate_goals(r)[-1]
+    assert "interleaved" in goal["goal"] and goal["measured"] == 1.6 and goal["met"] is False
+    text = report.render_table(r)
+    assert "p50 ratio 1.600x; per block 1.55x to 1.65x, median 1.60x" in text
 
 
 def test_breakdown_splits_one_client_latency_and_lists_cpu_per_request():
