@@ -49,7 +49,7 @@ class BenchSettings:
     warmup_s: float = 1.0                   # unrecorded closed loop at the highest concurrency, per target
     closed_s: float = 4.0                   # per closed-loop run
     slo_probe_s: float = 3.0                # per open-loop probe
-    paired_blocks: int = 16                 # echo_floor / predictor, 1 client, interleaved (Measurer.paired)
+    paired_blocks: int = 16                 # static: echo_floor / predictor, 1 client, interleaved (Measurer.paired)
     paired_block_s: float = 0.5
     slo_max_probes: int = 6
     slo_min_rate: float = 5.0               # requests/s; below this a target counts as missing the SLO
@@ -215,7 +215,7 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
             predictor_stats = TritonTarget(server.grpc_url, "routoo_predictor")
             report["meta"].setdefault("tritonserver_version", await predictor_stats.server_version())
             try:
-                if {"echo_floor", "predictor_batching"} <= set(names):
+                if encoder == "static" and {"echo_floor", "predictor_batching"} <= set(names):
                     pair = {name: TritonTarget(server.grpc_url, TRITON_TARGETS[name])
                             for name in ("echo_floor", "predictor_batching")}
                     try:
