@@ -32,7 +32,7 @@ def _decode(raw) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PromptError(f"prompt is not valid UTF-8 ({e.reason} at byte {e.start})") from e
-    check_prompt(text)
+    check_prompt(text, size=len(raw))
     return text
 
 
