@@ -131,6 +131,10 @@ class StaticEncoder:
     def _is_plain(self, text: str) -> bool:
         return not _NOT_PLAIN.search(text) and not self.holds_added_token(text)
 
+    @property
+    def added_tokens(self) -> tuple[str, ...]:
+        return self._added_tokens
+
     def holds_added_token(self, text: str) -> bool:
         return any(t in text for t in self._added_tokens)
 
