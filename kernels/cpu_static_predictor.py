@@ -18,11 +18,12 @@ import math
 import numpy as np
 import torch
 
+from . import static_embed
 from ._numba import compiled
 from .static_embed import NORM_EPS
 
 
-@compiled(boundscheck=False)
+@compiled(boundscheck=False, depends_on=(static_embed,))   # NORM_EPS is compiled in
 def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
     """One prompt, token_ids[start:end] -> its quality and cost rows, (m,) each. table (vocab, hidden + dim)
     fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns (inv_temperature folded in) then cost
@@ -49,7 +50,7 @@ def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_
         cost[k] = math.exp(logits[m + k] + np.float64(log_len) * cost_len_coef[k])
 
 
-@compiled(boundscheck=False)
+@compiled(boundscheck=False, depends_on=(static_embed,))
 def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
     """Every prompt of a batch, each on its own; writes quality and cost, (batch, m) each."""
     for b in range(offsets.shape[0] - 1):

@@ -10,14 +10,18 @@ prompt's row of a preallocated output; the answer is the same as the step-by-ste
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from kernels import cpu_static_predictor
 from kernels._numba import compiled
 from kernels.cpu_static_predictor import FoldedStaticPredictor, score_tokens
+from predictor_service import ascii_wordpiece
 from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_ids_into
 
 
-@compiled(boundscheck=False)
+@compiled(boundscheck=False, depends_on=(cpu_static_predictor, ascii_wordpiece))
 def _score_plain_ascii(data, row, out, max_tokens, unk_id, max_word, slots, keys, longest,
                        table, b1, out_wt, out_b, cost_len_coef):
     """Scores the text `data` (bytes) into out[0, row] (quality) and out[1, row] (expected cost) if it is
@@ -26,7 +30,7 @@ def _score_plain_ascii(data, row, out, max_tokens, unk_id, max_word, slots, keys
         return False
     tokens = np.empty(max_tokens + 128, np.int64)
     n = plain_ascii_ids_into(data, tokens, max_tokens, True, unk_id, max_word, slots, keys, longest)
-    log_len = np.log1p(np.float32(len(data)))     # characters: one byte each in plain ASCII
+    log_len = np.float32(math.log1p(len(data)))   # as head.log_lengths_numpy; one byte a character here
     score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, out[0, row], out[1, row])
     return True
 
