@@ -237,7 +237,8 @@ def render_table(report: dict) -> str:
             lines += ["", f"{encoder}: {' and '.join(order)} interleaved, 1 client, {paired['blocks']} blocks of "
                           f"{paired['block_s']:g} s (same machine state for both):"]
             lines += [f"  {name:<19} p50 {_fmt(paired[name]['p50_ms']):>7} ms  p99 {_fmt(paired[name]['p99_ms']):>7} ms"
-                      f"  ({paired[name]['completed']} requests)" for name in order]
+                      f"  ({paired[name]['completed']} requests, {paired[name].get('failed', 0)} failed)"
+                      for name in order]
             ratios = paired["block_p50_ratios"]
             lines.append(f"  p50 ratio {_fmt(paired['p50_ratio'], 3)}x; per block {min(ratios, default=0):.2f}x to "
                          f"{max(ratios, default=0):.2f}x, median {float(np.median(ratios)) if ratios else 0:.2f}x")

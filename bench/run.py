@@ -49,7 +49,7 @@ class BenchSettings:
     warmup_s: float = 1.0                   # unrecorded closed loop at the highest concurrency, per target
     closed_s: float = 4.0                   # per closed-loop run
     slo_probe_s: float = 3.0                # per open-loop probe
-    paired_blocks: int = 16                 # static: echo_floor / predictor, 1 client, interleaved (Measurer.paired)
+    paired_blocks: int = 16                 # even, so ABBA balances; static: echo_floor / predictor, 1 client
     paired_block_s: float = 0.5
     slo_max_probes: int = 6
     slo_min_rate: float = 5.0               # requests/s; below this a target counts as missing the SLO
@@ -138,14 +138,15 @@ class Measurer:
 
 
     async def paired(self, targets: dict) -> dict:
-        """1 client, the targets in alternating blocks (ABBA order, each block on the same prompts), so that
-        every target sees the same machine. These cores are shared: their speed drifts by tens of percent
+        """1 client, the targets in alternating blocks (ABBA order; both blocks of a pair start at the same
+        prompt), so that every target sees the same machine. These cores are shared: their speed drifts by tens of percent
         over the minute between two targets' closed-loop runs, and a ratio of two such runs carries the
         drift (echo_floor vs predictor p50 read 1.39x to 1.81x over six runs of one commit). Pooled
         percentiles per target, and the ratio of the last target's p50 to the first's per block."""
         s = self.settings
         names = list(targets)
         latencies: dict[str, list[float]] = {name: [] for name in names}
+        failed = {name: 0 for name in names}
         block_ratios = []
         for name in names:   # warm-up: the connection and each server's first calls
             await closed_loop(targets[name], self.prompts, 1, duration_s=0.3)
@@ -157,12 +158,13 @@ class Measurer:
                 await self.settle(None)
                 result = await closed_loop(targets[name], prompts, 1, duration_s=s.paired_block_s)
                 latencies[name] += result.latencies_s
+                failed[name] += result.errors + result.timed_out
                 p50[name] = percentile(result.latencies_s, 50)
             if p50[names[0]] and p50[names[-1]]:
                 block_ratios.append(p50[names[-1]] / p50[names[0]])
         out: dict = {"blocks": s.paired_blocks, "block_s": s.paired_block_s, "order": names}
         for name, lat in latencies.items():
-            out[name] = {"completed": len(lat),
+            out[name] = {"completed": len(lat), "failed": failed[name],
                          **{f"p{q}_ms": None if not lat else round(percentile(lat, q) * 1e3, 4) for q in (50, 99)}}
         first, last = out[names[0]]["p50_ms"], out[names[-1]]["p50_ms"]
         out["p50_ratio"] = None if not first or last is None else round(last / first, 4)
