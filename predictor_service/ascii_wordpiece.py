@@ -160,6 +160,12 @@ class PlainAsciiWordPiece:
         self.unk_id, self.max_word_chars, self.max_tokens = unk_id, max_word_chars, max_tokens
         self.ids(b"warm up")   # compile (or load the compiled code) now, not in the first request
 
+    @staticmethod
+    def covers(text: bytes) -> bool:
+        """Whether text is plain ASCII, which this tokenizer handles (given no added token in it: the
+        caller's check, the tokenizer matches those in the raw text)."""
+        return is_plain_ascii(text)
+
     def ids(self, text: bytes, *, drop_unk: bool = True) -> np.ndarray:
         """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token), cut at
         max_tokens. drop_unk=False keeps [UNK]s, as a chunk's cached ids must: a prompt's ids are truncated

@@ -43,9 +43,6 @@ CACHED_CHUNK_CHARS = 32
 # Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
 # characters or keeps them inside a word).
 _SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
-# Plain text (printable ASCII, spaces, tabs, newlines): BERT's normaliser only lowercases it, and every
-# non-alphanumeric character in it is punctuation to BERT's pre-tokeniser (ascii_wordpiece.py).
-_NOT_PLAIN = re.compile("[^\t\n\r !-~]")
 
 
 def minilm_path() -> Path:
@@ -94,6 +91,10 @@ class StaticEncoder:
         # Added tokens ("[UNK]", "[PAD]") are matched in the raw text before any normalisation; a text or
         # chunk that holds one goes to the tokenizer.
         self._added_tokens = tuple(t["content"] for t in spec.get("added_tokens", ()))
+        # A text holds an added token only if it holds their common first character ("[" for BERT's): one
+        # scan for nearly every text; "" (in every text) where they share none.
+        firsts = {token[:1] for token in self._added_tokens}
+        self._added_token_screen = firsts.pop() if len(firsts) == 1 else ""
         from predictor_service.ascii_wordpiece import PlainAsciiWordPiece   # numba: only for this encoder
 
         self._plain = PlainAsciiWordPiece(
@@ -124,19 +125,22 @@ class StaticEncoder:
     def _token_array(self, text: str) -> np.ndarray:
         """The same as int64 ids. Plain ASCII text (nearly every prompt) takes the compiled WordPiece, the
         rest the chunk cache."""
-        if self._is_plain(text):
-            return self._plain.ids(text.encode("ascii"))
+        data = self._plain_bytes(text)
+        if data is not None:
+            return self._plain.ids(data)
         return np.array(self._cached_token_ids(text), dtype=np.int64)
 
-    def _is_plain(self, text: str) -> bool:
-        return not _NOT_PLAIN.search(text) and not self.holds_added_token(text)
+    def _plain_bytes(self, text: str) -> bytes | None:
+        """text's bytes where the compiled WordPiece covers it (plain ASCII, no added token), else None."""
+        data = text.encode()
+        return data if self._plain.covers(data) and not self.holds_added_token(text) else None
 
     @property
     def added_tokens(self) -> tuple[str, ...]:
         return self._added_tokens
 
     def holds_added_token(self, text: str) -> bool:
-        return any(t in text for t in self._added_tokens)
+        return self._added_token_screen in text and any(t in text for t in self._added_tokens)
 
     @property
     def plain_tokenizer(self):
@@ -175,8 +179,9 @@ class StaticEncoder:
         the rest go to the tokenizer in one batched call."""
         fresh, other = {}, []
         for chunk in chunks:
-            if self._is_plain(chunk):
-                fresh[chunk] = tuple(self._plain.ids(chunk.encode("ascii"), drop_unk=False).tolist())
+            data = self._plain_bytes(chunk)
+            if data is not None:
+                fresh[chunk] = tuple(self._plain.ids(data, drop_unk=False).tolist())
             else:
                 other.append(chunk)
         if other:

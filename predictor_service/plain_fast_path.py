@@ -40,10 +40,6 @@ class PlainFastPath:
 
     def __init__(self, encoder, predictor: FoldedStaticPredictor):
         self._encoder = encoder
-        # A text can hold an added token only if it holds the tokens' common first character ("[" for
-        # BERT's); b"" (in every text) where they share none.
-        firsts = {token[:1] for token in encoder.added_tokens}
-        self._screen = firsts.pop().encode() if len(firsts) == 1 else b""
         plain = encoder.plain_tokenizer
         self._args = (plain.max_tokens, plain.unk_id, plain.max_word_chars, *plain.table,
                       predictor.table, predictor.b1, predictor.out_wt, predictor.out_b, predictor.cost_len_coef)
@@ -53,10 +49,9 @@ class PlainFastPath:
         """Writes text's quality and expected cost to out[0, row] and out[1, row], out (2, batch, n_models)
         fp32; False (nothing written) for text this path does not cover: not plain ASCII, or an added token
         such as "[UNK]" in it. out and row are trusted: the compiled call writes without bounds checks."""
-        data = text.encode()
-        if self._screen in data and self._encoder.holds_added_token(text):
+        if self._encoder.holds_added_token(text):
             return False
-        return _score_plain_ascii(data, row, out, *self._args)
+        return _score_plain_ascii(text.encode(), row, out, *self._args)
 
 
 __all__ = ["PlainFastPath"]
