@@ -141,17 +141,23 @@ def test_add_model_keeps_the_others_and_learns_the_new_one(trained, synthetic):
         add_model(grown, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
 
 
-def test_default_artifact_scores_unseen_prompts():
-    predictor = Predictor.load(default_artifact_path(), device="cpu")
+@pytest.fixture(scope="module")
+def cpu_predictor():
+    """The default artifact on the CPU, loaded once for the tests that only read it."""
+    return Predictor.load(default_artifact_path(), device="cpu")
+
+
+def test_default_artifact_scores_unseen_prompts(cpu_predictor):
+    predictor = cpu_predictor
     texts = ["Which planet is largest?\nA. Mars\nB. Jupiter", "Solve x^2 = 4.", "Résumé: ünïcödé ✓"]
     quality, cost = predictor.predict(texts)
     assert quality.shape == cost.shape == (3, len(predictor.model_names))
     assert ((quality > 0) & (quality < 1)).all() and (cost > 0).all()
 
 
-def test_batching_never_changes_an_answer():
+def test_batching_never_changes_an_answer(cpu_predictor):
     """Triton's dynamic batcher must give each prompt what it gets alone (to fp32 rounding, not 1e-5)."""
-    predictor = Predictor.load(default_artifact_path(), device="cpu")
+    predictor = cpu_predictor
     rng = np.random.default_rng(0)
     words = " ".join(TOPICS.values()).split() + ["What", "is", "the", "value", "of", "A.", "B.", "C.", "(x+1)^2"]
     texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 120)))) for _ in range(60)]
@@ -172,10 +178,10 @@ def _step_by_step(predictor, texts):
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from([*string.printable, "the ", "question ", "x" * 101, "[UNK]", "[unk]", "[0, 1]",
                                  "é", "東"]), min_size=1, max_size=200).map("".join))
-def test_plain_fast_path_gives_the_step_by_step_answer(text):
+def test_plain_fast_path_gives_the_step_by_step_answer(cpu_predictor, text):
     """One compiled call per plain ASCII prompt (the serving path) must answer exactly what the tokenizer
     plus the folded predictor answer, and leave every other text (non-ASCII, an added token) to them."""
-    predictor = _default_cpu_predictor()
+    predictor = cpu_predictor
     out = np.full((2, 3, len(predictor.model_names)), np.nan, np.float32)
     covered = predictor._plain_path.score(text, out, 1)
     plain = (text.isascii() and all(c.isprintable() or c in "\t\n\r" for c in text)
@@ -190,17 +196,8 @@ def test_plain_fast_path_gives_the_step_by_step_answer(text):
         assert np.isnan(out).all()
 
 
-_CPU_PREDICTOR = []
-
-
-def _default_cpu_predictor():
-    if not _CPU_PREDICTOR:
-        _CPU_PREDICTOR.append(Predictor.load(default_artifact_path(), device="cpu"))
-    return _CPU_PREDICTOR[0]
-
-
-def test_a_mixed_batch_takes_both_cpu_paths_and_keeps_each_answer():
-    predictor = _default_cpu_predictor()
+def test_a_mixed_batch_takes_both_cpu_paths_and_keeps_each_answer(cpu_predictor):
+    predictor = cpu_predictor
     texts = ["Which planet is largest? A. Mars B. Jupiter", "Résumé: ünïcödé ✓", "see [UNK] here", "x" * 500,
              "Solve x^2 = 4 on [0, 3]."]
     quality, cost = predictor.predict(texts)
