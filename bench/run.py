@@ -136,11 +136,10 @@ class Measurer:
                  time.perf_counter() - t0)
         return out
 
-
     async def paired(self, targets: dict) -> dict:
         """1 client, the targets in alternating blocks (ABBA order; both blocks of a pair start at the same
-        prompt), so that every target sees the same machine. These cores are shared: their speed drifts by tens of percent
-        over the minute between two targets' closed-loop runs, and a ratio of two such runs carries the
+        prompt), so that every target sees the same machine. These cores are shared: their speed drifts by tens
+        of percent over the minute between two targets' closed-loop runs, and a ratio of two such runs carries the
         drift (echo_floor vs predictor p50 read 1.39x to 1.81x over six runs of one commit). Pooled
         percentiles per target, and the ratio of the last target's p50 to the first's per block."""
         s = self.settings

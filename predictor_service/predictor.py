@@ -2,8 +2,10 @@
 
 One batched call per batch of prompts; the Triton model (model_repository/routoo_predictor) and the CLI
 both go through `Predictor.predict`. On a CUDA device the static predictor runs as one fused kernel
-(token gather + mean + normalise + head); on the CPU as kernels.FoldedStaticPredictor, the same maths as
-one numba-compiled loop. The minilm head runs through kernels.scoring_head (kernel on CUDA, reference elsewhere).
+(token gather + mean + normalise + head); on the CPU a plain ASCII prompt goes through one compiled call
+(predictor_service.plain_fast_path) and other text through the encoder's tokenizer and
+kernels.cpu_static_predictor, the same maths as numba-compiled loops. The minilm head runs through
+kernels.scoring_head (kernel on CUDA, reference elsewhere).
 """
 
 from __future__ import annotations
