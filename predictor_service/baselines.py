@@ -12,16 +12,12 @@ def per_model_mean(train_quality: np.ndarray, n_prompts: int) -> np.ndarray:
     return np.broadcast_to(means, (n_prompts, len(means))).astype(np.float32)
 
 
-def tfidf_logistic(train_texts: list[str], train_quality: np.ndarray, test_texts: list[str], *,
-                   max_features: int = 50_000, c: float = 1.0) -> np.ndarray:
-    """(n_test, n_models): one L2 logistic regression per model on word 1-2-gram TF-IDF features."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+def per_model_logistic(x_train, train_quality: np.ndarray, x_test, *, c: float = 1.0) -> np.ndarray:
+    """(n_test, n_models): one L2 logistic regression per model on the given features (dense or sparse),
+    fitted on that model's labelled train prompts; a model with one class only predicts its rate."""
     from sklearn.linear_model import LogisticRegression
 
-    vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-    x_train = vectorizer.fit_transform(train_texts)
-    x_test = vectorizer.transform(test_texts)
-    out = np.empty((len(test_texts), train_quality.shape[1]), dtype=np.float32)
+    out = np.empty((x_test.shape[0], train_quality.shape[1]), dtype=np.float32)
     for m in range(train_quality.shape[1]):
         known = ~np.isnan(train_quality[:, m])
         y = train_quality[known, m] >= 0.5
@@ -32,3 +28,13 @@ def tfidf_logistic(train_texts: list[str], train_quality: np.ndarray, test_texts
         model.fit(x_train[known], y)
         out[:, m] = model.predict_proba(x_test)[:, 1]
     return out
+
+
+def tfidf_logistic(train_texts: list[str], train_quality: np.ndarray, test_texts: list[str], *,
+                   max_features: int = 50_000, c: float = 1.0) -> np.ndarray:
+    """(n_test, n_models): one L2 logistic regression per model on word 1-2-gram TF-IDF features."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x_train = vectorizer.fit_transform(train_texts)
+    return per_model_logistic(x_train, train_quality, vectorizer.transform(test_texts), c=c)

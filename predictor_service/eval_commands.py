@@ -1,5 +1,6 @@
-"""`routoo eval` and `routoo eval-add-model`: the routing evaluation harness (predictor_service/evaluation.py)
-on the command line. Registered by predictor_service/cli.py through `add_commands(subparsers)`."""
+"""`routoo eval`, `routoo eval-ceiling` and `routoo eval-add-model`: the routing evaluation harness
+(predictor_service/evaluation.py, predictor_service/ceiling.py) on the command line. Registered by
+predictor_service/cli.py through `add_commands(subparsers)`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _print_quality(report: dict) -> None:
+    print(f"\n{'quality prediction on test':<40}{'log loss':>9}{'ECE':>8}{'AUROC':>8}")
+    for name, m in report["quality_metrics"].items():
+        print(f"{name[:39]:<40}{m['log_loss']:>9.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -44,15 +51,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = replace(_DEFAULTS, ref_model=args.ref or None, tfidf=not args.skip_tfidf, seed=args.seed)
     report = evaluate(train_ds, test_ds, artifact, pool=args.pool, config=config)
     print(f"\nkNN: k = {report['knn']['k']}, chosen by frontier AUC on {config.knn_holdout:.0%} of train")
-    print(f"\n{'quality prediction on test':<40}{'log loss':>9}{'ECE':>8}{'AUROC':>8}")
-    for name, m in report["quality_metrics"].items():
-        print(f"{name[:39]:<40}{m['log_loss']:>9.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
+    _print_quality(report)
     print(format_tables(report))
     if args.out_json:
         print(f"\nJSON: {write_json(report, args.out_json)}")
     if args.plot:
         print(f"plot: {plot_frontiers(report, args.plot)}")
     print(f"evaluation took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def cmd_eval_ceiling(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from predictor_service.artifact import Artifact, default_artifact_path
+    from predictor_service.ceiling import informed_ceilings
+    from predictor_service.data import load_dataset
+    from predictor_service.evaluation import format_tables, write_json
+
+    started = time.perf_counter()
+    artifact = Artifact.load(args.artifact or default_artifact_path())
+    train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
+    config = replace(_DEFAULTS, ref_model=args.ref or None, seed=args.seed)
+    report = informed_ceilings(train_ds, test_ds, artifact, probes=args.probes, n_probes=args.n_probes,
+                               config=config)
+    print(f"probes (out of the pool, their outcomes are features): {', '.join(report['probes'])}")
+    _print_quality(report)
+    print(format_tables(report))
+    if args.out_json:
+        print(f"\nJSON: {write_json(report, args.out_json)}")
+    print(f"ceilings took {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -93,6 +121,20 @@ def add_commands(subparsers) -> None:
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (~1-2 min faster)")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("eval-ceiling", help="how much of the gap routers recover that are told the "
+                              "category or other models' outcomes (bounds what prompt features can buy)")
+    p.add_argument("--train", required=True, help="dataset folder the told routers are fitted on")
+    p.add_argument("--test", required=True, help="dataset folder to evaluate on")
+    p.add_argument("--artifact", help="predictor artifact (default: the committed default artifact)")
+    p.add_argument("--probes", type=_pool_list, help="comma-separated models taken out of the pool whose "
+                   "outcomes are told (default: the --n-probes cheapest fully labelled ones)")
+    p.add_argument("--n-probes", type=int, default=8, help="how many default probes (default 8)")
+    p.add_argument("--ref", default=_DEFAULTS.ref_model,
+                   help=f"extra reference model (default {_DEFAULTS.ref_model}; '' for none)")
+    p.add_argument("--out-json", help="write every figure and frontier point as JSON")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.set_defaults(func=cmd_eval_ceiling)
 
     p = subparsers.add_parser("eval-add-model", help="drop a model from training, add it back from n labelled "
                               "prompts with add-model, compare its AUROC with full training")

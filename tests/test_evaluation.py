@@ -213,3 +213,29 @@ def test_eval_add_model_cli(tiny, capsys):
     assert [r["n_labelled"] for r in result["add_model"]] == [10, 40, 150]
     # `lawyer` is right exactly on law prompts: learnable from 40 labels, against the full-data head.
     assert result["add_model"][1]["auroc_mean"] > 0.9 and result["full_training_auroc"] > 0.9
+
+
+def test_eval_ceiling_cli(tiny, capsys):
+    root, train_dir, test_dir = tiny
+    code = routoo(["eval-ceiling", "--train", str(train_dir), "--test", str(test_dir), "--artifact",
+                   str(root / "artifact"), "--probes", "mathy", "--ref", "", "--out-json", str(root / "ceil.json")])
+    assert code == 0
+    assert "probes (out of the pool, their outcomes are features): mathy" in capsys.readouterr().out
+    report = json.loads((root / "ceil.json").read_text())
+    pool = report["pools"]["without probes"]
+    assert pool["models"] == ["lawyer", "generalist", "gpt-big"]
+    summary = pool["summary"]
+    category, probe = summary["told category / tradeoff"], summary["told probes' mean / tradeoff"]
+    # The category names the prompts `lawyer` gets right, so that router recovers most of the gap; the math
+    # probe's outcome only says "math or not", which cannot tell law from history.
+    assert category["gap_recovered"] > 0.5
+    assert category["auc"] > probe["auc"] + 0.01
+
+
+def test_eval_ceiling_rejects_an_unknown_probe(tiny, capsys):
+    root, train_dir, test_dir = tiny
+    code = routoo(["eval-ceiling", "--train", str(train_dir), "--test", str(test_dir), "--artifact",
+                   str(root / "artifact"), "--probes", "ghost"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ghost" in err and "Traceback" not in err

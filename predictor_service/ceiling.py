@@ -1,0 +1,101 @@
+"""Informed ceilings: how much of the no-prompt-to-oracle gap a router recovers when it is *told* what no
+prompt-only predictor can know. They bound what better prompt features can buy on a dataset.
+
+Routers, each a per-model logistic regression fitted on train, deciding with the artifact's predicted costs
+(like kNN and TF-IDF in `routoo eval`, so only the quality information differs):
+- told category: the prompt's category from the dataset (the topic signal, without error);
+- told probes' mean: the share of the probe models that answered this very prompt right (its difficulty);
+- told category + probes: both, with each probe's outcome as its own feature.
+
+The probes are models taken *out* of the pool, whose outcomes on the test prompt are read as features.
+They must leave the pool: a router told every pool model's outcome but the predicted model's own is biased
+against the one model that is right (its right answer raises every other model's prediction, never its
+own), and on mmlu-pro/dev routes worse than the no-prompt router while its AUROC is 0.87.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor_service import baselines
+from predictor_service.artifact import Artifact
+from predictor_service.data import RoutingDataset
+from predictor_service.eval_config import EvalConfig
+from predictor_service.evaluation import (RouterPredictions, _meta, _pool_json, _round, artifact_predictions,
+                                          evaluate_pool, mean_cost)
+from predictor_service.metrics import quality_metrics
+
+
+def default_probes(train_ds: RoutingDataset, pool: list[str], n: int, keep: set[str]) -> list[str]:
+    """The n cheapest pool models by mean train cost, labelled on every train prompt, other than `keep`:
+    what a cascade would run first."""
+    cost = np.nanmean(train_ds.select_models(pool).cost_usd, axis=0)
+    covered = (~np.isnan(train_ds.select_models(pool).quality)).all(axis=0)
+    order = [pool[j] for j in np.argsort(cost, kind="stable") if covered[j] and pool[j] not in keep]
+    return order[:n]
+
+
+def _categories(train: RoutingDataset, ds: RoutingDataset) -> np.ndarray:
+    """One-hot of the train categories; a category train never saw is all zeros."""
+    names = sorted({p.category for p in train.prompts})
+    index = {c: i for i, c in enumerate(names)}
+    out = np.zeros((len(ds), len(names)), dtype=np.float32)
+    for row, p in enumerate(ds.prompts):
+        if p.category in index:
+            out[row, index[p.category]] = 1.0
+    return out
+
+
+def _outcomes(probe_quality: np.ndarray, train_rate: np.ndarray) -> np.ndarray:
+    """Probe outcomes with unknown cells filled by that probe's train accuracy."""
+    return np.where(np.isnan(probe_quality), train_rate, probe_quality).astype(np.float32)
+
+
+def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifact, *,
+                      probes: list[str] | None = None, n_probes: int = 8, config: EvalConfig | None = None,
+                      show_progress: bool = True) -> dict:
+    """Frontiers of Routoo and the told routers on the test models minus the probes (JSON-able, with the
+    same summary rows as `routoo eval`)."""
+    config = config or EvalConfig()
+    art_names = artifact.manifest.model_names
+    shared = [n for n in test_ds.model_names if n in art_names and n in train_ds.model_names]
+    if probes is None:
+        best_guess = max(shared, key=lambda n: np.nanmean(train_ds.select_models([n]).quality))
+        probes = default_probes(train_ds, shared, n_probes, {best_guess, config.ref_model or ""})
+    unknown = [p for p in probes if p not in test_ds.model_names or p not in train_ds.model_names]
+    if unknown:
+        raise ValueError(f"probe model(s) {unknown} need labels in both train and test; "
+                         f"choose from {[n for n in test_ds.model_names if n in train_ds.model_names]}")
+    pool = [n for n in shared if n not in probes]
+    if len(pool) < 2:
+        raise ValueError(f"the probes {probes} leave {pool} to route among; a pool needs two models")
+    train, test = train_ds.select_models(pool), test_ds.select_models(pool)
+
+    quality, cost, _ = artifact_predictions(artifact, test.texts, show_progress=show_progress)
+    cols = [art_names.index(n) for n in pool]
+    decision_cost = cost[:, cols]
+    train_rate = np.nanmean(train_ds.select_models(probes).quality, axis=0)
+    probe_train = _outcomes(train_ds.select_models(probes).quality, train_rate)
+    probe_test = _outcomes(test_ds.select_models(probes).quality, train_rate)
+    cat_train, cat_test = _categories(train, train), _categories(train, test)
+
+    def told(name: str, x_train: np.ndarray, x_test: np.ndarray) -> RouterPredictions:
+        return RouterPredictions(name, baselines.per_model_logistic(x_train, train.quality, x_test),
+                                 decision_cost)
+
+    no_prompt = RouterPredictions("no-prompt (per-model mean)",
+                                  baselines.per_model_mean(train.quality, len(test)).astype(np.float64),
+                                  mean_cost(train.cost_usd, len(test)))
+    routers = [RouterPredictions(f"routoo ({artifact.manifest.encoder})", quality[:, cols], decision_cost),
+               no_prompt,
+               told("told category", cat_train, cat_test),
+               told("told probes' mean", probe_train.mean(axis=1, keepdims=True),
+                    probe_test.mean(axis=1, keepdims=True)),
+               told("told category + probes", np.hstack([cat_train, probe_train]),
+                    np.hstack([cat_test, probe_test]))]
+    oracle = RouterPredictions("oracle", np.nan_to_num(test.quality, nan=0.0), np.nan_to_num(test.cost_usd, nan=0.0))
+    result = evaluate_pool("without probes", pool, routers, oracle, test.quality, test.cost_usd, config,
+                           no_prompt=no_prompt.name, show_progress=show_progress)
+    return {"meta": _meta(artifact, train_ds, test_ds), "probes": probes,
+            "quality_metrics": {r.name: _round(quality_metrics(test.quality, r.quality)) for r in routers},
+            "pools": {"without probes": _pool_json(result)}}
