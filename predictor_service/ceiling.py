@@ -21,16 +21,17 @@ from predictor_service import baselines
 from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
 from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (RouterPredictions, _meta, _pool_json, _round, artifact_predictions,
-                                          evaluate_pool, mean_cost)
+from predictor_service.evaluation import (RouterPredictions, artifact_predictions, evaluate_pool, mean_cost, pool_json,
+                                          rounded_metrics, run_meta)
 from predictor_service.metrics import quality_metrics
 
 
 def default_probes(train_ds: RoutingDataset, pool: list[str], n: int, keep: set[str]) -> list[str]:
     """The n cheapest pool models by mean train cost, labelled on every train prompt, other than `keep`:
     what a cascade would run first."""
-    cost = np.nanmean(train_ds.select_models(pool).cost_usd, axis=0)
-    covered = (~np.isnan(train_ds.select_models(pool).quality)).all(axis=0)
+    train = train_ds.select_models(pool)
+    cost = np.nanmean(train.cost_usd, axis=0)
+    covered = (~np.isnan(train.quality)).all(axis=0)
     order = [pool[j] for j in np.argsort(cost, kind="stable") if covered[j] and pool[j] not in keep]
     return order[:n]
 
@@ -60,6 +61,7 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     art_names = artifact.manifest.model_names
     shared = [n for n in test_ds.model_names if n in art_names and n in train_ds.model_names]
     if probes is None:
+        # The reference models stay in the pool; the best one is guessed from train, never from test.
         best_guess = max(shared, key=lambda n: np.nanmean(train_ds.select_models([n]).quality))
         probes = default_probes(train_ds, shared, n_probes, {best_guess, config.ref_model or ""})
     unknown = [p for p in probes if p not in test_ds.model_names or p not in train_ds.model_names]
@@ -96,6 +98,6 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     oracle = RouterPredictions("oracle", np.nan_to_num(test.quality, nan=0.0), np.nan_to_num(test.cost_usd, nan=0.0))
     result = evaluate_pool("without probes", pool, routers, oracle, test.quality, test.cost_usd, config,
                            no_prompt=no_prompt.name, show_progress=show_progress)
-    return {"meta": _meta(artifact, train_ds, test_ds), "probes": probes,
-            "quality_metrics": {r.name: _round(quality_metrics(test.quality, r.quality)) for r in routers},
-            "pools": {"without probes": _pool_json(result)}}
+    return {"meta": run_meta(artifact, train_ds, test_ds), "probes": probes,
+            "quality_metrics": {r.name: rounded_metrics(quality_metrics(test.quality, r.quality)) for r in routers},
+            "pools": {"without probes": pool_json(result)}}

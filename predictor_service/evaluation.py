@@ -502,9 +502,9 @@ def evaluate(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifa
     # Unlabelled cells are ineligible for every router; the zeros only keep the arrays finite.
     oracle = RouterPredictions("oracle", np.nan_to_num(test.quality, nan=0.0),
                                np.nan_to_num(test.cost_usd, nan=0.0), "true labels and realised costs")
-    quality_metrics_rows = {r.name: _round(quality_metrics(test.quality, r.quality))
+    quality_metrics_rows = {r.name: rounded_metrics(quality_metrics(test.quality, r.quality))
                             for r in routers if r is not no_prompt}
-    quality_metrics_rows[no_prompt.name] = _round(quality_metrics(test.quality, no_prompt.quality))
+    quality_metrics_rows[no_prompt.name] = rounded_metrics(quality_metrics(test.quality, no_prompt.quality))
 
     pools = {"full": pool}
     open_pool = [n for n in pool if not closed_model(n, config.closed_model_prefixes)]
@@ -516,12 +516,12 @@ def evaluate(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifa
         results[label] = evaluate_pool(label, names, [r.columns(cols) for r in routers], oracle.columns(cols),
                                        test.quality[:, cols], test.cost_usd[:, cols], config,
                                        no_prompt=no_prompt.name, show_progress=show_progress)
-    return {"meta": _meta(artifact, train_ds, test_ds),
+    return {"meta": run_meta(artifact, train_ds, test_ds),
             "config": asdict(config),
             "knn": {"k": k, "holdout_auc_by_k": {str(kk): v for kk, v in k_scores.items()}},
             "quality_metrics": quality_metrics_rows,
             "routers": {r.name: r.note for r in [*routers, oracle]},
-            "pools": {label: _pool_json(res) for label, res in results.items()},
+            "pools": {label: pool_json(res) for label, res in results.items()},
             "_results": results}
 
 
@@ -587,11 +587,11 @@ def _floats(a) -> list[float]:
     return [float(f"{v:.6g}") for v in np.asarray(a, dtype=float)]
 
 
-def _round(metrics: dict) -> dict:
+def rounded_metrics(metrics: dict) -> dict:
     return {k: round(v, 5) for k, v in metrics.items() if isinstance(v, float)}
 
 
-def _pool_json(res: PoolResult) -> dict:
+def pool_json(res: PoolResult) -> dict:
     return {"models": res.models, "n_prompts": res.n_prompts, "notes": res.notes,
             "best_single": asdict(res.best), "ref": asdict(res.ref) if res.ref else None,
             "single_models": [asdict(m) | {"normalised_cost": m.cost_usd / res.best.cost_usd} for m in res.singles],
@@ -599,7 +599,7 @@ def _pool_json(res: PoolResult) -> dict:
             "frontiers": [fr.to_json(res.best.cost_usd) for fr in res.frontiers]}
 
 
-def _meta(artifact: Artifact, train_ds: RoutingDataset, test_ds: RoutingDataset) -> dict:
+def run_meta(artifact: Artifact, train_ds: RoutingDataset, test_ds: RoutingDataset) -> dict:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
