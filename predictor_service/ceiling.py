@@ -21,17 +21,18 @@ from predictor_service import baselines
 from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
 from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (RouterPredictions, artifact_predictions, evaluate_pool, mean_cost, pool_json,
-                                          rounded_metrics, run_meta)
+from predictor_service.evaluation import (GAPPY_COVERAGE_SHARE, RouterPredictions, artifact_predictions,
+                                          evaluate_pool, mean_cost, pool_json, rounded_metrics, run_meta)
 from predictor_service.metrics import quality_metrics
 
 
 def default_probes(train_ds: RoutingDataset, pool: list[str], n: int, keep: set[str]) -> list[str]:
-    """The n cheapest pool models by mean train cost, labelled on every train prompt, other than `keep`:
-    what a cascade would run first."""
+    """The n cheapest pool models by mean train cost, labelled about as often as the best-labelled one,
+    other than `keep`: what a cascade would run first."""
     train = train_ds.select_models(pool)
     cost = np.nanmean(train.cost_usd, axis=0)
-    covered = (~np.isnan(train.quality)).all(axis=0)
+    labelled = (~np.isnan(train.quality)).mean(axis=0)
+    covered = labelled >= GAPPY_COVERAGE_SHARE * labelled.max()
     order = [pool[j] for j in np.argsort(cost, kind="stable") if covered[j] and pool[j] not in keep]
     return order[:n]
 
@@ -64,6 +65,8 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
         # The reference models stay in the pool; the best one is guessed from train, never from test.
         best_guess = max(shared, key=lambda n: np.nanmean(train_ds.select_models([n]).quality))
         probes = default_probes(train_ds, shared, n_probes, {best_guess, config.ref_model or ""})
+    if not probes:
+        raise ValueError(f"no model can be a probe: the pool {shared} has none but the references")
     unknown = [p for p in probes if p not in test_ds.model_names or p not in train_ds.model_names]
     if unknown:
         raise ValueError(f"probe model(s) {unknown} need labels in both train and test; "
@@ -76,7 +79,7 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     quality, cost, _ = artifact_predictions(artifact, test.texts, show_progress=show_progress)
     cols = [art_names.index(n) for n in pool]
     decision_cost = cost[:, cols]
-    train_rate = np.nanmean(train_ds.select_models(probes).quality, axis=0)
+    train_rate = np.nan_to_num(np.nanmean(train_ds.select_models(probes).quality, axis=0), nan=0.5)
     probe_train = _outcomes(train_ds.select_models(probes).quality, train_rate)
     probe_test = _outcomes(test_ds.select_models(probes).quality, train_rate)
     cat_train, cat_test = _categories(train, train), _categories(train, test)

@@ -7,7 +7,8 @@ policy's parameter gives operating points: (realised total cost, realised accura
 Definitions (docs/evaluation.md has the recipe and the numbers):
 - Reference: the *best single model* is the pool model with the highest test accuracy among those labelled
   on at least `min_reference_coverage` of the prompts (a model labelled only on easy categories would
-  otherwise win on a different question set). Costs are normalised by its total realised cost.
+  otherwise win on a different question set) and costing more than $0. Costs are normalised by its total
+  realised cost. Where no model is labelled on that share, 90% of the best-labelled model's share is asked.
 - Frontier: the upper concave, non-decreasing hull of a router's operating points and the origin. Any two
   operating points can be mixed at random, so every point of the hull is reachable (RouterBench's AIQ).
   The no-prompt router's frontier is thus the best any fixed mix of models can do.
@@ -264,12 +265,34 @@ def single_models(names: list[str], quality: np.ndarray, cost_usd: np.ndarray) -
     return out
 
 
-def best_single(models: list[SingleModel], min_coverage: float) -> SingleModel:
-    covered = [m for m in models if m.coverage >= min_coverage]
+# Where every model has gaps, a reference must be labelled on this share of the best-labelled model's
+# prompts: random gaps (coverage within a few points of each other) all pass, a model missing whole
+# categories (DeepSeek-Coder-V2 on mmlu-pro/dev: 86% against 100%) does not.
+GAPPY_COVERAGE_SHARE = 0.9
+
+
+def coverage_floor(models: list[SingleModel], min_coverage: float) -> float:
+    top = max(m.coverage for m in models)
+    return min_coverage if top >= min_coverage else GAPPY_COVERAGE_SHARE * top
+
+
+def reference_candidates(models: list[SingleModel], min_coverage: float) -> list[SingleModel]:
+    """Models that may be a reference: labelled on at least `min_coverage` of the prompts (or, where none
+    is, on most of what the best-labelled one covers), and costing something (costs are normalised by the
+    reference's)."""
+    if not models:
+        raise ValueError("no pool model has both a known score and a known cost on any prompt")
+    floor = coverage_floor(models, min_coverage)
+    covered = [m for m in models if m.coverage >= floor and m.cost_usd > 0]
     if not covered:
-        raise ValueError(f"no pool model is labelled on at least {min_coverage:.0%} of the test prompts; "
-                         f"coverage: {({m.name: round(m.coverage, 3) for m in models})}")
-    return max(covered, key=lambda m: (m.accuracy, -m.cost_usd))
+        raise ValueError(f"every well-labelled pool model costs $0 here, so there is no cost to trade against "
+                         f"and no cost to normalise by: {[m.name for m in models if m.coverage >= floor]}")
+    return covered
+
+
+def best_single(models: list[SingleModel], min_coverage: float) -> SingleModel:
+    """The most accurate reference candidate (the cheaper of ties)."""
+    return max(reference_candidates(models, min_coverage), key=lambda m: (m.accuracy, -m.cost_usd))
 
 
 def closed_model(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -317,8 +340,8 @@ def random_mixing(singles: list[SingleModel], best: SingleModel, names: list[str
                   cost_usd: np.ndarray, eligible: np.ndarray, config: EvalConfig) -> Frontier:
     """RouteLLM's random router: each prompt goes to the strong model (the best single one) with
     probability p, else to the weak one (the covered model with the most accuracy per dollar)."""
-    covered = [m for m in singles if m.coverage >= config.min_reference_coverage and m.cost_usd > 0]
-    weak = max(covered, key=lambda m: m.accuracy / m.cost_usd)
+    weak = max(reference_candidates(singles, config.min_reference_coverage),
+               key=lambda m: m.accuracy / m.cost_usd)
     strong_j, weak_j = names.index(best.name), names.index(weak.name)
     draws = np.random.default_rng(config.seed).random(len(quality))
     shares = np.linspace(0.0, 1.0, config.random_mix_points)
@@ -374,6 +397,14 @@ def evaluate_pool(label: str, names: list[str], routers: list[RouterPredictions]
         notes.append(f"{unknown} unlabelled (prompt, model) cells are ineligible for every router")
     singles = single_models(names, quality, cost_usd)
     best = best_single(singles, config.min_reference_coverage)
+    if best.coverage < config.min_reference_coverage:
+        notes.append(f"no model is labelled on {config.min_reference_coverage:.0%} of the prompts; the best "
+                     f"single model is chosen among those labelled on at least "
+                     f"{coverage_floor(singles, config.min_reference_coverage):.1%}")
+    free = [m.name for m in singles if m.cost_usd == 0 and m.accuracy > best.accuracy]
+    if free:
+        notes.append(f"{free} cost $0 and beat the best single model, which is the most accurate one that "
+                     f"costs something")
     ref = None
     if config.ref_model:
         ref = next((m for m in singles if m.name == config.ref_model), None)
@@ -430,7 +461,7 @@ def budget_sweep(router: RouterPredictions, tradeoff: Frontier, best: SingleMode
 
 
 def choose_knn_k(train_x: np.ndarray, train_quality: np.ndarray, train_cost: np.ndarray,
-                 decision_cost: np.ndarray, config: EvalConfig) -> tuple[int, dict[int, float]]:
+                 decision_cost: np.ndarray, config: EvalConfig, names: list[str]) -> tuple[int, dict[int, float]]:
     """k with the best tradeoff-frontier AUC on a held-out part of train (the test split is never read)."""
     order = np.random.default_rng(config.seed).permutation(len(train_x))
     cut = max(1, int(len(order) * config.knn_holdout))
@@ -440,7 +471,7 @@ def choose_knn_k(train_x: np.ndarray, train_quality: np.ndarray, train_cost: np.
     keep = eligible.any(axis=1)
     q, c, eligible = q[keep], c[keep], eligible[keep]
     held = held[keep]
-    singles = single_models([str(j) for j in range(q.shape[1])], q, c)
+    singles = single_models(names, q, c)
     best = best_single(singles, config.min_reference_coverage)
     scores = {}
     ks = [k for k in config.knn_ks if k <= len(fit)] or [len(fit)]
@@ -492,7 +523,7 @@ def evaluate(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifa
                                   baselines.per_model_mean(train_sub.quality, len(test)).astype(np.float64),
                                   mean_cost(train_sub.cost_usd, len(test)),
                                   "train mean quality and mean cost per model")
-    k, k_scores = choose_knn_k(train_x, train_sub.quality, train_sub.cost_usd, train_cost_pred, config)
+    k, k_scores = choose_knn_k(train_x, train_sub.quality, train_sub.cost_usd, train_cost_pred, config, pool)
     knn = RouterPredictions(f"kNN-{k} ({encoder_name})", knn_quality(train_x, train_sub.quality, test_x, k),
                             head.expected_cost_usd, f"k from {k_scores} (held-out train frontier AUC)")
     routers = [head, no_prompt, knn]

@@ -119,6 +119,27 @@ def test_unlabelled_cells_are_never_chosen():
     assert any("ineligible" in note for note in pool.notes)
 
 
+def test_where_every_model_has_gaps_the_best_labelled_ones_are_references():
+    quality = QUALITY.copy()
+    quality[1, 0] = quality[3, 1] = np.nan                # each model labelled on 3 of the 4 prompts
+    oracle = RouterPredictions("oracle", np.nan_to_num(quality), COST)
+    pool = evaluate_pool("test", ["cheap", "strong"], [_no_prompt()], oracle, quality, COST,
+                         EvalConfig(ref_model=None), no_prompt="no-prompt", show_progress=False)
+    assert pool.best.name == "strong" and pool.best.coverage == 0.75
+    assert any("no model is labelled on 99%" in note for note in pool.notes)
+
+
+def test_a_free_model_is_never_the_reference_costs_are_normalised_by():
+    cost = np.array([[1, 0]] * 4, dtype=float)            # the strong model costs nothing
+    no_prompt = RouterPredictions("no-prompt", np.tile([0.5, 0.75], (4, 1)), cost)
+    pool = evaluate_pool("test", ["cheap", "strong"], [no_prompt], RouterPredictions("oracle", QUALITY, cost),
+                         QUALITY, cost, EvalConfig(ref_model=None), no_prompt="no-prompt", show_progress=False)
+    assert pool.best.name == "cheap"
+    assert any("['strong'] cost $0" in note for note in pool.notes)
+    # Always taking the free, better model is a point at cost 0 above the reference: the frontier is flat.
+    assert pool.summary["no-prompt / tradeoff"]["auc"] == pytest.approx(0.75)
+
+
 def test_breakpoints_and_lambda_grid_by_hand():
     q, c = np.array([[0.5, 0.9]]), np.array([[1.0, 5.0]])
     np.testing.assert_allclose(tradeoff_breakpoints(q, c, np.ones_like(q, bool)), [0.1])  # 0.4 / 4
