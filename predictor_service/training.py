@@ -34,6 +34,7 @@ from predictor_service.data import RoutingDataset
 from predictor_service.encoders import cache_dir, load_encoder
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
 from predictor_service.metrics import log_loss, quality_metrics
+from predictor_service.price_costs import fill_unknown_costs, typical_output_tokens
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,9 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
                          f"each of the {config.folds} ensemble members gets hidden / folds units")
     if len(train_ds) < 2 * config.folds:
         raise ValueError(f"training needs at least 2 prompts per fold ({2 * config.folds}), got {len(train_ds)}")
+    prices = [[m.input_usd_per_mtok, m.output_usd_per_mtok] for m in train_ds.pool]
+    cost_usd, costs_from_prices = fill_unknown_costs(train_ds.texts, train_ds.cost_usd, prices,
+                                                     train_ds.model_names)
     encoder = load_encoder(encoder_name)
     x_all = embed_cached(encoder, train_ds.texts, show_progress=show_progress)
     ll_all = log_lengths(train_ds.texts).numpy()
@@ -236,7 +240,7 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
         w1, b1, quality_emb, quality_bias = merge_members(members)
         with torch.no_grad():
             h_all = torch.relu(torch.from_numpy(x_all) @ w1 + b1)                   # (n, K * hidden)
-        cost_emb, cost_bias, cost_len_coef = fit_cost_rows(h_all, torch.from_numpy(ll_all), train_ds.cost_usd,
+        cost_emb, cost_bias, cost_len_coef = fit_cost_rows(h_all, torch.from_numpy(ll_all), cost_usd,
                                                            config.cost_ridge, fold)
     weights = HeadWeights(w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef)
     weights.check()
@@ -261,11 +265,12 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     manifest = Manifest(
         encoder=encoder.name, dim=encoder.dim, hidden=hidden, max_tokens=encoder.max_tokens,
         model_names=train_ds.model_names,
-        model_prices=[[m.input_usd_per_mtok, m.output_usd_per_mtok] for m in train_ds.pool],
+        model_prices=prices,
         inv_temperature=inv_t, encoder_table_digest=encoder.table_digest,
         training={"procedure": PROCEDURE, "train_digest": train_ds.digest,
                   "dev_digest": dev_ds.digest if dev_ds else None, "dev_used_for": "report only",
-                  "n_train": len(train_ds), "folds": n_folds, "epochs": epochs, "config": asdict(config)},
+                  "n_train": len(train_ds), "folds": n_folds, "epochs": epochs, "config": asdict(config),
+                  "costs_from_prices": costs_from_prices},
         dev_metrics=dev_metrics)
     return Artifact(manifest, weights), result
 
@@ -355,9 +360,14 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
         if prior is None:
             prior = _choose_prior(z[rows], h[rows], y, steps) if y.min() < y.max() else ADD_MODEL_PRIORS[-1]
         combo, direction, bias = _fit_new_row(z[rows], h[rows], y, prior, steps)
+        log_len = log_lengths(texts)
+        # Without its own costs the new model is priced with the output tokens the pool's cost rows predict.
+        pool_cost = torch.exp(h @ w.cost_emb.T + w.cost_bias + w.cost_len_coef * log_len[:, None]).numpy()
+        cost, from_prices = fill_unknown_costs(texts, np.asarray(cost, dtype=np.float64)[:, None], [list(prices)], [name],
+                                     output_tokens=typical_output_tokens(texts, pool_cost,
+                                                                         artifact.manifest.model_prices))
         cost_emb, cost_bias, cost_len = (t[0] for t in fit_cost_rows(
-            h, log_lengths(texts), np.asarray(cost, dtype=np.float64)[:, None],
-            folds=fold_assignment(len(texts), min(ADD_MODEL_CV_FOLDS, len(texts)), 0)))
+            h, log_len, cost, folds=fold_assignment(len(texts), min(ADD_MODEL_CV_FOLDS, len(texts)), 0)))
     # (h @ e + b) * inv_t must equal z @ combo + h @ direction + bias, with z = (h @ E.T + B) * inv_t.
     new_emb = combo @ w.quality_emb + direction / inv_t
     new_bias = combo @ w.quality_bias + bias / inv_t
@@ -370,7 +380,8 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
                            "model_prices": artifact.manifest.model_prices + [list(prices)]})
     manifest.training = {**manifest.training,
                          "added_models": manifest.training.get("added_models", []) + [
-                             {"name": name, "n_labelled": int(known.sum()), "prior": list(prior)}]}
+                             {"name": name, "n_labelled": int(known.sum()), "prior": list(prior),
+                              "costs_from_prices": bool(from_prices)}]}
     return Artifact(manifest, new)
 
 
@@ -383,7 +394,8 @@ def fit_cost_rows(h: torch.Tensor, log_len: torch.Tensor, cost: np.ndarray, ridg
     `folds` is given: the lognormal formula (half the residual variance) left the cheapest models' costs,
     whose residuals are heavy-tailed, 15-28% under their realised totals. The Gram matrix of all rows is
     built once; each model subtracts its unknown rows and each fold its held-out rows. A model without
-    known costs predicts ~0 USD."""
+    known positive costs predicts ~0 USD: callers fill unknown costs from prices first
+    (price_costs.fill_unknown_costs), so this is a model that is free."""
     log_cost, known = _log_cost_target(cost)                                # (n, n_models)
     feats = torch.cat([h, log_len[:, None], torch.ones(len(h), 1)], dim=1).double()   # (n, hidden + 2)
     gram = feats.T @ feats

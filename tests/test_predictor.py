@@ -16,6 +16,7 @@ from predictor_service.data import load_dataset, read_prompts
 from predictor_service.encoders import StaticEncoder, load_encoder
 from predictor_service.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
+from predictor_service.price_costs import input_tokens, typical_output_tokens
 from predictor_service.training import TrainConfig, add_model, train
 from tests.test_data import write_dataset
 
@@ -139,6 +140,24 @@ def test_add_model_keeps_the_others_and_learns_the_new_one(trained, synthetic):
     assert auroc_per_model(dev_ds.quality[:, [j]], quality[:, [-1]])[0] > 0.95
     with pytest.raises(ValueError, match="already in the pool"):
         add_model(grown, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
+
+
+def test_add_model_without_costs_prices_it_instead_of_calling_it_free(trained, synthetic):
+    artifact, _ = trained
+    train_ds, dev_ds = synthetic
+    j = train_ds.model_names.index("lawyer")
+    unknown = np.full(len(train_ds), np.nan)
+    grown = add_model(artifact, "priced", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], unknown)
+    assert grown.manifest.training["added_models"][-1]["costs_from_prices"] is True
+    _, cost = _predict(grown, dev_ds.texts)
+    pool = cost[:, :-1]
+    # The pool's predicted costs imply so many output tokens a prompt; priced like that, the new model at
+    # (1, 2) USD per Mtok costs about what a pool model at the same prices would, and never ~0.
+    tokens_out = typical_output_tokens(dev_ds.texts, pool, artifact.manifest.model_prices)
+    expected = (input_tokens(dev_ds.texts) * 1.0 + tokens_out * 2.0) / 1e6
+    assert 0.7 < cost[:, -1].mean() / expected.mean() < 1.4
+    with pytest.raises(ValueError, match="no known cost and no prices"):
+        add_model(artifact, "unpriced", [None, None], train_ds.texts, train_ds.quality[:, j], unknown)
 
 
 @pytest.fixture(scope="module")
