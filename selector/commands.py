@@ -37,8 +37,16 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("demo", help="start predictor and selector, route one example prompt, stop both")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
+    p.add_argument("--pool", help="pool file (default: selector/pool.toml, or one made from the artifact's "
+                   "models and prices where they differ from it)")
     p.add_argument("--prompt", default=DEMO_PROMPT, help="the prompt to route (default: a physics question)")
     p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser("write-pool", help="write a pool file for an artifact's models (trained prices; "
+                              "latencies from selector/pool.toml where it has the model, else stand-ins)")
+    p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
+    p.add_argument("--out", required=True, help="pool file to write (TOML)")
+    p.set_defaults(func=cmd_write_pool)
 
     p = subparsers.add_parser("route", help="ask a running selector where a prompt should go")
     p.add_argument("prompt")
@@ -98,26 +106,65 @@ def _exit_on_signal(signum, frame) -> None:
 
 # --- demo -----------------------------------------------------------------------------------------------
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from predictor_service.triton_server import TritonServer
+def artifact_pool(artifact_path: str | None):
+    """The pool for an artifact's models: selector/pool.toml's settings where it has a model, its trained
+    prices, stand-in latencies for models the file does not know."""
+    from predictor_service.artifact import Artifact, default_artifact_path
+    from selector.pool import load_pool, pool_for_models
 
-    print("starting the predictor in Triton (free loopback ports) ...", flush=True)
-    with TritonServer(args.artifact) as triton:
-        print(f"predictor ready at {triton.grpc_url}; starting the selector ...", flush=True)
-        decision = asyncio.run(_demo_route(triton.grpc_url, args.prompt))
+    manifest = Artifact.load(artifact_path or default_artifact_path()).manifest
+    return pool_for_models(manifest.model_names, manifest.model_prices, base=load_pool())
+
+
+def cmd_write_pool(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from selector.pool import STAND_IN_P95_LATENCY_MS, pool_toml
+
+    pool = artifact_pool(args.artifact)
+    header = (f"Pool for the artifact {args.artifact or 'predictor_service/default_artifact'}, written by "
+              f"`routoo write-pool`.\nPrices: as trained (0 = unknown: the predictor's cost is used as it is).\n"
+              f"p95_latency_ms: from selector/pool.toml where it has the model, else a stand-in "
+              f"{STAND_IN_P95_LATENCY_MS:.0f} ms.\nEdit both before relying on them; selector/pool.toml explains "
+              f"each field.")
+    Path(args.out).write_text(pool_toml(pool, header), encoding="utf-8")
+    print(f"pool of {len(pool)} models -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from predictor_service.triton_server import TritonServer
+    from selector.pool import load_pool, pool_toml
+
+    pool_path = args.pool
+    with tempfile.TemporaryDirectory(prefix="routoo-demo-") as scratch:
+        if pool_path is None and set((pool := artifact_pool(args.artifact)).names) != set(load_pool().names):
+            # An artifact trained on other models: route among its own pool rather than refuse to start.
+            pool_path = Path(scratch) / "pool.toml"
+            pool_path.write_text(pool_toml(pool), encoding="utf-8")
+            print(f"the artifact's {len(pool)} models differ from selector/pool.toml's: routing among them at "
+                  f"their trained prices", flush=True)
+        print("starting the predictor in Triton (free loopback ports) ...", flush=True)
+        with TritonServer(args.artifact) as triton:
+            print(f"predictor ready at {triton.grpc_url}; starting the selector ...", flush=True)
+            decision = asyncio.run(_demo_route(triton.grpc_url, args.prompt, pool_path))
     print(f"\nprompt ({len(args.prompt)} characters): {args.prompt.splitlines()[0][:100]} ...\n")
     print(format_decision(decision))
     print("\nselector and Triton stopped.")
     return 0
 
 
-async def _demo_route(triton_url: str, prompt: str) -> pb.RouteDecision:
+async def _demo_route(triton_url: str, prompt: str, pool_path=None) -> pb.RouteDecision:
     from selector.client import make_route_request
     from selector.config import SelectorConfig
     from selector.proto import selector_pb2_grpc as pb_grpc
     from selector.server import create_server
 
-    server, port = await create_server("127.0.0.1:0", config=SelectorConfig(port=0, triton_url=triton_url))
+    server, port = await create_server("127.0.0.1:0", config=SelectorConfig(port=0, triton_url=triton_url,
+                                                                            pool_path=pool_path))
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -89,6 +89,36 @@ class Pool:
         return _read_only(np.array([m.p95_latency_ms for m in self.models], dtype=np.float64))
 
 
+# Latency written for a model the base pool file does not know: a stand-in, like every figure in pool.toml.
+STAND_IN_P95_LATENCY_MS = 3000.0
+
+
+def pool_for_models(names: list[str], prices: list[list[float | None]], base: Pool | None = None) -> Pool:
+    """A pool for a predictor's models, e.g. an artifact trained on other data: its trained prices (0 where
+    unknown: with no trained price the predictor's cost is used as it is), and each model's p95 latency
+    and `enabled` from `base` where it has the model, else STAND_IN_P95_LATENCY_MS."""
+    known = {m.name: m for m in base.models} if base is not None else {}
+    models = []
+    for name, price in zip(names, prices):
+        price_in, price_out = (price or [None, None])[:2]
+        model = known.get(name)
+        models.append(PoolModel(name, float(price_in or 0.0), float(price_out or 0.0),
+                                model.p95_latency_ms if model else STAND_IN_P95_LATENCY_MS,
+                                model.enabled if model else True))
+    return Pool(tuple(models))
+
+
+def pool_toml(pool: Pool, header: str = "") -> str:
+    """The pool as a pool file that load_pool reads back."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for m in pool.models:
+        # JSON strings without ASCII escaping are TOML basic strings (no surrogate \u escapes for emoji).
+        lines += ["", "[[models]]", f"name = {json.dumps(m.name, ensure_ascii=False)}",
+                  f"input_usd_per_mtok = {m.input_usd_per_mtok!r}", f"output_usd_per_mtok = {m.output_usd_per_mtok!r}",
+                  f"p95_latency_ms = {m.p95_latency_ms!r}", f"enabled = {str(m.enabled).lower()}"]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)
     return array
@@ -194,7 +224,9 @@ def match_pool(pool: Pool, served: ServedPool) -> PoolColumns:
             parts.append(f"served by the predictor but not in the pool file: {missing}")
         if extra:
             parts.append(f"in the pool file but not served by the predictor: {extra}")
-        raise PoolMismatchError("the pool file does not match the predictor's models; " + "; ".join(parts))
+        raise PoolMismatchError("the pool file does not match the predictor's models; " + "; ".join(parts)
+                                + " (`routoo write-pool --artifact ARTIFACT --out FILE` writes a pool file for an "
+                                  "artifact's models)")
     column_of = {name: i for i, name in enumerate(served.names)}
     columns = np.array([column_of[m.name] for m in pool.models], dtype=np.int64)
     scale = np.ones(len(pool), dtype=np.float64)

@@ -13,8 +13,8 @@ from predictor_service.artifact import default_artifact_path
 from selector.policies import (DENIED, DISABLED, ELIGIBLE, NOT_ALLOWED, POLICIES, TOO_EXPENSIVE, TOO_SLOW,
                                BudgetTooSmall, Constraints, CostCapPolicy, InvalidRequest, NoEligibleModel,
                                QualityTargetPolicy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
-from selector.pool import (DEFAULT_POOL_PATH, Pool, PoolError, PoolMismatchError, PoolModel, ServedPool,
-                           blended_usd_per_mtok, load_pool, match_pool)
+from selector.pool import (DEFAULT_POOL_PATH, STAND_IN_P95_LATENCY_MS, Pool, PoolError, PoolMismatchError, PoolModel,
+                           ServedPool, blended_usd_per_mtok, load_pool, match_pool, pool_for_models, pool_toml)
 
 
 # --- strategies -----------------------------------------------------------------------------------------
@@ -367,6 +367,22 @@ def test_pool_mismatch_names_every_difference():
     with pytest.raises(PoolMismatchError, match=r"not in the pool file: \['missing'\].*not served by the predictor: "
                                                 r"\['extra'\]"):
         match_pool(pool, served)
+
+
+def test_a_pool_for_other_models_keeps_known_settings_and_reads_back(tmp_path):
+    base = Pool((PoolModel("known", 9.0, 9.0, 1234.0, enabled=False),))
+    names = ["known", 'odd "name" \\ é', "unpriced"]
+    pool = pool_for_models(names, [[1.0, 2.0], [0.5, 0.25], [None, None]], base=base)
+    path = tmp_path / "pool.toml"
+    path.write_text(pool_toml(pool, "header line\nsecond"), encoding="utf-8")
+    loaded = load_pool(path)
+    assert loaded == pool and loaded.names == names
+    # Prices as trained; latency and `enabled` from the base pool where it has the model, else stand-ins.
+    assert loaded.models[0] == PoolModel("known", 1.0, 2.0, 1234.0, enabled=False)
+    assert loaded.models[2] == PoolModel("unpriced", 0.0, 0.0, STAND_IN_P95_LATENCY_MS)
+    # A model without a trained price keeps the predictor's cost (scale 1), whatever the file's 0 says.
+    served = ServedPool(tuple(names), ((1.0, 2.0), (0.5, 0.25), None))
+    assert match_pool(loaded, served).cost_scale.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_pool_order_and_prices_are_mapped_onto_the_predictor_columns():

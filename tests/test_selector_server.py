@@ -387,6 +387,24 @@ def test_demo_routes_its_prompt_and_explains_the_decision(triton_server):  # noq
     assert "gemini-3.1-pro-preview" in text and "constraints.max_latency_ms: p95 latency 6000 ms > 3000 ms" in text
 
 
+def test_demo_with_an_artifact_of_other_models_routes_among_them(tmp_path, capsys):
+    from predictor_service.cli import main as routoo
+    from predictor_service.data import load_dataset
+    from predictor_service.training import TrainConfig, train
+    from tests.test_predictor import synthetic_dataset
+
+    ds = load_dataset(synthetic_dataset(tmp_path / "data", n=60))
+    artifact, _ = train(ds, None, config=TrainConfig(hidden=8, folds=2, max_epochs=3, patience=3), show_progress=False)
+    artifact.save(tmp_path / "artifact")
+    assert routoo(["write-pool", "--artifact", str(tmp_path / "artifact"), "--out", str(tmp_path / "pool.toml")]) == 0
+    assert load_pool(tmp_path / "pool.toml").names == ds.model_names
+    # selector/pool.toml lists the 32 mmlu-pro models; the demo routes among the artifact's 3 instead.
+    assert routoo(["demo", "--artifact", str(tmp_path / "artifact"), "--prompt", "Which court hears appeals?"]) == 0
+    out = capsys.readouterr().out
+    assert "the artifact's 3 models differ from selector/pool.toml's" in out
+    assert "3 of 3 pool models were eligible" in out and "chosen:" in out
+
+
 def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
     ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics")}
     command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
