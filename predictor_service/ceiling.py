@@ -22,17 +22,19 @@ from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
 from predictor_service.eval_config import EvalConfig
 from predictor_service.evaluation import (GAPPY_COVERAGE_SHARE, RouterPredictions, artifact_predictions,
-                                          evaluate_pool, mean_cost, pool_json, rounded_metrics, run_meta)
+                                          best_single, evaluate_pool, mean_cost, pool_json, rounded_metrics,
+                                          run_meta, single_models)
 from predictor_service.metrics import quality_metrics
 
 
 def default_probes(train_ds: RoutingDataset, pool: list[str], n: int, keep: set[str]) -> list[str]:
-    """The n cheapest pool models by mean train cost, labelled about as often as the best-labelled one,
-    other than `keep`: what a cascade would run first."""
+    """The n cheapest pool models by mean train cost, other than `keep`, labelled on every train prompt
+    (where no model is, on GAPPY_COVERAGE_SHARE of the best-labelled one's share): what a cascade would run
+    first."""
     train = train_ds.select_models(pool)
     cost = np.nanmean(train.cost_usd, axis=0)
     labelled = (~np.isnan(train.quality)).mean(axis=0)
-    covered = labelled >= GAPPY_COVERAGE_SHARE * labelled.max()
+    covered = labelled >= (1.0 if labelled.max() == 1.0 else GAPPY_COVERAGE_SHARE * labelled.max())
     order = [pool[j] for j in np.argsort(cost, kind="stable") if covered[j] and pool[j] not in keep]
     return order[:n]
 
@@ -63,7 +65,9 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     shared = [n for n in test_ds.model_names if n in art_names and n in train_ds.model_names]
     if probes is None:
         # The reference models stay in the pool; the best one is guessed from train, never from test.
-        best_guess = max(shared, key=lambda n: np.nanmean(train_ds.select_models([n]).quality))
+        train_shared = train_ds.select_models(shared)
+        best_guess = best_single(single_models(shared, train_shared.quality, train_shared.cost_usd),
+                                 config.min_reference_coverage).name
         probes = default_probes(train_ds, shared, n_probes, {best_guess, config.ref_model or ""})
     if not probes:
         raise ValueError(f"no model can be a probe: the pool {shared} has none but the references")

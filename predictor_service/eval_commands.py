@@ -19,6 +19,16 @@ def _pool_list(value: str) -> list[str]:
     return names
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from e
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
 def _sizes(value: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
@@ -128,8 +138,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--test", required=True, help="dataset folder to evaluate on")
     p.add_argument("--artifact", help="predictor artifact (default: the committed default artifact)")
     p.add_argument("--probes", type=_pool_list, help="comma-separated models taken out of the pool whose "
-                   "outcomes are told (default: the --n-probes cheapest fully labelled ones)")
-    p.add_argument("--n-probes", type=int, default=8, help="how many default probes (default 8)")
+                   "outcomes are told (default: the --n-probes cheapest fully labelled ones, "
+                   "besides the best single model and --ref)")
+    p.add_argument("--n-probes", type=_positive, default=8, help="how many default probes (default 8)")
     p.add_argument("--ref", default=_DEFAULTS.ref_model,
                    help=f"extra reference model (default {_DEFAULTS.ref_model}; '' for none)")
     p.add_argument("--out-json", help="write every figure and frontier point as JSON")

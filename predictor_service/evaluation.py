@@ -272,22 +272,23 @@ GAPPY_COVERAGE_SHARE = 0.9
 
 
 def coverage_floor(models: list[SingleModel], min_coverage: float) -> float:
-    top = max(m.coverage for m in models)
+    """The share of prompts a reference must be labelled on: `min_coverage`, or where no model that costs
+    something reaches it, GAPPY_COVERAGE_SHARE of the best-labelled such model's share."""
+    top = max((m.coverage for m in models if m.cost_usd > 0), default=0.0)
     return min_coverage if top >= min_coverage else GAPPY_COVERAGE_SHARE * top
 
 
 def reference_candidates(models: list[SingleModel], min_coverage: float) -> list[SingleModel]:
-    """Models that may be a reference: labelled on at least `min_coverage` of the prompts (or, where none
-    is, on most of what the best-labelled one covers), and costing something (costs are normalised by the
-    reference's)."""
+    """Models that may be a reference: costing something (costs are normalised by the reference's) and
+    labelled on the coverage_floor share of the prompts."""
     if not models:
         raise ValueError("no pool model has both a known score and a known cost on any prompt")
-    floor = coverage_floor(models, min_coverage)
-    covered = [m for m in models if m.coverage >= floor and m.cost_usd > 0]
-    if not covered:
-        raise ValueError(f"every well-labelled pool model costs $0 here, so there is no cost to trade against "
-                         f"and no cost to normalise by: {[m.name for m in models if m.coverage >= floor]}")
-    return covered
+    paid = [m for m in models if m.cost_usd > 0]
+    if not paid:
+        raise ValueError(f"every pool model costs $0 here, so there is no cost to trade against and none to "
+                         f"normalise by: {[m.name for m in models]}")
+    floor = coverage_floor(paid, min_coverage)
+    return [m for m in paid if m.coverage >= floor]
 
 
 def best_single(models: list[SingleModel], min_coverage: float) -> SingleModel:
@@ -410,6 +411,10 @@ def evaluate_pool(label: str, names: list[str], routers: list[RouterPredictions]
         ref = next((m for m in singles if m.name == config.ref_model), None)
         if ref is None:
             notes.append(f"reference model {config.ref_model!r} is not in this pool")
+        elif ref.cost_usd == 0:
+            notes.append(f"reference model {config.ref_model!r} costs $0 here, so no fraction of its cost "
+                         f"exists: left out")
+            ref = None
     frontiers: list[Frontier] = []
     for router in [*routers, oracle]:
         lambdas = tradeoff_lambdas(router.quality, router.expected_cost_usd, eligible, config.lambdas)

@@ -97,6 +97,8 @@ def pool_for_models(names: list[str], prices: list[list[float | None]], base: Po
     """A pool for a predictor's models, e.g. an artifact trained on other data: its trained prices (0 where
     unknown: with no trained price the predictor's cost is used as it is), and each model's p95 latency
     and `enabled` from `base` where it has the model, else STAND_IN_P95_LATENCY_MS."""
+    if len(names) != len(prices):
+        raise PoolError(f"{len(names)} model names but {len(prices)} prices")
     known = {m.name: m for m in base.models} if base is not None else {}
     models = []
     for name, price in zip(names, prices):
@@ -108,12 +110,26 @@ def pool_for_models(names: list[str], prices: list[list[float | None]], base: Po
     return Pool(tuple(models))
 
 
+def _is_control(ch: str) -> bool:
+    """Characters a TOML string or comment may not hold as they are."""
+    return ord(ch) < 0x20 or ord(ch) == 0x7F
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quote and backslash escaped, control characters as \\uXXXX."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise PoolError(f"model name {text!r} holds a lone surrogate, which no pool file can hold")
+    body = "".join("\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if _is_control(ch) else ch for ch in text)
+    return f'"{body}"'
+
+
 def pool_toml(pool: Pool, header: str = "") -> str:
     """The pool as a pool file that load_pool reads back."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines = ["# " + "".join(f"\\x{ord(ch):02x}" if _is_control(ch) or 0xD800 <= ord(ch) <= 0xDFFF else ch
+                           for ch in line).rstrip()
+             for line in header.splitlines()]
     for m in pool.models:
-        # JSON strings without ASCII escaping are TOML basic strings (no surrogate \u escapes for emoji).
-        lines += ["", "[[models]]", f"name = {json.dumps(m.name, ensure_ascii=False)}",
+        lines += ["", "[[models]]", f"name = {_toml_string(m.name)}",
                   f"input_usd_per_mtok = {m.input_usd_per_mtok!r}", f"output_usd_per_mtok = {m.output_usd_per_mtok!r}",
                   f"p95_latency_ms = {m.p95_latency_ms!r}", f"enabled = {str(m.enabled).lower()}"]
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -129,6 +129,18 @@ def test_where_every_model_has_gaps_the_best_labelled_ones_are_references():
     assert any("no model is labelled on 99%" in note for note in pool.notes)
 
 
+def test_a_free_fully_labelled_model_does_not_lift_the_bar_for_gappy_paid_ones():
+    quality = np.column_stack([QUALITY, [1, 1, 1, 1]]).astype(float)
+    quality[1, 0] = quality[3, 1] = np.nan                # the paid models: 3 of 4 prompts each
+    cost = np.column_stack([COST, [0, 0, 0, 0]]).astype(float)
+    oracle = RouterPredictions("oracle", np.nan_to_num(quality), cost)
+    no_prompt = RouterPredictions("no-prompt", np.tile([0.5, 0.75, 1.0], (4, 1)), cost)
+    pool = evaluate_pool("test", ["cheap", "strong", "free"], [no_prompt], oracle, quality, cost,
+                         EvalConfig(ref_model="free"), no_prompt="no-prompt", show_progress=False)
+    assert pool.best.name == "strong" and pool.ref is None
+    assert any("'free' costs $0 here" in note for note in pool.notes)
+
+
 def test_a_free_model_is_never_the_reference_costs_are_normalised_by():
     cost = np.array([[1, 0]] * 4, dtype=float)            # the strong model costs nothing
     no_prompt = RouterPredictions("no-prompt", np.tile([0.5, 0.75], (4, 1)), cost)

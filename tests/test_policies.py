@@ -371,10 +371,10 @@ def test_pool_mismatch_names_every_difference():
 
 def test_a_pool_for_other_models_keeps_known_settings_and_reads_back(tmp_path):
     base = Pool((PoolModel("known", 9.0, 9.0, 1234.0, enabled=False),))
-    names = ["known", 'odd "name" \\ é', "unpriced"]
+    names = ["known", 'odd "name" \\ é\x01\x7f🙂', "unpriced"]
     pool = pool_for_models(names, [[1.0, 2.0], [0.5, 0.25], [None, None]], base=base)
     path = tmp_path / "pool.toml"
-    path.write_text(pool_toml(pool, "header line\nsecond"), encoding="utf-8")
+    path.write_text(pool_toml(pool, "header line\nsecond \x01\udc80"), encoding="utf-8")
     loaded = load_pool(path)
     assert loaded == pool and loaded.names == names
     # Prices as trained; latency and `enabled` from the base pool where it has the model, else stand-ins.
@@ -383,6 +383,8 @@ def test_a_pool_for_other_models_keeps_known_settings_and_reads_back(tmp_path):
     # A model without a trained price keeps the predictor's cost (scale 1), whatever the file's 0 says.
     served = ServedPool(tuple(names), ((1.0, 2.0), (0.5, 0.25), None))
     assert match_pool(loaded, served).cost_scale.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(PoolError, match="lone surrogate"):
+        pool_toml(pool_for_models(["bad\udc80"], [[1.0, 1.0]]))
 
 
 def test_pool_order_and_prices_are_mapped_onto_the_predictor_columns():
