@@ -21,22 +21,18 @@ from predictor_service import baselines
 from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
 from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (GAPPY_COVERAGE_SHARE, RouterPredictions, artifact_predictions,
-                                          best_single, evaluate_pool, mean_cost, pool_json, rounded_metrics,
-                                          run_meta, single_models)
+from predictor_service.evaluation import (RouterPredictions, SingleModel, artifact_predictions, best_single,
+                                          coverage_floor, evaluate_pool, no_prompt_router, oracle_router,
+                                          pool_json, rounded_metrics, run_meta, single_models)
 from predictor_service.metrics import quality_metrics
 
 
-def default_probes(train_ds: RoutingDataset, pool: list[str], n: int, keep: set[str]) -> list[str]:
-    """The n cheapest pool models by mean train cost, other than `keep`, labelled on every train prompt
-    (where no model is, on GAPPY_COVERAGE_SHARE of the best-labelled one's share): what a cascade would run
-    first."""
-    train = train_ds.select_models(pool)
-    cost = np.nanmean(train.cost_usd, axis=0)
-    labelled = (~np.isnan(train.quality)).mean(axis=0)
-    covered = labelled >= (1.0 if labelled.max() == 1.0 else GAPPY_COVERAGE_SHARE * labelled.max())
-    order = [pool[j] for j in np.argsort(cost, kind="stable") if covered[j] and pool[j] not in keep]
-    return order[:n]
+def default_probes(singles: list[SingleModel], n: int, keep: set[str]) -> list[str]:
+    """The n cheapest of the train pool's models, other than `keep`, labelled on every train prompt (where no
+    paid model is, on coverage_floor's share): what a cascade would run first."""
+    floor = coverage_floor(singles, 1.0)
+    cheapest = sorted(singles, key=lambda m: m.cost_usd)     # stable: pool order among equal costs
+    return [m.name for m in cheapest if m.coverage >= floor and m.name not in keep][:n]
 
 
 def _categories(train: RoutingDataset, ds: RoutingDataset) -> np.ndarray:
@@ -66,9 +62,9 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     if probes is None:
         # The reference models stay in the pool; the best one is guessed from train, never from test.
         train_shared = train_ds.select_models(shared)
-        best_guess = best_single(single_models(shared, train_shared.quality, train_shared.cost_usd),
-                                 config.min_reference_coverage).name
-        probes = default_probes(train_ds, shared, n_probes, {best_guess, config.ref_model or ""})
+        singles = single_models(shared, train_shared.quality, train_shared.cost_usd)
+        best_guess = best_single(singles, config.min_reference_coverage).name
+        probes = default_probes(singles, n_probes, {best_guess, config.ref_model or ""})
     if not probes:
         raise ValueError(f"no model can be a probe: the pool {shared} has none but the references")
     unknown = [p for p in probes if p not in test_ds.model_names or p not in train_ds.model_names]
@@ -83,8 +79,9 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     quality, cost, _ = artifact_predictions(artifact, test.texts, show_progress=show_progress)
     cols = [art_names.index(n) for n in pool]
     decision_cost = cost[:, cols]
-    train_rate = np.nan_to_num(np.nanmean(train_ds.select_models(probes).quality, axis=0), nan=0.5)
-    probe_train = _outcomes(train_ds.select_models(probes).quality, train_rate)
+    probe_train = train_ds.select_models(probes).quality
+    train_rate = np.nan_to_num(np.nanmean(probe_train, axis=0), nan=0.5)
+    probe_train = _outcomes(probe_train, train_rate)
     probe_test = _outcomes(test_ds.select_models(probes).quality, train_rate)
     cat_train, cat_test = _categories(train, train), _categories(train, test)
 
@@ -92,9 +89,7 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
         return RouterPredictions(name, baselines.per_model_logistic(x_train, train.quality, x_test),
                                  decision_cost)
 
-    no_prompt = RouterPredictions("no-prompt (per-model mean)",
-                                  baselines.per_model_mean(train.quality, len(test)).astype(np.float64),
-                                  mean_cost(train.cost_usd, len(test)))
+    no_prompt = no_prompt_router(train.quality, train.cost_usd, len(test))
     routers = [RouterPredictions(f"routoo ({artifact.manifest.encoder})", quality[:, cols], decision_cost),
                no_prompt,
                told("told category", cat_train, cat_test),
@@ -102,7 +97,7 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
                     probe_test.mean(axis=1, keepdims=True)),
                told("told category + probes", np.hstack([cat_train, probe_train]),
                     np.hstack([cat_test, probe_test]))]
-    oracle = RouterPredictions("oracle", np.nan_to_num(test.quality, nan=0.0), np.nan_to_num(test.cost_usd, nan=0.0))
+    oracle = oracle_router(test.quality, test.cost_usd)
     result = evaluate_pool("without probes", pool, routers, oracle, test.quality, test.cost_usd, config,
                            no_prompt=no_prompt.name, show_progress=show_progress)
     return {"meta": run_meta(artifact, train_ds, test_ds), "probes": probes,

@@ -93,6 +93,20 @@ def knn_quality(train_x: np.ndarray, train_quality: np.ndarray, test_x: np.ndarr
     return out
 
 
+def no_prompt_router(train_quality: np.ndarray, train_cost: np.ndarray, n_prompts: int) -> RouterPredictions:
+    """Every prompt alike: each model's train accuracy and mean train cost (the best any fixed mix can do)."""
+    return RouterPredictions("no-prompt (per-model mean)",
+                             baselines.per_model_mean(train_quality, n_prompts).astype(np.float64),
+                             mean_cost(train_cost, n_prompts), "train mean quality and mean cost per model")
+
+
+def oracle_router(quality: np.ndarray, cost_usd: np.ndarray) -> RouterPredictions:
+    """The test labels and realised costs themselves; unlabelled cells are ineligible for every router, and
+    the zeros only keep the arrays finite."""
+    return RouterPredictions("oracle", np.nan_to_num(quality, nan=0.0), np.nan_to_num(cost_usd, nan=0.0),
+                             "true labels and realised costs")
+
+
 def mean_cost(train_cost: np.ndarray, n_prompts: int) -> np.ndarray:
     """(n_prompts, n_models): each model's mean train cost per prompt (no prompt information)."""
     means = np.nan_to_num(np.nanmean(train_cost, axis=0), nan=0.0)
@@ -524,10 +538,7 @@ def evaluate(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifa
     del train_q_pred
     train_cost_pred = train_cost_pred[:, art_cols]
 
-    no_prompt = RouterPredictions("no-prompt (per-model mean)",
-                                  baselines.per_model_mean(train_sub.quality, len(test)).astype(np.float64),
-                                  mean_cost(train_sub.cost_usd, len(test)),
-                                  "train mean quality and mean cost per model")
+    no_prompt = no_prompt_router(train_sub.quality, train_sub.cost_usd, len(test))
     k, k_scores = choose_knn_k(train_x, train_sub.quality, train_sub.cost_usd, train_cost_pred, config, pool)
     knn = RouterPredictions(f"kNN-{k} ({encoder_name})", knn_quality(train_x, train_sub.quality, test_x, k),
                             head.expected_cost_usd, f"k from {k_scores} (held-out train frontier AUC)")
@@ -535,9 +546,7 @@ def evaluate(train_ds: RoutingDataset, test_ds: RoutingDataset, artifact: Artifa
     if config.tfidf:
         tfidf = baselines.tfidf_logistic(train_sub.texts, train_sub.quality, test.texts)
         routers.append(RouterPredictions("TF-IDF + LR", tfidf, head.expected_cost_usd))
-    # Unlabelled cells are ineligible for every router; the zeros only keep the arrays finite.
-    oracle = RouterPredictions("oracle", np.nan_to_num(test.quality, nan=0.0),
-                               np.nan_to_num(test.cost_usd, nan=0.0), "true labels and realised costs")
+    oracle = oracle_router(test.quality, test.cost_usd)
     quality_metrics_rows = {r.name: rounded_metrics(quality_metrics(test.quality, r.quality))
                             for r in routers if r is not no_prompt}
     quality_metrics_rows[no_prompt.name] = rounded_metrics(quality_metrics(test.quality, no_prompt.quality))

@@ -37,11 +37,16 @@ def typical_output_tokens(texts: list[str], cost_usd: np.ndarray, prices: list[l
     return float(np.median(estimates)) if estimates else None
 
 
+def barely_costed(cost_usd: np.ndarray) -> list[int]:
+    """Columns of (n_prompts, n_models) costs with fewer than MIN_KNOWN_COSTS known cells."""
+    return [j for j in range(cost_usd.shape[1]) if np.isfinite(cost_usd[:, j]).sum() < MIN_KNOWN_COSTS]
+
+
 def fill_unknown_costs(texts: list[str], cost_usd: np.ndarray, prices: list[list[float | None]],
                        names: list[str], *, output_tokens: float | None = None) -> tuple[np.ndarray, list[str]]:
     """(costs with the unknown cells of barely-costed models estimated from prices, those models' names).
     `output_tokens` defaults to typical_output_tokens of the same matrix."""
-    missing = [j for j in range(cost_usd.shape[1]) if np.isfinite(cost_usd[:, j]).sum() < MIN_KNOWN_COSTS]
+    missing = barely_costed(cost_usd)
     if not missing:
         return cost_usd, []
     out = np.array(cost_usd, dtype=np.float64, copy=True)

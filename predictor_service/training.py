@@ -34,7 +34,7 @@ from predictor_service.data import RoutingDataset
 from predictor_service.encoders import cache_dir, load_encoder
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
 from predictor_service.metrics import log_loss, quality_metrics
-from predictor_service.price_costs import fill_unknown_costs, typical_output_tokens
+from predictor_service.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
 
 log = logging.getLogger(__name__)
 
@@ -361,11 +361,13 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
             prior = _choose_prior(z[rows], h[rows], y, steps) if y.min() < y.max() else ADD_MODEL_PRIORS[-1]
         combo, direction, bias = _fit_new_row(z[rows], h[rows], y, prior, steps)
         log_len = log_lengths(texts)
-        # Without its own costs the new model is priced with the output tokens the pool's cost rows predict.
-        pool_cost = torch.exp(h @ w.cost_emb.T + w.cost_bias + w.cost_len_coef * log_len[:, None]).numpy()
-        cost, from_prices = fill_unknown_costs(texts, np.asarray(cost, dtype=np.float64)[:, None], [list(prices)], [name],
-                                     output_tokens=typical_output_tokens(texts, pool_cost,
-                                                                         artifact.manifest.model_prices))
+        cost, from_prices = np.asarray(cost, dtype=np.float64)[:, None], []
+        if barely_costed(cost):
+            # Priced with the output tokens that the pool's predicted costs on these prompts imply.
+            _, pool_cost = reference_score(w, x.numpy(), log_len.numpy(), inv_t)
+            cost, from_prices = fill_unknown_costs(
+                texts, cost, [list(prices)], [name],
+                output_tokens=typical_output_tokens(texts, pool_cost, artifact.manifest.model_prices))
         cost_emb, cost_bias, cost_len = (t[0] for t in fit_cost_rows(
             h, log_len, cost, folds=fold_assignment(len(texts), min(ADD_MODEL_CV_FOLDS, len(texts)), 0)))
     # (h @ e + b) * inv_t must equal z @ combo + h @ direction + bias, with z = (h @ E.T + B) * inv_t.

@@ -106,22 +106,22 @@ def _exit_on_signal(signum, frame) -> None:
 
 # --- demo -----------------------------------------------------------------------------------------------
 
-def artifact_pool(artifact_path: str | None):
-    """The pool for an artifact's models: selector/pool.toml's settings where it has a model, its trained
-    prices, stand-in latencies for models the file does not know."""
+def artifact_pool(artifact_path: str | None, base):
+    """The pool for an artifact's models: `base`'s settings where it has a model, the artifact's trained
+    prices, stand-in latencies for models `base` does not know."""
     from predictor_service.artifact import Artifact, default_artifact_path
-    from selector.pool import load_pool, pool_for_models
+    from selector.pool import pool_for_models
 
     manifest = Artifact.load(artifact_path or default_artifact_path()).manifest
-    return pool_for_models(manifest.model_names, manifest.model_prices, base=load_pool())
+    return pool_for_models(manifest.model_names, manifest.model_prices, base=base)
 
 
 def cmd_write_pool(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from selector.pool import STAND_IN_P95_LATENCY_MS, pool_toml
+    from selector.pool import STAND_IN_P95_LATENCY_MS, load_pool, pool_toml
 
-    pool = artifact_pool(args.artifact)
+    pool = artifact_pool(args.artifact, load_pool())
     header = (f"Pool for the artifact {args.artifact or 'predictor_service/default_artifact'}, written by "
               f"`routoo write-pool`.\nPrices: as trained (0 = unknown: the predictor's cost is used as it is).\n"
               f"p95_latency_ms: from selector/pool.toml where it has the model, else a stand-in "
@@ -141,12 +141,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     pool_path = args.pool
     with tempfile.TemporaryDirectory(prefix="routoo-demo-") as scratch:
-        if pool_path is None and set((pool := artifact_pool(args.artifact)).names) != set(load_pool().names):
-            # An artifact trained on other models: route among its own pool rather than refuse to start.
-            pool_path = Path(scratch) / "pool.toml"
-            pool_path.write_text(pool_toml(pool), encoding="utf-8")
-            print(f"the artifact's {len(pool)} models differ from selector/pool.toml's: routing among them at "
-                  f"their trained prices", flush=True)
+        if pool_path is None:
+            default = load_pool()
+            pool = artifact_pool(args.artifact, default)
+            if set(pool.names) != set(default.names):
+                # An artifact trained on other models: route among its own pool rather than refuse to start.
+                pool_path = Path(scratch) / "pool.toml"
+                pool_path.write_text(pool_toml(pool), encoding="utf-8")
+                print(f"the artifact's {len(pool)} models differ from selector/pool.toml's: routing among them "
+                      f"at their trained prices", flush=True)
         print("starting the predictor in Triton (free loopback ports) ...", flush=True)
         with TritonServer(args.artifact) as triton:
             print(f"predictor ready at {triton.grpc_url}; starting the selector ...", flush=True)
