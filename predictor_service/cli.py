@@ -27,8 +27,19 @@ def _fail(message: str) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from predictor_service.encoders import build_static_table
 
-    path = build_static_table(force=args.force)
-    print(f"static embedding table ready: {path}")
+    path = build_static_table(force=args.force, dtype="float32" if args.float32 else "float16")
+    print(f"static embedding table ready: {path} (train on it with `routoo train --static-table {path}`)")
+    return 0
+
+
+def cmd_upgrade_artifact(args: argparse.Namespace) -> int:
+    from predictor_service.artifact import ArtifactError, upgrade_v1
+
+    try:
+        artifact = upgrade_v1(args.artifact, args.out)
+    except ArtifactError as e:
+        return _fail(str(e))
+    print(f"format {artifact.manifest.format_version} artifact written to {args.out}")
     return 0
 
 
@@ -50,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dev_ds is not None:
         print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
-    artifact, result = train(train_ds, dev_ds, encoder_name=args.encoder, config=config)
+    artifact, result = train(train_ds, dev_ds, encoder_name=args.encoder, config=config,
+                             static_table=args.static_table, table_storage=args.table_storage)
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -125,9 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="build the static encoder's embedding table (offline, once)")
+    p = sub.add_parser("prepare", help="distil a new static embedding table from the MiniLM wheel (offline; "
+                       "only for training new tables: artifacts carry theirs)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--float32", action="store_true", help="keep the table in fp32 (default: model2vec's fp16)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("upgrade-artifact", help="convert a format-1 artifact (no table inside) to format 2")
+    p.add_argument("artifact", help="the format-1 artifact folder")
+    p.add_argument("--out", required=True, help="folder to write the format-2 artifact to")
+    p.set_defaults(func=cmd_upgrade_artifact)
 
     p = sub.add_parser("train", help="train a predictor artifact on a canonical dataset")
     p.add_argument("--data", required=True, help="training dataset folder (canonical format)")
@@ -139,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
+    p.add_argument("--static-table", metavar="DIR",
+                   help="static encoder's table: an artifact folder, or a table `routoo prepare` wrote "
+                        "(default: the committed default artifact's)")
+    p.add_argument("--table-storage", choices=["fp32", "fp16", "int8"],
+                   help="how the artifact stores the table; the head is trained on the stored values "
+                        "(default: as the source stores it)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="predict per-model quality for prompts.jsonl -> scores.csv shape")

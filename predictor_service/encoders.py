@@ -11,7 +11,6 @@ Both load from files that packages ship, never from a hub: `HF_HUB_OFFLINE=1` is
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 
 from kernels.static_embed import static_embed
+from predictor_service.encoder_files import (decode_table, encode_table, read_static_files, sha256_bytes,
+                                             table_digest, write_static_files)
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,22 @@ class TokenBatch:
 class StaticEncoder:
     name = "static"
 
-    def __init__(self, table: np.ndarray, tokenizer, *, max_tokens: int = MAX_TOKENS):
+    def __init__(self, table: np.ndarray, tokenizer, *, max_tokens: int = MAX_TOKENS,
+                 stored: dict[str, np.ndarray] | None = None, tokenizer_json: str | None = None):
+        """stored: the tensors the table was decoded from (encoder_files), written back as they are by save()
+        so that a table is never rounded twice; None stores the fp32 table. tokenizer_json: the file the
+        tokenizer was read from, stored and digested as it is (default: the tokenizer's own JSON)."""
         self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))  # (vocab, dim)
+        self._stored = stored if stored is not None else encode_table(self.table.numpy(), "fp32")
+        self.table_storage = decode_table(self._stored)[1] if stored is not None else "fp32"
+        # The tokenizer as it was handed over, before truncation is set: what an artifact stores.
+        self.tokenizer_json = tokenizer_json if tokenizer_json is not None else tokenizer.to_str()
+        self.tokenizer_digest = sha256_bytes(self.tokenizer_json.encode("utf-8"))
         self.tokenizer = tokenizer
         self.tokenizer.enable_truncation(max_tokens)
         self.max_tokens = max_tokens
         self.dim = int(self.table.shape[1])
-        self.table_digest = hashlib.sha256(self.table.numpy().tobytes()).hexdigest()
+        self.table_digest = table_digest(self.table.numpy())
         if tokenizer.get_vocab_size(with_added_tokens=True) > self.table.shape[0]:
             # The CPU path gathers table rows by id without bounds checks.
             raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} ids but the "
@@ -104,10 +114,32 @@ class StaticEncoder:
 
     @classmethod
     def load(cls, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
-        from model2vec import StaticModel
+        """The table `routoo prepare` distils on this machine (for training new tables; its bits depend on
+        the CPU). Serving and training read a table from an artifact instead (from_folder)."""
+        return cls.from_folder(build_static_table(), max_tokens=max_tokens)
 
-        model = StaticModel.from_pretrained(str(build_static_table()))
-        return cls(np.asarray(model.embedding, dtype=np.float32), model.tokenizer, max_tokens=max_tokens)
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
+        """From an artifact's encoder folder or a model2vec model folder; the table is decoded exactly."""
+        from tokenizers import Tokenizer
+
+        stored, tokenizer_json = read_static_files(Path(folder))
+        table, _ = decode_table(stored)
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        return cls(table, tokenizer, max_tokens=max_tokens, stored=stored, tokenizer_json=tokenizer_json)
+
+    def rounded(self, storage: str, *, max_tokens: int | None = None) -> "StaticEncoder":
+        """The same encoder with its table rounded to `storage` (fp32, fp16 or int8), as it will be stored."""
+        from tokenizers import Tokenizer
+
+        stored = self._stored if storage == self.table_storage else encode_table(self.table.numpy(), storage)
+        return StaticEncoder(decode_table(stored)[0], Tokenizer.from_str(self.tokenizer_json),
+                             max_tokens=max_tokens or self.max_tokens, stored=stored,
+                             tokenizer_json=self.tokenizer_json)
+
+    def save(self, folder: str | Path) -> None:
+        """Writes the table as stored and the tokenizer into `folder` (an artifact's encoder folder)."""
+        write_static_files(Path(folder), self._stored, self.tokenizer_json)
 
     def clear_caches(self) -> None:
         self._chunk_ids.clear()
@@ -244,30 +276,23 @@ class MiniLMEncoder:
         return groups + [current] if current else groups
 
 
-ENCODERS = {"static": StaticEncoder.load, "minilm": MiniLMEncoder}
-
-
-def load_encoder(name: str, **kwargs) -> StaticEncoder | MiniLMEncoder:
-    try:
-        factory = ENCODERS[name]
-    except KeyError as e:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}") from e
-    return factory(**kwargs)
-
-
-def build_static_table(*, force: bool = False) -> Path:
-    """Distils the static table from the MiniLM wheel once (~30 s on 2 cores) and caches it on disk.
+def build_static_table(*, force: bool = False, dtype: str = "float16") -> Path:
+    """Distils a static table from the MiniLM wheel once (~30 s on 2 cores) and caches it on disk, for
+    training new static artifacts (`routoo prepare`; serving never needs it: artifacts carry their table).
 
     model2vec passes every vocabulary token through MiniLM, reduces to STATIC_DIMS with PCA and applies
-    SIF weighting; nothing is downloaded.
+    SIF weighting, then rounds to `dtype` (model2vec's default float16, or float32); nothing is downloaded.
+    The bits depend on the CPU's floating-point kernels (docs/serving.md, "Portable artifacts").
     """
-    target = cache_dir() / f"static-minilm-pca{STATIC_DIMS}"
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    target = cache_dir() / (f"static-minilm-pca{STATIC_DIMS}" + ("" if dtype == "float16" else "-fp32"))
     if (target / "model.safetensors").is_file() and not force:
         return target
     from model2vec.distill import distill
 
     log.info("distilling the static embedding table from %s (once, ~30 s)", minilm_path())
-    model = distill(model_name=str(minilm_path()), pca_dims=STATIC_DIMS)
+    model = distill(model_name=str(minilm_path()), pca_dims=STATIC_DIMS, quantize_to=dtype)
     # Written beside the target, then moved: a run killed half-way never leaves a half-written table.
     tmp = target.with_suffix(".tmp")
     model.save_pretrained(str(tmp))

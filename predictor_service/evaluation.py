@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from predictor_service import baselines
 from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
-from predictor_service.encoders import load_encoder
 from predictor_service.head import log_lengths, reference_score
 from predictor_service.metrics import auroc_per_model, quality_metrics
 from predictor_service.training import TrainConfig, add_model, embed_cached, train
@@ -69,8 +68,7 @@ def artifact_predictions(artifact: Artifact, texts: list[str], *,
     """(quality, expected_cost_usd, prompt_embedding) of an artifact on texts, through the head's reference
     math (the same as the fused kernel), with embeddings cached like training's."""
     manifest = artifact.manifest
-    encoder = load_encoder(manifest.encoder, max_tokens=manifest.max_tokens)
-    x = embed_cached(encoder, texts, show_progress=show_progress)
+    x = embed_cached(artifact.load_encoder(), texts, show_progress=show_progress)
     quality, cost = reference_score(artifact.weights, x, log_lengths(texts).numpy(), manifest.inv_temperature)
     return quality, cost, x
 

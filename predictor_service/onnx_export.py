@@ -105,18 +105,12 @@ def export_head(artifact: Artifact, path: str | Path) -> Path:
 
 
 def export_static_predictor(artifact: Artifact, path: str | Path, table: torch.Tensor | None = None) -> Path:
-    """The static predictor end to end (token ids in); `table` defaults to the cached static table."""
+    """The static predictor end to end (token ids in); `table` defaults to the artifact's own table."""
     if artifact.manifest.encoder != "static":
         raise ValueError(f"the end-to-end graph needs a static-encoder artifact, this one uses "
                          f"{artifact.manifest.encoder!r}; export the head instead (export_head)")
     if table is None:
-        from predictor_service.encoders import StaticEncoder
-
-        encoder = StaticEncoder.load(max_tokens=artifact.manifest.max_tokens)
-        if artifact.manifest.encoder_table_digest not in (None, encoder.table_digest):
-            raise ValueError("the cached static table differs from the one this head was trained on; rebuild "
-                             "it with `routoo prepare --force` or retrain the artifact")
-        table = encoder.table
+        table = artifact.load_encoder().table
     example = (torch.tensor([1, 2, 3], dtype=torch.int64), torch.tensor([0, 1, 3], dtype=torch.int64),
                torch.zeros(2))
     return _export(StaticPredictorGraph(artifact, table), example, Path(path),

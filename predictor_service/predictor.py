@@ -17,7 +17,7 @@ import torch
 
 from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
-from predictor_service.encoders import MiniLMEncoder, StaticEncoder, load_encoder
+from predictor_service.encoders import MiniLMEncoder, StaticEncoder
 from predictor_service.head import log_lengths, log_lengths_numpy
 from predictor_service.limits import MAX_PROMPT_BYTES
 
@@ -46,11 +46,11 @@ class Predictor:
             raise ArtifactError(f"encoder {manifest.encoder!r} gives dim {encoder.dim}, the head expects "
                                 f"{manifest.dim}")
         if manifest.encoder_table_digest and encoder.table_digest != manifest.encoder_table_digest:
-            # The table is distilled deterministically from the MiniLM wheel; a different digest means a
-            # different wheel or model2vec version, and the head was not trained on these vectors.
+            # A table from elsewhere (another artifact, or one distilled on this machine): the head was not
+            # trained on these vectors. Predictor.load takes the artifact's own table.
             raise ArtifactError("the static embedding table differs from the one this head was trained on "
                                 f"(digest {encoder.table_digest[:12]} vs {manifest.encoder_table_digest[:12]}); "
-                                "rebuild it with `routoo prepare --force` or retrain the artifact")
+                                "use the artifact's own encoder (Artifact.load_encoder)")
         self.artifact = artifact
         self.encoder = encoder
         self.device = torch.device(device)
@@ -73,9 +73,7 @@ class Predictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         # MiniLM runs where the head runs; the static table is moved there by __init__.
-        extra = {"device": device} if manifest.encoder == "minilm" else {}
-        encoder = load_encoder(manifest.encoder, max_tokens=manifest.max_tokens, **extra)
-        return cls(artifact, encoder, device=device)
+        return cls(artifact, artifact.load_encoder(device=str(device)), device=device)
 
     @property
     def model_names(self) -> list[str]:

@@ -37,8 +37,8 @@ def cmd_serve_predictor(args: argparse.Namespace) -> int:
     if args.write_repository:
         materialise_repository(args.write_repository, ensure_artifact(args.artifact),
                                dynamic_batching=not args.no_dynamic_batching,
-                               instance_count=args.instance_count, instance_kind=kind)
-        print(f"model repository written to {args.write_repository}")
+                               instance_count=args.instance_count, instance_kind=kind, copy_artifact=True)
+        print(f"model repository written to {args.write_repository} (artifact inside; copy it as it is)")
         return 0
 
     stop = threading.Event()

@@ -24,14 +24,15 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from predictor_service.artifact import Artifact, Manifest
+from predictor_service.artifact import Artifact, Manifest, encoder_record, training_encoder
 from predictor_service.data import RoutingDataset
-from predictor_service.encoders import cache_dir, load_encoder
+from predictor_service.encoders import StaticEncoder, cache_dir
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
 from predictor_service.metrics import log_loss, quality_metrics
 from predictor_service.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
@@ -201,8 +202,11 @@ def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
 
 
 def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_name: str = "static",
-          config: TrainConfig | None = None, show_progress: bool = True) -> tuple[Artifact, dict]:
+          config: TrainConfig | None = None, show_progress: bool = True,
+          static_table: str | Path | None = None, table_storage: str | None = None) -> tuple[Artifact, dict]:
     """Trains an artifact by the recipe above. `dev_ds` is only scored for the report, never fitted on.
+    static_table / table_storage: where the static table comes from (default: the committed default
+    artifact's, the same bits on every machine) and how the artifact stores it (artifact.static_encoder_from).
     Returns the artifact and metrics: "head" (dev if given, else out-of-fold train), "oof", "x_dev"."""
     config = config or TrainConfig()
     if dev_ds is not None and dev_ds.model_names != train_ds.model_names:
@@ -215,7 +219,7 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     prices = [[m.input_usd_per_mtok, m.output_usd_per_mtok] for m in train_ds.pool]
     cost_usd, costs_from_prices = fill_unknown_costs(train_ds.texts, train_ds.cost_usd, prices,
                                                      train_ds.model_names)
-    encoder = load_encoder(encoder_name)
+    encoder = training_encoder(encoder_name, static_table=static_table, table_storage=table_storage)
     x_all = embed_cached(encoder, train_ds.texts, show_progress=show_progress)
     ll_all = log_lengths(train_ds.texts).numpy()
     quality = train_ds.quality
@@ -262,17 +266,19 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
                            head_before_temperature=_summary(quality_metrics(dev_ds.quality, raw_dev)))
         result.update(head=calibrated, x_dev=x_dev)
     hidden = int(w1.shape[1])
+    table_digest, encoder_files = encoder_record(encoder)
     manifest = Manifest(
         encoder=encoder.name, dim=encoder.dim, hidden=hidden, max_tokens=encoder.max_tokens,
         model_names=train_ds.model_names,
         model_prices=prices,
-        inv_temperature=inv_t, encoder_table_digest=encoder.table_digest,
+        inv_temperature=inv_t, encoder_table_digest=table_digest, encoder_files=encoder_files,
         training={"procedure": PROCEDURE, "train_digest": train_ds.digest,
                   "dev_digest": dev_ds.digest if dev_ds else None, "dev_used_for": "report only",
                   "n_train": len(train_ds), "folds": n_folds, "epochs": epochs, "config": asdict(config),
                   "costs_from_prices": costs_from_prices},
         dev_metrics=dev_metrics)
-    return Artifact(manifest, weights), result
+    static_encoder = encoder if isinstance(encoder, StaticEncoder) else None
+    return Artifact(manifest, weights, static_encoder=static_encoder), result
 
 
 def _summary(metrics: dict) -> dict:
@@ -347,7 +353,7 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
     known = ~np.isnan(np.asarray(quality, dtype=np.float64))
     if known.sum() < 2:
         raise ValueError(f"model {name!r} needs at least 2 labelled prompts, got {int(known.sum())}")
-    encoder = load_encoder(artifact.manifest.encoder, max_tokens=artifact.manifest.max_tokens)
+    encoder = artifact.load_encoder()
     w = artifact.weights
     inv_t = artifact.manifest.inv_temperature
     x = torch.from_numpy(embed_cached(encoder, texts, show_progress=False))
@@ -384,7 +390,7 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
                          "added_models": manifest.training.get("added_models", []) + [
                              {"name": name, "n_labelled": int(known.sum()), "prior": list(prior),
                               "costs_from_prices": bool(from_prices)}]}
-    return Artifact(manifest, new)
+    return Artifact(manifest, new, static_encoder=artifact.static_encoder, source=artifact.source)
 
 
 def fit_cost_rows(h: torch.Tensor, log_len: torch.Tensor, cost: np.ndarray, ridge: float = 1.0,

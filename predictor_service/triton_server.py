@@ -29,14 +29,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
+from predictor_service.artifact import MANIFEST, Artifact, ArtifactError, default_artifact_path
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_MODELS = ("routoo_predictor", "echo_floor")
-POOL_LABELS = "pool_models.txt"      # one name a line, the QUALITY output's classification labels
+POOL_LABELS = "pool_models.txt"
+SERVED_ARTIFACT = "artifact"         # the artifact's folder inside a portable repository's version folder      # one name a line, the QUALITY output's classification labels
 # Where `make train-default` reads its data; used only when the default artifact is missing.
 DEFAULT_TRAIN_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "train"
 DEFAULT_DEV_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "dev"
@@ -103,23 +104,27 @@ class TritonDist:
 
 
 def ensure_artifact(path: str | Path | None) -> Path:
-    """The artifact folder to serve; trains the default one first if it is missing (as `make train-default`)."""
+    """The artifact folder to serve; trains the default one first if it is missing altogether (a checkout
+    without it), on a table distilled here. An artifact that is there but unusable is an error, never
+    silently replaced."""
     folder = Path(path) if path is not None else default_artifact_path()
     try:
         Artifact.load(folder)
         return folder
     except ArtifactError:
-        if path is not None and folder.resolve() != default_artifact_path().resolve():
+        if (folder / MANIFEST).exists() or (path is not None and folder.resolve() != default_artifact_path().resolve()):
             raise
     if not DEFAULT_TRAIN_DATA.is_dir():
         raise ArtifactError(f"no artifact at {folder} and no training data at {DEFAULT_TRAIN_DATA} to train "
                             "one; pass --artifact or run `make train-default`")
     from predictor_service.data import load_dataset
+    from predictor_service.encoders import build_static_table
     from predictor_service.training import TrainConfig, train
 
     log.warning("no artifact at %s; training the default (static encoder) from %s", folder, DEFAULT_TRAIN_DATA)
     dev = load_dataset(DEFAULT_DEV_DATA) if DEFAULT_DEV_DATA.is_dir() else None
-    artifact, _ = train(load_dataset(DEFAULT_TRAIN_DATA), dev, encoder_name="static", config=TrainConfig())
+    artifact, _ = train(load_dataset(DEFAULT_TRAIN_DATA), dev, encoder_name="static", config=TrainConfig(),
+                        static_table=build_static_table())
     artifact.save(folder)
     return folder
 
@@ -127,11 +132,13 @@ def ensure_artifact(path: str | Path | None) -> Path:
 def materialise_repository(target: str | Path, artifact_path: str | Path, *,
                            models: tuple[str, ...] = DEFAULT_MODELS, dynamic_batching: bool = True,
                            instance_count: int | None = None, instance_kind: str = "KIND_CPU",
-                           source: Path = MODEL_REPOSITORY) -> Path:
+                           source: Path = MODEL_REPOSITORY, copy_artifact: bool = False) -> Path:
     """Copy `source`'s models into `target` with the served settings written into each config.pbtxt.
 
     instance_count None keeps the committed count. With dynamic_batching False the block is removed and
-    nothing else changes, so "batching off" is the same model with only that difference.
+    nothing else changes, so "batching off" is the same model with only that difference. copy_artifact
+    puts the artifact inside each model's version folder and refers to it by a relative path, so the
+    repository can be copied to another host (NVIDIA's container) as it is.
     """
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -146,7 +153,11 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
         model_dir = target / name
         shutil.copytree(source / name, model_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        parameters = {"artifact_path": str(artifact_path),
+        # Only models that read an artifact (their committed config names the parameter) get a copy.
+        copy_here = copy_artifact and "artifact_path" in config.parameters
+        if copy_here:
+            shutil.copytree(artifact_path, model_dir / "1" / SERVED_ARTIFACT, dirs_exist_ok=True)
+        parameters = {"artifact_path": SERVED_ARTIFACT if copy_here else str(artifact_path),
                       "pool_models": json.dumps(manifest.model_names),
                       "pool_prices": json.dumps(manifest.model_prices)}
         for key, value in parameters.items():
@@ -308,11 +319,6 @@ class TritonServer:
     # --- internals -------------------------------------------------------------------------------------
     def _prepare(self) -> None:
         artifact_path = ensure_artifact(self.artifact)
-        if Artifact.load(artifact_path).manifest.encoder == "static":
-            # Distil the table here (once, ~30 s) rather than inside the stub's load, under the ready timeout.
-            from predictor_service.encoders import build_static_table
-
-            build_static_table()
         materialise_repository(self._run_dir / "model_repository", artifact_path, models=self.models,
                                dynamic_batching=self.dynamic_batching, instance_count=self.instance_count,
                                instance_kind=self.instance_kind)

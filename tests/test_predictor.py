@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path
+from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path, static_encoder_from
 from predictor_service.cli import main as routoo
 from predictor_service.data import load_dataset, read_prompts
-from predictor_service.encoders import StaticEncoder, load_encoder
+from predictor_service.encoders import MiniLMEncoder, StaticEncoder
 from predictor_service.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 from predictor_service.price_costs import input_tokens, typical_output_tokens
@@ -54,7 +54,7 @@ def trained(synthetic):
 
 
 def test_static_encoder_is_deterministic_and_normalised():
-    encoder = load_encoder("static")
+    encoder = static_encoder_from()
     texts = ["What is 2 + 2?", "Explain the tort of negligence.", "x"]
     first, second = encoder.encode(texts), encoder.encode(list(reversed(texts)))[::-1]
     np.testing.assert_allclose(first, second, atol=1e-6)
@@ -64,7 +64,7 @@ def test_static_encoder_is_deterministic_and_normalised():
 
 def test_minilm_encoder_loads_offline_and_pools(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    encoder = load_encoder("minilm", max_tokens=32)
+    encoder = MiniLMEncoder(max_tokens=32)
     emb = encoder.encode(["a cat sits on the mat", "a kitten is on the rug", "quarterly tax filing"])
     assert emb.shape == (3, 384)
     similar, unrelated = emb[0] @ emb[1], emb[0] @ emb[2]
@@ -74,7 +74,7 @@ def test_minilm_encoder_loads_offline_and_pools(monkeypatch):
 def test_minilm_batches_give_each_prompt_its_own_embedding():
     """Length-sorted sub-batches under the token budget, padding masked: a batch's rows equal the prompts
     encoded one at a time, in the caller's order."""
-    encoder = load_encoder("minilm", max_tokens=64)
+    encoder = MiniLMEncoder(max_tokens=64)
     texts = ["short", "word " * 60, "a medium length question about torts and contracts", "x y", "z " * 20]
     encoder.token_budget = 96    # several sub-batches of different widths
     batched = encoder.encode(texts)
@@ -100,7 +100,7 @@ def test_expected_cost_follows_length_and_price(trained):
 
 
 def _predict(artifact, texts):
-    predictor = Predictor(artifact, load_encoder(artifact.manifest.encoder), device="cpu")
+    predictor = Predictor(artifact, artifact.load_encoder(), device="cpu")
     return predictor.predict(texts)
 
 
@@ -128,7 +128,7 @@ def test_bad_artifacts_are_named(tmp_path, trained):
 def test_add_model_keeps_the_others_and_learns_the_new_one(trained, synthetic):
     artifact, _ = trained
     train_ds, dev_ds = synthetic
-    base = Artifact(artifact.manifest, artifact.weights)
+    base = Artifact(artifact.manifest, artifact.weights, static_encoder=artifact.static_encoder)
     # Fit `lawyer` again under a new name from its labels alone.
     j = train_ds.model_names.index("lawyer")
     grown = add_model(base, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
@@ -262,7 +262,7 @@ def test_train_cli_end_to_end(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def static_encoder():
-    return load_encoder("static")
+    return static_encoder_from()
 
 
 def _tokenizer_ids(encoder, text):

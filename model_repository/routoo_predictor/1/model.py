@@ -9,6 +9,7 @@ import contextlib
 import gc
 import json
 import locale
+import os
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -60,7 +61,11 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
+        # A relative path is inside this model's version folder: a repository written by
+        # `routoo serve-predictor --write-repository` carries its artifact there and can be copied anywhere.
         artifact_path = _parameter(config, "artifact_path") or str(default_artifact_path())
+        if not os.path.isabs(artifact_path):
+            artifact_path = os.path.join(args["model_repository"], args["model_version"], artifact_path)
         self.predictor = Predictor.load(artifact_path, device=device)
         served = _parameter(config, "pool_models")
         if served and json.loads(served) != self.predictor.model_names:
