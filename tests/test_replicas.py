@@ -1,0 +1,236 @@
+"""Several predictor replicas behind one selector (selector/replicas.py), for real: two `tritonserver`
+processes on loopback ports, the real selector in a thread of its own, a closed-loop Route load from a
+grpc.aio client. One replica is SIGKILLed mid-load and later restarted on the same ports: no Route may fail
+(calls in flight on the dead one are retried on the other), and the load must come back to it.
+"""
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from predictor_service.triton_server import TritonServer, free_port
+from selector.config import SelectorConfig
+from selector.proto import selector_pb2 as pb
+from selector.proto import selector_pb2_grpc as pb_grpc
+from selector.replicas import ReplicaSet, scores_from_config
+from selector.server import create_server
+from selector.targets import Target, parse_targets
+from selector.triton_scores import PredictorUnavailable, TritonScores
+
+PROMPTS = [f"Question {i}: how does {topic} relate to {other}?"
+           for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant"] * 4,
+                                                  ["heat", "contracts", "sorting", "duty"] * 4))]
+# Quick probing so the test sees a replica rejoin within a second of being ready again.
+FAST = dict(metrics_port=0, health_poll_s=0.2, replica_health_interval_s=0.2, replica_backoff_min_s=0.1,
+            replica_backoff_max_s=0.5, replica_resolve_interval_s=0.2)
+
+
+@pytest.fixture(scope="module")
+def tritons():
+    servers = [TritonServer(models=("routoo_predictor",)), TritonServer(models=("routoo_predictor",))]
+    try:
+        with ThreadPoolExecutor(2) as pool:           # both start at once: ~10-20 s each on 2 cores
+            list(pool.map(TritonServer.start, servers))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+            server.cleanup()
+
+
+class SelectorThread:
+    """create_server + start on an event loop of its own, in a daemon thread."""
+
+    def __init__(self, config: SelectorConfig):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, port = self.call(create_server("127.0.0.1:0", config=config))
+        self.call(self.server.start())
+        self.address = f"127.0.0.1:{port}"
+        self.replicas = self.server._scores               # the ReplicaSet create_server built
+
+    def call(self, coroutine, timeout: float = 120.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def metrics(self) -> dict[tuple, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5) as r:
+            return _samples(r.read().decode())
+
+    def close(self) -> None:
+        self.call(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _samples(text: str) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def triton_successes(server: TritonServer) -> float:
+    """nv_inference_request_success of routoo_predictor: requests the replica itself answered (0 after a restart)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        samples = _samples(response.read().decode())
+    # Triton's counters carry no _total suffix; prometheus_client's parser adds one.
+    return sum(v for (name, labels), v in samples.items()
+               if name == "nv_inference_request_success_total" and ("model", "routoo_predictor") in labels)
+
+
+def test_parse_targets_accepts_lists_names_and_ipv6():
+    assert parse_targets("10.0.0.7:8001, triton.routoo.svc:8001,[::1]:9001") == (
+        Target("10.0.0.7", 8001), Target("triton.routoo.svc", 8001), Target("::1", 9001))
+    assert [t.is_literal for t in parse_targets("10.0.0.7:1,name:1,[::1]:1")] == [True, False, True]
+    assert str(Target("::1", 9001)) == "[::1]:9001"
+
+
+@pytest.mark.parametrize("bad, named", [("", "no empty entry"), ("a:1,,b:2", "no empty entry"),
+                                        ("triton", "HOST:PORT"), ("triton:http", "port must be"),
+                                        ("a:0", "port must be"), ("::1:8001", "brackets"),
+                                        ("grpc://a:1", "scheme"), ("a:1,a:1", "twice")])
+def test_bad_predictor_url_is_refused_naming_it(bad, named):
+    with pytest.raises(ValueError, match=named):
+        SelectorConfig(triton_url=bad)
+
+
+def test_one_literal_address_keeps_the_plain_client():
+    async def build():
+        scores = scores_from_config(SelectorConfig(triton_url="127.0.0.1:8001"))
+        await scores.close()
+        return scores
+    assert isinstance(asyncio.run(build()), TritonScores)
+
+
+def test_no_replica_answering_is_unavailable_naming_them():
+    dead = [free_port(), free_port()]
+
+    async def ask():
+        replicas = ReplicaSet.from_config(SelectorConfig(triton_url=",".join(f"127.0.0.1:{p}" for p in dead)))
+        try:
+            with pytest.raises(PredictorUnavailable, match=f"127.0.0.1:{dead[0]}, 127.0.0.1:{dead[1]}"):
+                await replicas.served_pool(timeout_s=1.0)
+            assert not await replicas.ready()
+        finally:
+            await replicas.close()
+    asyncio.run(ask())
+
+
+def test_dns_name_resolves_and_follows_its_answers(tritons):
+    a, b = tritons
+
+    async def run():
+        # The system resolver: localhost is one replica at 127.0.0.1.
+        by_name = scores_from_config(SelectorConfig(triton_url=f"localhost:{a.ports['grpc']}"))
+        assert isinstance(by_name, ReplicaSet)
+        try:
+            await by_name.served_pool()
+            quality, _ = await by_name.score(PROMPTS[:3], timeout_s=10)
+            assert quality.shape[0] == 3
+            assert by_name.snapshot()[a.grpc_url]["calls"]["ok"] == 1
+        finally:
+            await by_name.close()
+
+        # A headless Service's answers as pods come and go (a real DNS server with several records cannot run
+        # here): the resolver answers a, then a and b, then b alone.
+        answers = [[a.grpc_url], [a.grpc_url, b.grpc_url], [b.grpc_url]]
+
+        async def resolver(host, port):
+            return answers[0]
+        config = SelectorConfig(triton_url="triton.routoo.svc:8001")
+        scaling = ReplicaSet(parse_targets(config.triton_url), lambda address: TritonScores.from_config(
+            SelectorConfig(triton_url=address)), resolver=resolver, resolve_interval_s=0.1, health_interval_s=0.1,
+            backoff_min_s=0.1, backoff_max_s=0.2)
+        try:
+            await scaling.served_pool()
+            assert list(scaling.snapshot()) == [a.grpc_url]
+            for expected in answers[1:]:
+                answers.pop(0)
+                await _until(lambda: sorted(a for a, s in scaling.snapshot().items() if s["healthy"]) == sorted(
+                    expected), timeout_s=10)
+            await scaling.score(PROMPTS[:1], timeout_s=10)
+            assert scaling.snapshot()[b.grpc_url]["calls"]["ok"] == 1
+        finally:
+            await scaling.close()
+    asyncio.run(run())
+
+
+async def _until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_sigkill_and_restart_under_load_loses_no_route(tritons):
+    a, b = tritons
+    selector = SelectorThread(SelectorConfig(port=0, triton_url=f"{a.grpc_url},{b.grpc_url}", **FAST))
+    phase = ["both up"]
+    done: dict[str, int] = {}
+    failures: list[tuple[str, str, str]] = []
+
+    async def load(clients: int = 4) -> dict:
+        stop = asyncio.Event()
+        channel = grpc.aio.insecure_channel(selector.address)
+        stub = pb_grpc.SelectorStub(channel)
+
+        async def client(i: int) -> None:
+            n = i
+            while not stop.is_set():
+                try:
+                    await stub.Route(pb.RouteRequest(prompt=PROMPTS[n % len(PROMPTS)]), timeout=10)
+                    done[phase[0]] = done.get(phase[0], 0) + 1
+                except grpc.aio.AioRpcError as e:
+                    failures.append((phase[0], e.code().name, (e.details() or "")[:200]))
+                n += 1
+
+        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+        try:
+            await _until(lambda: done.get("both up", 0) >= 200, timeout_s=30)
+            both = {r: s["calls"]["ok"] for r, s in selector.replicas.snapshot().items()}
+
+            phase[0] = "a killed"
+            os.killpg(a._process.pid, signal.SIGKILL)   # the server and its Python stubs: a node dying
+            await _until(lambda: not selector.replicas.snapshot()[a.grpc_url]["healthy"], timeout_s=5)
+            await _until(lambda: done.get("a killed", 0) >= 200, timeout_s=30)
+
+            phase[0] = "a restarting"
+            await asyncio.to_thread(a.restart)         # same ports, same repository
+            await _until(lambda: selector.replicas.snapshot()[a.grpc_url]["healthy"], timeout_s=10)
+
+            phase[0] = "a back"
+            a0, b0 = await asyncio.to_thread(lambda: (triton_successes(a), triton_successes(b)))
+            await _until(lambda: done.get("a back", 0) >= 400, timeout_s=30)
+            a1, b1 = await asyncio.to_thread(lambda: (triton_successes(a), triton_successes(b)))
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await channel.close()
+        return {"ok calls per replica with both up": both, "triton successes after restart": {
+            "a": a1 - a0, "b": b1 - b0}}
+
+    try:
+        seen = asyncio.run(load())
+        metrics = selector.metrics()
+    finally:
+        selector.close()
+    calls = {(dict(labels)["replica"], dict(labels)["outcome"]): v for (name, labels), v in metrics.items()
+             if name == "routoo_selector_replica_calls_total"}
+    retries = metrics[("routoo_selector_predictor_retries_total", ())]
+    print(f"\nfailover: routes done per phase {done}; failed {len(failures)}; retried {retries:g}; "
+          f"selector calls per (replica, outcome) {calls}; {seen}")
+    assert failures == [], failures[:5]
+    both = seen["ok calls per replica with both up"]
+    assert min(both.values()) >= 0.2 * sum(both.values()), f"load not spread over both replicas: {both}"
+    # Every call that met the dead replica was retried, and no retry failed.
+    assert retries == calls.get((a.grpc_url, "unavailable"), 0) + calls.get((b.grpc_url, "unavailable"), 0)
+    back = seen["triton successes after restart"]
+    assert back["a"] >= 0.2 * (back["a"] + back["b"]), f"load did not move back to the restarted replica: {back}"
