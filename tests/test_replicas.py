@@ -170,67 +170,123 @@ async def _until(condition, timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_sigkill_and_restart_under_load_loses_no_route(tritons):
-    a, b = tritons
-    selector = SelectorThread(SelectorConfig(port=0, triton_url=f"{a.grpc_url},{b.grpc_url}", **FAST))
-    phase = ["both up"]
-    done: dict[str, int] = {}
-    failures: list[tuple[str, str, str]] = []
+class ClosedLoop:
+    """`clients` grpc.aio clients sending Route back to back; counts by the phase each call started in."""
 
-    async def load(clients: int = 4) -> dict:
-        stop = asyncio.Event()
-        channel = grpc.aio.insecure_channel(selector.address)
-        stub = pb_grpc.SelectorStub(channel)
+    def __init__(self, address: str, clients: int = 4, timeout_s: float = 10.0):
+        self.address, self.clients, self.timeout_s = address, clients, timeout_s
+        self.phase = "both up"
+        self.done: dict[str, int] = {}
+        self.failures: list[tuple[str, str, str]] = []     # (phase at start, status code, details)
+
+    async def __aenter__(self) -> "ClosedLoop":
+        self._stop = asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(self.address)
+        stub = pb_grpc.SelectorStub(self._channel)
 
         async def client(i: int) -> None:
             n = i
-            while not stop.is_set():
+            while not self._stop.is_set():
+                phase = self.phase
                 try:
-                    await stub.Route(pb.RouteRequest(prompt=PROMPTS[n % len(PROMPTS)]), timeout=10)
-                    done[phase[0]] = done.get(phase[0], 0) + 1
+                    await stub.Route(pb.RouteRequest(prompt=PROMPTS[n % len(PROMPTS)]), timeout=self.timeout_s)
+                    self.done[phase] = self.done.get(phase, 0) + 1
                 except grpc.aio.AioRpcError as e:
-                    failures.append((phase[0], e.code().name, (e.details() or "")[:200]))
+                    self.failures.append((phase, e.code().name, (e.details() or "")[:200]))
                 n += 1
 
-        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-        try:
-            await _until(lambda: done.get("both up", 0) >= 200, timeout_s=30)
+        self._tasks = [asyncio.create_task(client(i)) for i in range(self.clients)]
+        return self
+
+    async def until_done(self, count: int, timeout_s: float = 30.0) -> None:
+        phase = self.phase
+        await _until(lambda: self.done.get(phase, 0) >= count, timeout_s=timeout_s)
+
+    async def __aexit__(self, *exc) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        await self._channel.close()
+
+
+def test_sigkill_and_restart_under_load_loses_no_route(tritons):
+    a, b = tritons
+    selector = SelectorThread(SelectorConfig(port=0, triton_url=f"{a.grpc_url},{b.grpc_url}", **FAST))
+    healthy = lambda server: selector.replicas.snapshot()[server.grpc_url]["healthy"]   # noqa: E731
+
+    async def run(load: ClosedLoop) -> dict:
+        async with load:
+            await load.until_done(200)
             both = {r: s["calls"]["ok"] for r, s in selector.replicas.snapshot().items()}
 
-            phase[0] = "a killed"
+            load.phase = "a killed"
             os.killpg(a._process.pid, signal.SIGKILL)   # the server and its Python stubs: a node dying
-            await _until(lambda: not selector.replicas.snapshot()[a.grpc_url]["healthy"], timeout_s=5)
-            await _until(lambda: done.get("a killed", 0) >= 200, timeout_s=30)
+            await _until(lambda: not healthy(a), timeout_s=5)
+            await load.until_done(200)
 
-            phase[0] = "a restarting"
+            load.phase = "a restarting"
             await asyncio.to_thread(a.restart)         # same ports, same repository
-            await _until(lambda: selector.replicas.snapshot()[a.grpc_url]["healthy"], timeout_s=10)
+            await _until(lambda: healthy(a), timeout_s=10)
 
-            phase[0] = "a back"
+            load.phase = "a back"
             a0, b0 = await asyncio.to_thread(lambda: (triton_successes(a), triton_successes(b)))
-            await _until(lambda: done.get("a back", 0) >= 400, timeout_s=30)
+            await load.until_done(400)
             a1, b1 = await asyncio.to_thread(lambda: (triton_successes(a), triton_successes(b)))
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-            await channel.close()
         return {"ok calls per replica with both up": both, "triton successes after restart": {
             "a": a1 - a0, "b": b1 - b0}}
 
+    load = ClosedLoop(selector.address)
     try:
-        seen = asyncio.run(load())
+        seen = asyncio.run(run(load))
         metrics = selector.metrics()
     finally:
         selector.close()
     calls = {(dict(labels)["replica"], dict(labels)["outcome"]): v for (name, labels), v in metrics.items()
              if name == "routoo_selector_replica_calls_total"}
     retries = metrics[("routoo_selector_predictor_retries_total", ())]
-    print(f"\nfailover: routes done per phase {done}; failed {len(failures)}; retried {retries:g}; "
+    print(f"\nfailover: routes done per phase {load.done}; failed {len(load.failures)}; retried {retries:g}; "
           f"selector calls per (replica, outcome) {calls}; {seen}")
-    assert failures == [], failures[:5]
+    assert load.failures == [], load.failures[:5]
     both = seen["ok calls per replica with both up"]
     assert min(both.values()) >= 0.2 * sum(both.values()), f"load not spread over both replicas: {both}"
     # Every call that met the dead replica was retried, and no retry failed.
     assert retries == calls.get((a.grpc_url, "unavailable"), 0) + calls.get((b.grpc_url, "unavailable"), 0)
     back = seen["triton successes after restart"]
     assert back["a"] >= 0.2 * (back["a"] + back["b"]), f"load did not move back to the restarted replica: {back}"
+
+
+def test_a_replica_that_stops_answering_is_taken_out_and_rejoins(tritons):
+    """SIGSTOP: connections stay open and calls hang. Its readiness check (1 s timeout) takes it out; only
+    the calls already waiting on it miss their deadline (a timeout is not retried: the deadline is spent)."""
+    a, b = tritons
+    selector = SelectorThread(SelectorConfig(port=0, triton_url=f"{a.grpc_url},{b.grpc_url}",
+                                             triton_timeout_s=2.0, **FAST))
+    healthy = lambda server: selector.replicas.snapshot()[server.grpc_url]["healthy"]   # noqa: E731
+    clients = 4
+
+    async def run(load: ClosedLoop) -> float:
+        async with load:
+            await load.until_done(200)
+            load.phase = "b stopping"
+            os.killpg(b._process.pid, signal.SIGSTOP)
+            try:
+                await _until(lambda: not healthy(b), timeout_s=5)
+                load.phase = "b out"
+                await load.until_done(200)
+            finally:
+                os.killpg(b._process.pid, signal.SIGCONT)
+            await _until(lambda: healthy(b), timeout_s=10)
+            load.phase = "b back"
+            before = selector.replicas.snapshot()[b.grpc_url]["calls"]["ok"]
+            await load.until_done(200)
+            return selector.replicas.snapshot()[b.grpc_url]["calls"]["ok"] - before
+
+    load = ClosedLoop(selector.address, clients=clients)
+    try:
+        b_calls_back = asyncio.run(run(load))
+    finally:
+        selector.close()
+    print(f"\nstopped replica: routes done per phase {load.done}; failed {load.failures and [f[:2] for f in load.failures]}; "
+          f"calls to it once back {b_calls_back}")
+    assert all(phase != "b out" and code == "DEADLINE_EXCEEDED" for phase, code, _ in load.failures), load.failures
+    assert len(load.failures) <= clients                  # at most the calls waiting on it when it stopped
+    assert b_calls_back >= 0.2 * load.done["b back"]
