@@ -86,6 +86,7 @@ class ReplicaSet:
         self._backoff_max_s = backoff_max_s
         self._replicas: dict[str, Replica] = {}            # by address, in order of discovery
         self._resolved: dict[Target, list[str]] = {}        # last good answer per DNS name
+        self._unresolved: set[Target] = set()               # names whose last lookup failed
         self._next_resolve = 0.0
         self._pool: ServedPool | None = None                # what every replica in rotation serves
         self._turn = 0                                      # round robin among equally loaded replicas
@@ -266,10 +267,13 @@ class ReplicaSet:
                 continue
             try:
                 addresses = await self._resolver(target.host, target.port)
+                self._unresolved.discard(target)
             except OSError as e:     # socket.gaierror: a headless Service with no ready pod has no records
                 addresses = self._resolved.get(target, [])
-                log.warning("cannot resolve predictor name %s (%s); keeping its %d known address(es)",
-                            target.host, e, len(addresses))
+                if target not in self._unresolved:      # once per outage, not every 5 s (bounded logs)
+                    self._unresolved.add(target)
+                    log.warning("cannot resolve predictor name %s (%s); keeping its %d known address(es)",
+                                target.host, e, len(addresses))
             self._resolved[target] = addresses
             wanted.extend(addresses)
         for address in wanted:

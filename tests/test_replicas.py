@@ -5,8 +5,10 @@ grpc.aio client. One replica is SIGKILLed mid-load and later restarted on the sa
 """
 
 import asyncio
+import logging
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -161,6 +163,35 @@ def test_dns_name_resolves_and_follows_its_answers(tritons):
         finally:
             await scaling.close()
     asyncio.run(run())
+
+
+def test_a_name_without_records_waits_for_them_logging_once(tritons, caplog):
+    """A headless Service before its first pod is ready has no records: start-up keeps trying, says so once."""
+    a, _ = tritons
+    answers: list = [socket.gaierror(socket.EAI_NONAME, "Name or service not known")]
+
+    async def resolver(host, port):
+        if isinstance(answers[0], Exception):
+            raise answers[0]
+        return answers[0]
+
+    async def run():
+        replicas = ReplicaSet(parse_targets("routoo-triton:8001"), lambda address: TritonScores.from_config(
+            SelectorConfig(triton_url=address)), resolver=resolver, resolve_interval_s=0.1, health_interval_s=0.1,
+            backoff_min_s=0.1, backoff_max_s=0.2)
+        try:
+            for _ in range(5):
+                with pytest.raises(PredictorUnavailable, match="0 known"):
+                    await replicas.served_pool()
+            answers[0] = [a.grpc_url]
+            pool = await replicas.served_pool()
+            assert pool.names and await replicas.ready()
+        finally:
+            await replicas.close()
+
+    with caplog.at_level(logging.WARNING, logger="routoo.selector.replicas"):
+        asyncio.run(run())
+    assert sum("cannot resolve predictor name routoo-triton" in r.getMessage() for r in caplog.records) == 1
 
 
 async def _until(condition, timeout_s: float) -> None:
