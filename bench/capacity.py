@@ -93,7 +93,8 @@ def render(report: dict) -> str:
             f"| highest rate with p99 <= {cap.slo_ms:g} ms, whole machine | {cap.slo_rate:,.0f} Routes/s at "
             f"{u:.0%} CPU |",
             f"| Routes/s per selector core at that utilisation | {cap.selector_routes_per_core(u):,.0f} |",
-            f"| prompts/s per Triton CPU instance at that utilisation | {cap.triton_prompts_per_instance(utilisation=u):,.0f} |",
+            f"| prompts/s per Triton CPU instance at that utilisation | "
+            f"{cap.triton_prompts_per_instance(utilisation=u):,.0f} |",
             "",
             f"Pods for a load at p99 <= {cap.slo_ms:g} ms (selector pods of {SELECTOR_CORES} core, Triton pods of "
             f"{TRITON_CORES}; at least {MIN_REPLICAS} of each):",

@@ -316,8 +316,34 @@ def test_a_replica_that_stops_answering_is_taken_out_and_rejoins(tritons):
         b_calls_back = asyncio.run(run(load))
     finally:
         selector.close()
-    print(f"\nstopped replica: routes done per phase {load.done}; failed {load.failures and [f[:2] for f in load.failures]}; "
-          f"calls to it once back {b_calls_back}")
+    failed = [f[:2] for f in load.failures]
+    print(f"\nstopped replica: routes done per phase {load.done}; failed {failed}; calls to it once back {b_calls_back}")
     assert all(phase != "b out" and code == "DEADLINE_EXCEEDED" for phase, code, _ in load.failures), load.failures
     assert len(load.failures) <= clients                  # at most the calls waiting on it when it stopped
     assert b_calls_back >= 0.2 * load.done["b back"]
+
+
+def test_sigterm_drains_a_replica_without_failing_a_route(tritons):
+    """A rolling update's pod deletion: tritonserver SIGTERMed unloads its model ('unknown model', which is
+    UNAVAILABLE to the selector) and exits; calls caught in between are retried on the other replica.
+    Last in the module: the replica stays down."""
+    a, b = tritons
+    selector = SelectorThread(SelectorConfig(port=0, triton_url=f"{a.grpc_url},{b.grpc_url}", **FAST))
+
+    async def run(load: ClosedLoop) -> None:
+        async with load:
+            await load.until_done(200)
+            load.phase = "a terminating"
+            await asyncio.to_thread(a.stop)             # SIGTERM, then waits for the exit
+            load.phase = "a gone"
+            await load.until_done(200)
+
+    load = ClosedLoop(selector.address)
+    try:
+        asyncio.run(run(load))
+        state = selector.replicas.snapshot()
+    finally:
+        selector.close()
+    print(f"\nSIGTERM: routes done per phase {load.done}; failed {len(load.failures)}; replicas {state}")
+    assert load.failures == [], load.failures[:5]
+    assert not state[a.grpc_url]["healthy"] and state[b.grpc_url]["healthy"]
