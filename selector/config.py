@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predictor_service.limits import MAX_PROMPT_BYTES
+from selector.targets import parse_targets
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -17,7 +18,8 @@ class SelectorConfig:
     # Where the selector listens. Loopback by default: the API has no authentication.
     host: str = "127.0.0.1"
     port: int = 50051                    # 0 = any free port (tests)
-    # The predictor served by Triton (KServe v2 over gRPC).
+    # The predictor served by Triton (KServe v2 over gRPC): HOST:PORT, or several comma-separated, or a DNS
+    # name with one address per replica (a Kubernetes headless Service); selector/replicas.py.
     triton_url: str = "127.0.0.1:8001"
     predictor_model: str = "routoo_predictor"
     pool_path: Path | None = None        # None = selector/pool.toml
@@ -58,6 +60,15 @@ class SelectorConfig:
     metrics_port: int | None = None
     # Seconds in-flight calls get to finish on SIGINT/SIGTERM before they are cancelled.
     grace_s: float = 5.0
+    # Several predictor replicas (selector/replicas.py). CoreDNS answers a headless Service with a 5 s TTL,
+    # so re-resolving as often follows pods coming and going.
+    replica_resolve_interval_s: float = 5.0
+    # Readiness check of each replica in rotation: a hung one is out within this plus the check's 1 s.
+    replica_health_interval_s: float = 1.0
+    # A replica out of rotation is probed after 0.25 s, then 0.5, 1, 2, 4 s: back within ~4 s of being
+    # ready again, while a long-dead one costs one refused connect every 4 s.
+    replica_backoff_min_s: float = 0.25
+    replica_backoff_max_s: float = 4.0
 
     def __post_init__(self) -> None:
         positive = {"triton_timeout_s": self.triton_timeout_s, "startup_timeout_s": self.startup_timeout_s,
@@ -69,6 +80,7 @@ class SelectorConfig:
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
+        parse_targets(self.triton_url)      # ValueError naming the bad address
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not self.default_quality_per_usd >= 0:
@@ -87,8 +99,9 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
     parser.add_argument("--host", default=defaults.host, help="address to bind (default: %(default)s)")
     parser.add_argument("--selector-port", type=int, default=defaults.port, help="default: %(default)s")
     if triton:
-        parser.add_argument("--triton-url", default=defaults.triton_url,
-                            help="the predictor's Triton gRPC endpoint (default: %(default)s)")
+        parser.add_argument("--predictor-url", "--triton-url", dest="triton_url", default=defaults.triton_url,
+                            help="the predictor's Triton gRPC endpoint(s): HOST:PORT[,HOST:PORT...]; a DNS "
+                                 "name resolving to several addresses is one replica each (default: %(default)s)")
     parser.add_argument("--pool", type=Path, default=None, help="pool file (default: selector/pool.toml)")
     parser.add_argument("--triton-timeout-s", type=float, default=defaults.triton_timeout_s,
                         help="deadline of one predictor call (default: %(default)s)")

@@ -28,8 +28,8 @@ from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, 
 from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
-from selector.triton_scores import (PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource,
-                                    TritonScores)
+from selector.replicas import scores_from_config
+from selector.triton_scores import PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource
 
 log = logging.getLogger("routoo.selector")
 
@@ -343,7 +343,8 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
 
     Waits up to config.startup_timeout_s for the predictor, then checks the pool file against the models it
     serves: a mismatch raises PoolMismatchError naming every difference, and nothing starts. `scores` (by
-    default a TritonScores on config.triton_url) then belongs to the server, which closes it.
+    default a TritonScores on config.triton_url, or a ReplicaSet where that names several replicas) then
+    belongs to the server, which closes it.
     """
     config = config or SelectorConfig()
     address = address or config.address
@@ -351,10 +352,12 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
     if config.fallback_model is not None and config.fallback_model not in pool.names:
         raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
     if scores is None:
-        scores = TritonScores.from_config(config)
+        scores = scores_from_config(config)          # one TritonScores, or a ReplicaSet over several
     try:
         columns = match_pool(pool, await _wait_for_predictor(scores, config))
         metrics = SelectorMetrics()
+        if hasattr(scores, "register_metrics"):        # per-replica metrics of a ReplicaSet
+            scores.register_metrics(metrics.registry)
         service = SelectorService(config, pool, columns, scores, metrics)
         health_servicer = health.aio.HealthServicer()
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
