@@ -32,6 +32,7 @@ RUN python -m venv "$ROUTOO_VENV" \
 # Both steps, exactly as `make demo` / `make test` run them (pip finds everything installed).
 COPY . .
 RUN scripts/setup.sh \
+ && mkdir -p "$ROUTOO_CACHE_DIR" \
  && chmod -R a+rX "$ROUTOO_CACHE_DIR" /opt/routoo
 
 # Non-root; the Kubernetes manifests add a read-only root filesystem with /tmp and /dev/shm as emptyDirs.
