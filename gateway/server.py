@@ -1,0 +1,78 @@
+"""Running the gateway: uvicorn on the caller's event loop (GatewayServer, used by `routoo serve` beside the
+selector and by the tests), or alone until SIGINT/SIGTERM (`routoo gateway`, `python -m gateway`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import uvicorn
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+
+log = logging.getLogger("routoo.gateway")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # The owner of the event loop (routoo serve, a test) handles signals and calls stop().
+        yield
+
+
+class GatewayServer:
+    """The gateway under uvicorn, started and stopped on the running event loop."""
+
+    def __init__(self, config: GatewayConfig, environ=os.environ, *, embedded: bool = True):
+        self.config = config
+        self.gateway = Gateway(config, environ)    # pool and upstreams checked before anything binds
+        # uvicorn's defaults minus its access log (bounded logs: one line per request is unbounded) and
+        # with the asyncio loop (grpc.aio supports no other).
+        uv_config = uvicorn.Config(self.gateway.app(), host=config.host, port=config.port, loop="asyncio",
+                                   log_level="warning", access_log=False, lifespan="on",
+                                   timeout_graceful_shutdown=config.grace_s, server_header=False)
+        self._server = (_EmbeddedUvicorn if embedded else uvicorn.Server)(uv_config)
+        self._task: asyncio.Task | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Binds and starts serving; returns the bound port (config.port 0 = any free one). The socket is bound
+        here, so a port in use is an OSError naming it (uvicorn's own bind would exit the process)."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"the gateway cannot bind {self.config.host}:{self.config.port}: {e.strerror}") from e
+        self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()                     # raises what stopped it
+                raise RuntimeError(f"the gateway did not start on {self.config.host}:{self.config.port}")
+            await asyncio.sleep(0.02)
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait(self) -> None:
+        await self._task
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Runs the gateway alone until SIGINT/SIGTERM (uvicorn's own signal handling)."""
+    server = GatewayServer(config, embedded=False)
+    port = await server.start()
+    print(f"gateway ready at http://{config.host}:{port}/v1 (selector {config.selector_address}, "
+          f"{len(server.gateway.upstreams)} upstreams); Ctrl-C stops it", flush=True)
+    await server.wait()

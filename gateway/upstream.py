@@ -1,0 +1,152 @@
+"""The pool's upstreams and the forwarding of one chat completion to them, with the runner-up retry.
+
+An attempt fails over to the next candidate only before the upstream's first byte: when it cannot be
+reached, answers 5xx, or sends nothing within the timeout. Once an answer has started, it is the answer:
+a 4xx passes through to the client as it is, and a stream that breaks ends with an error event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
+from selector.pool import Pool
+
+# What an upstream's error body may cost us to read (it is passed on or summarised, never streamed).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# A non-streamed answer is read whole to name its model and count its usage: 16 MiB is ~4M tokens of text.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+class UpstreamConfigError(ValueError):
+    """An upstream that cannot be used: its key's environment variable is unset."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    model: str                      # the pool name
+    url: str                        # base_url + /chat/completions
+    upstream_model: str             # the name the upstream expects
+    headers: dict[str, str]         # Authorization with its key, when it has one
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+
+    def cost_usd(self, usage: dict) -> float | None:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+            return None
+        return (prompt * self.input_usd_per_mtok + completion * self.output_usd_per_mtok) / 1e6
+
+
+def load_upstreams(pool: Pool, environ=os.environ) -> dict[str, Upstream]:
+    """Every pool model with a base_url, keys read from the environment once, at start-up."""
+    upstreams = {}
+    for m in pool.models:
+        if m.base_url is None:
+            continue
+        headers = {}
+        if m.api_key_env is not None:
+            key = environ.get(m.api_key_env)
+            if not key:
+                raise UpstreamConfigError(f"pool model {m.name!r}: its api_key_env {m.api_key_env!r} is not set in "
+                                          f"the environment (export it before starting the gateway)")
+            headers["authorization"] = f"Bearer {key}"
+        upstreams[m.name] = Upstream(m.name, m.base_url.rstrip("/") + "/chat/completions",
+                                     m.upstream_model or m.name, headers, m.input_usd_per_mtok,
+                                     m.output_usd_per_mtok)
+    return upstreams
+
+
+@dataclass
+class Answer:
+    """The upstream response that will answer the client: headers in, body not yet read."""
+    upstream: Upstream
+    response: httpx.Response
+    attempts: int
+    started: float                 # perf_counter at the attempt's start
+
+
+class Forwarder:
+    def __init__(self, config: GatewayConfig, upstreams: dict[str, Upstream], metrics: GatewayMetrics):
+        self._config = config
+        self._upstreams = upstreams
+        self._metrics = metrics
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.upstream_timeout_s, connect=config.upstream_connect_timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=config.max_keepalive_connections),
+            follow_redirects=False, trust_env=False)   # trust_env off: no proxy or netrc from the environment
+
+    async def open(self, candidates: list[str], body: dict, *, stream: bool) -> Answer:
+        """Tries the candidates in order (at most max_attempts); the first that answers below 500 wins."""
+        failures: list[tuple[str, str, str]] = []      # (model, kind, detail)
+        tried = [m for m in candidates if m in self._upstreams][:self._config.max_attempts]
+        for attempt, name in enumerate(tried, start=1):
+            upstream = self._upstreams[name]
+            payload = json.dumps({**body, "model": upstream.upstream_model}, ensure_ascii=False).encode("utf-8")
+            request = self.client.build_request("POST", upstream.url, content=payload, headers={
+                **upstream.headers, "content-type": "application/json", "accept-encoding": "identity",
+                "accept": "text/event-stream" if stream else "application/json"})
+            started = time.perf_counter()
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.TimeoutException as e:
+                kind = "connect_timeout" if isinstance(e, httpx.ConnectTimeout) else "timeout"
+                failures.append((name, kind, f"no answer within {self._timeout_of(kind):g} s"))
+            except httpx.TransportError as e:
+                failures.append((name, "unreachable", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__))
+            else:
+                self._metrics.upstream_ttfb_seconds.labels(name).observe(time.perf_counter() - started)
+                if response.status_code < 500:
+                    return Answer(upstream, response, attempt, started)
+                detail = await _error_summary(response)
+                failures.append((name, "status_5xx", f"HTTP {response.status_code}{detail}"))
+            self._metrics.upstream_failures.labels(name, failures[-1][1]).inc()
+        if not tried:
+            raise GatewayError(503, f"none of the models {candidates} has an upstream (base_url in the pool file)",
+                               type="service_unavailable", code="upstream_not_configured")
+        timeouts = all(kind in ("timeout", "connect_timeout") for _, kind, _ in failures)
+        summary = "; ".join(f"{model}: {detail}" for model, _, detail in failures)
+        raise GatewayError(504 if timeouts else 502, f"no upstream answered after {len(failures)} attempt(s): {summary}",
+                           type="upstream_error", code="upstream_timeout" if timeouts else "upstream_failed")
+
+    def _timeout_of(self, kind: str) -> float:
+        return self._config.upstream_connect_timeout_s if kind == "connect_timeout" else self._config.upstream_timeout_s
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _error_summary(response: httpx.Response) -> str:
+    """A short, key-free description of an upstream's error body, and the connection released."""
+    try:
+        data = b""
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) > MAX_ERROR_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        data = b""
+    finally:
+        await response.aclose()
+    try:
+        message = json.loads(data)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f" ({str(message)[:200]})" if message else ""
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) > limit:
+            raise GatewayError(502, f"the upstream's answer is over {limit} bytes", type="upstream_error",
+                               code="upstream_answer_too_large")
+    return bytes(data)
