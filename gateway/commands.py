@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from gateway.config import add_gateway_arguments, gateway_config_from_args
@@ -23,12 +24,22 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from selector.pool import PoolError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the old handler: these make that a
+    # clean exit rather than a traceback or a kill.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         asyncio.run(serve(gateway_config_from_args(args)))
     except (PoolError, UpstreamConfigError, ValueError, OSError) as e:
         print(f"routoo: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        pass
+    print("gateway stopped", flush=True)
     return 0
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:

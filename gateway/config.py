@@ -103,5 +103,8 @@ def gateway_config_from_args(args: argparse.Namespace, **overrides) -> GatewayCo
                   prompt_rule=args.prompt_rule, fallback_model=args.gateway_fallback_model)
     if getattr(args, "selector", None):
         values["selector_address"] = args.selector
+    elif getattr(args, "selector_port", None) is not None:       # routoo serve: the selector beside it
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        values["selector_address"] = f"{host}:{args.selector_port}"
     values.update(overrides)
     return GatewayConfig(**values)

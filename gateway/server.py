@@ -76,3 +76,17 @@ async def serve(config: GatewayConfig) -> None:
     print(f"gateway ready at http://{config.host}:{port}/v1 (selector {config.selector_address}, "
           f"{len(server.gateway.upstreams)} upstreams); Ctrl-C stops it", flush=True)
     await server.wait()
+
+
+
+async def serve_beside_selector(serve_selector, gateway: GatewayServer) -> None:
+    """`routoo serve`: the gateway on the selector's event loop. It starts first, so that a port in use fails
+    at once (OSError); until the selector is up it answers 503. `serve_selector()` (selector.server.serve
+    with its arguments bound) returns on SIGINT/SIGTERM once the selector has stopped; the gateway stops then."""
+    port = await gateway.start()
+    print(f"gateway ready at http://{gateway.config.host}:{port}/v1 (OpenAI-compatible, model \"routoo\"; selector "
+          f"{gateway.config.selector_address})", flush=True)
+    try:
+        await serve_selector()
+    finally:
+        await gateway.stop()

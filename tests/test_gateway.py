@@ -10,7 +10,11 @@ import asyncio
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -426,3 +430,22 @@ def test_selector_outage_is_503_or_the_fallback_and_recovery_is_automatic(fresh,
     assert raw.headers["x-routoo-model"] == fresh.route(QUESTION)["model"]
     assert httpx.get(fresh.url + "/health", timeout=10).json()["selector_serving"] is True
     assert CANARY not in caplog.text and CLIENT_KEY not in caplog.text
+
+
+def test_routoo_gateway_runs_alone_against_a_running_selector(stack):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "predictor_service.cli", "gateway", "--port", str(port),
+                                "--selector", f"127.0.0.1:{stack.selector_port}", "--pool", str(stack.pool_path),
+                                "--api-key-env", CLIENT_KEY_ENV], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "gateway ready at" in process.stdout.readline()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=CLIENT_KEY, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="routoo", messages=chat(CANARY))
+        assert raw.headers["x-routoo-model"] == raw.parse().model
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "gateway stopped" in output
+    assert CANARY not in output and CLIENT_KEY not in output
