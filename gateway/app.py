@@ -31,7 +31,8 @@ from gateway.prompt import BadMessages, scored_text
 from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_body, is_routed, parse_policy,
                              raise_unless_selector_down, unrouted)
 from gateway.stream import EventRewriter, RelayResponse
-from gateway.upstream import MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, Answer, Forwarder, load_upstreams, read_limited
+from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
+                              load_upstreams, read_limited)
 from selector.pool import load_pool
 from selector.proto import selector_pb2 as pb
 from selector.server import SERVICE_NAME
@@ -161,9 +162,9 @@ class Gateway:
 
     async def _respond(self, answer: Answer, decision: Decision, stream: bool) -> Response:
         upstream, upstream_response = answer.upstream, answer.response
-        status = upstream_response.status_code
+        status = upstream_response.status
         headers = self._decision_headers(decision, upstream.model, answer.attempts)
-        headers.update({k: v for k, v in upstream_response.headers.items() if k in _PASSED_HEADERS})
+        headers.update({k.lower(): v for k, v in upstream_response.headers.items() if k.lower() in _PASSED_HEADERS})
         content_type = upstream_response.headers.get("content-type", "")
         if stream and status < 300 and content_type.startswith("text/event-stream"):
             rewriter = EventRewriter(upstream.model)
@@ -180,13 +181,11 @@ class Gateway:
             return RelayResponse(upstream_response, rewriter, status, headers, done)
         try:
             data = await read_limited(upstream_response, MAX_ANSWER_BYTES if status < 300 else MAX_ERROR_BODY_BYTES)
-        except GatewayError:
-            raise
-        except Exception as e:           # httpx errors while reading the body: the answer broke off
+        except UPSTREAM_ERRORS as e:     # the answer broke off after its headers
             raise GatewayError(502, f"upstream {upstream.model!r} broke off its answer ({type(e).__name__})",
                                type="upstream_error", code="upstream_broken") from e
         finally:
-            await upstream_response.aclose()
+            upstream_response.release()
         self.metrics.upstream_seconds.labels(upstream.model).observe(time.perf_counter() - answer.started)
         if status < 300:
             data = self._rewrite_answer(data, upstream, decision)

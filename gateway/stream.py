@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Awaitable, Callable
 
-import httpx
+import aiohttp
 
 _DATA = b"data:"
 
@@ -63,7 +63,7 @@ class RelayResponse:
     """An ASGI response that relays `response`'s body through `rewriter`, then calls `done(outcome)`:
     "complete", "broken" (the upstream failed mid-stream) or "disconnected" (the client left)."""
 
-    def __init__(self, response: httpx.Response, rewriter: EventRewriter, status: int, headers: dict[str, str],
+    def __init__(self, response: aiohttp.ClientResponse, rewriter: EventRewriter, status: int, headers: dict[str, str],
                  done: Callable[[str], Awaitable[None]]):
         self._response = response
         self._rewriter = rewriter
@@ -85,25 +85,27 @@ class RelayResponse:
             for task in (pump, watch):
                 task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
-            await self._response.aclose()
+            # close, not release: a stream cut short must not go back to the pool, and closing is what tells
+            # the upstream to stop generating.
+            self._response.close()
             await self._done(outcome)
 
     async def _pump(self, send) -> str:
         await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
         outcome = "complete"
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._response.content.iter_any():
                 out = self._rewriter.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = self._rewriter.flush()
             if tail:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
-        except httpx.TimeoutException:
+        except asyncio.TimeoutError:        # aiohttp's sock_read timeout is one
             outcome = "broken"
             await send({"type": "http.response.body", "more_body": True,
                         "body": error_event("the upstream stopped sending mid-stream (timeout)", "upstream_timeout")})
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
             outcome = "broken"
             await send({"type": "http.response.body", "more_body": True,
                         "body": error_event(f"the upstream broke off mid-stream ({type(e).__name__})",
