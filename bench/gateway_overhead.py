@@ -10,7 +10,9 @@ Three targets, each a closed loop of N clients (aiohttp, keep-alive) sending one
 - `gateway_routed`: through the gateway with model "routoo" (the above plus the selector's Route over the
   predictor in Triton);
 - `selector_route`: the selector's Route RPC called directly (grpc.aio), the routing floor: what of
-  gateway_routed's added latency is the selector's rather than the gateway's.
+  gateway_routed's added latency is the selector's rather than the gateway's;
+- `direct_httpx`: the instant upstream again, with httpx as the client: why the gateway forwards with
+  aiohttp (gateway/upstream.py).
 The gateway, selector and Triton run as `routoo serve` does (one process); the upstream and this load
 generator run in processes of their own, all on this machine. Added latency = gateway pN - direct pN at the
 same number of clients. At 32 clients the three processes share the machine's cores, so the figure includes
@@ -96,6 +98,23 @@ def _http_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+async def _measure_httpx(url: str, model: str, clients: list[int], duration_s: float) -> list[dict]:
+    import httpx
+
+    runs = []
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)) as client:
+        async def call(prompt: str) -> None:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
+            response = await client.post(url, json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}")
+
+        for n in clients:
+            await closed_loop(call, PROMPTS, n, duration_s=min(1.0, duration_s))       # warm-up, discarded
+            runs.append((await closed_loop(call, PROMPTS, n, duration_s=duration_s)).summary())
+    return runs
 
 
 async def _measure(url: str, model: str, clients: list[int], duration_s: float) -> list[dict]:
@@ -187,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             report["targets"][name] = asyncio.run(_measure(url, model, clients, args.duration_s))
         report["targets"]["selector_route"] = asyncio.run(
             _measure_selector(f"127.0.0.1:{selector_port}", clients, args.duration_s))
+        report["targets"]["direct_httpx"] = asyncio.run(
+            _measure_httpx(targets["direct"][0], BYPASS_MODEL, clients, args.duration_s))
     finally:
         for process in reversed(started):
             process.send_signal(2)             # SIGINT: routoo serve stops Triton itself

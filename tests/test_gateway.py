@@ -449,3 +449,28 @@ def test_routoo_gateway_runs_alone_against_a_running_selector(stack):
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0 and "gateway stopped" in output
     assert CANARY not in output and CLIENT_KEY not in output
+
+
+def test_requests_beyond_the_concurrency_bound_get_429_at_once(fresh):
+    small = fresh.start_gateway(max_concurrent_requests=1)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{small.port}/v1", api_key=CLIENT_KEY, max_retries=0)
+    fresh.upstreams["Yi-6B"].mode = "endless_stream"
+    try:
+        stream = client.chat.completions.create(model="Yi-6B", messages=chat(QUESTION), stream=True)
+        next(iter(stream))                                 # the one slot is held by a live stream
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="Yi-6B", messages=chat(QUESTION))
+        assert e.value.code == "gateway_overloaded"
+        stream.close()
+        assert fresh.upstreams["Yi-6B"].disconnected.wait(10)
+        fresh.upstreams["Yi-6B"].mode = "ok"
+        deadline = time.monotonic() + 10
+        while True:                                        # the slot comes back once the relay has ended
+            try:
+                assert client.chat.completions.create(model="Yi-6B", messages=chat(QUESTION)).model == "Yi-6B"
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the stream's slot was never released"
+                time.sleep(0.05)
+    finally:
+        fresh.loop.call(small.stop())
