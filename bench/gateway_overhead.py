@@ -1,6 +1,7 @@
 """The gateway's added latency: the same instant local upstream called directly and through the gateway.
 
     python -m bench.gateway_overhead [--duration-s 5] [--clients 1,32] [--out bench/results/gateway_overhead.json]
+    python -m bench.gateway_overhead --readme     # the README's table, from that JSON
 
 Three targets, each a closed loop of N clients (aiohttp, keep-alive) sending one small chat completion:
 - `direct`: the instant upstream itself (a minimal asyncio HTTP server in its own process that answers every
@@ -159,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=5.0, help="per measured run (default: %(default)s)")
     parser.add_argument("--clients", default="1,32", help="comma-separated concurrencies (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--readme", action="store_true", help="print the README table from --out and stop")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)   # the upstream's own process
     args = parser.parse_args(argv)
+    if args.readme:
+        print(readme_table(json.loads(args.out.read_text())))
+        return 0
     if args.serve_upstream is not None:
         try:
             asyncio.run(_serve_upstream(args.serve_upstream))
@@ -246,6 +251,30 @@ def _print_table(report: dict, clients: list[int]) -> None:
             print(f"{name:<16}{run['clients']:>8}{run['p50_ms']:>10.3f}{run['p99_ms']:>10.3f}"
                   f"{run['throughput_rps']:>10.0f}{run['errors']:>8}"
                   f"{extra.get('p50_ms', float('nan')):>10.3f}{extra.get('p99_ms', float('nan')):>10.3f}")
+
+
+_LABELS = {"direct": "instant upstream, direct (aiohttp client)",
+           "gateway_bypass": "through the gateway, pool model by name",
+           "gateway_routed": "through the gateway, model `routoo`",
+           "selector_route": "selector `Route` alone (gRPC)",
+           "direct_httpx": "instant upstream, direct (httpx client)"}
+
+
+def readme_table(report: dict) -> str:
+    meta = report["meta"]
+    lines = [f"Measured {meta['date_utc']} on {meta['machine']['cpu']} ({meta['machine']['cpus_usable']} CPUs), "
+             f"commit `{meta['git']['commit'][:10]}`, load average {meta['load_average_start']} at the start and "
+             f"{meta['load_average_end']} at the end (a shared machine: compare rows of one run). "
+             f"`python -m bench.gateway_overhead`, {report['settings']['duration_s']:g} s per run.", "",
+             "| target | clients | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, runs in report["targets"].items():
+        for run in runs:
+            added = report["added_ms"].get(f"{name}@{run['clients']}", {})
+            extra = [f"{added[q]:.2f}" if q in added else "" for q in ("p50_ms", "p99_ms")]
+            lines.append(f"| {_LABELS.get(name, name)} | {run['clients']} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} "
+                         f"| {run['throughput_rps']:,.0f} | {extra[0]} | {extra[1]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
