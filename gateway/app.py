@@ -143,6 +143,10 @@ class Gateway:
                                    param="model", code="model_not_found")
             return unrouted(model), stream
         policy = parse_policy(model)
+        if not self.callable_models:
+            raise GatewayError(503, "no pool model has an upstream: give models a base_url in the pool file "
+                                    "(see selector/pool.toml)", type="service_unavailable",
+                               code="upstream_not_configured")
         constraints = constraints_from_body(body.get("routoo"), self.pool.names, self.callable_models)
         try:
             prompt = scored_text(messages, self.config.prompt_rule)

@@ -61,9 +61,9 @@ class Stack:
         self.loop.call(self.selector.stop(0))
 
     def start_gateway(self, **overrides) -> GatewayServer:
-        config = GatewayConfig(port=0, selector_address=f"127.0.0.1:{self.selector_port}", pool_path=self.pool_path,
-                               api_key_env=CLIENT_KEY_ENV, upstream_timeout_s=UPSTREAM_TIMEOUT_S,
-                               max_body_bytes=256 * 1024, **overrides)
+        settings = dict(port=0, selector_address=f"127.0.0.1:{self.selector_port}", pool_path=self.pool_path,
+                        api_key_env=CLIENT_KEY_ENV, upstream_timeout_s=UPSTREAM_TIMEOUT_S, max_body_bytes=256 * 1024)
+        config = GatewayConfig(**{**settings, **overrides})
 
         async def start():
             server = GatewayServer(config)
@@ -474,3 +474,18 @@ def test_requests_beyond_the_concurrency_bound_get_429_at_once(fresh):
                 time.sleep(0.05)
     finally:
         fresh.loop.call(small.stop())
+
+
+def test_with_the_default_pool_there_is_no_upstream_but_decisions_still_work(stack):
+    bare = stack.start_gateway(pool_path=None, api_key_env=None)      # selector/pool.toml: no base_url
+    try:
+        url = f"http://127.0.0.1:{bare.port}"
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "routoo", "messages": chat(QUESTION)}, timeout=30)
+        assert r.status_code == 503 and error_of(r)["code"] == "upstream_not_configured"
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "Yi-6B", "messages": chat(QUESTION)}, timeout=30)
+        assert r.status_code == 400 and "no upstream" in error_of(r)["message"]
+        r = httpx.post(url + "/v1/routoo/route", json={"prompt": QUESTION}, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == stack.route(QUESTION)["model"]
+        assert [m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]] == ["routoo"]
+    finally:
+        stack.loop.call(bare.stop())
