@@ -4,6 +4,8 @@ SSE rewriter. No servers: these are the rules the end-to-end tests (tests/test_g
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.prompt import BadMessages, scored_text
 from gateway.routing import parse_policy
@@ -93,3 +95,22 @@ def test_the_sse_rewriter_renames_the_model_notes_usage_and_holds_back_only_a_pa
     assert lines[1:] == [b"", b"data: [DONE]", b"", b""]
     assert rewriter.usage == {"prompt_tokens": 3}
     assert rewriter.feed(b": keep-alive\n") == b": keep-alive\n"
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_the_sse_rewriter_gives_the_same_bytes_however_the_stream_is_cut(cuts):
+    events = [{"id": "x", "model": "up", "choices": [{"index": 0, "delta": {"content": f"é{i}\n"}}]} for i in range(4)]
+    events.append({"id": "x", "model": "up", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+    wire = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
+    wire += b": comment\n\ndata: [DONE]\n\n"
+    whole = EventRewriter("pool")
+    expected = whole.feed(wire) + whole.flush()
+    pieces, rewriter, start = [], EventRewriter("pool"), 0
+    for cut in sorted(c for c in cuts if c < len(wire)) + [len(wire)]:
+        pieces.append(rewriter.feed(wire[start:cut]))
+        start = cut
+    assert b"".join(pieces) + rewriter.flush() == expected
+    assert rewriter.usage == {"prompt_tokens": 9, "completion_tokens": 2}
+    assert [json.loads(line[6:])["model"] for line in expected.split(b"\n") if line.startswith(b"data: {")] == \
+        ["pool"] * 5
