@@ -30,6 +30,9 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, environ=os.environ, *, embedded: bool = True):
         self.config = config
         self.gateway = Gateway(config, environ)    # pool and upstreams checked before anything binds
+        if config.api_key_env is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("the gateway listens on %s without --api-key-env: anyone who reaches it spends the "
+                        "upstreams' keys", config.host)
         # uvicorn's defaults minus its access log (bounded logs: one line per request is unbounded) and
         # with the asyncio loop (grpc.aio supports no other).
         uv_config = uvicorn.Config(self.gateway.app(), host=config.host, port=config.port, loop="asyncio",

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -35,9 +35,9 @@ class Upstream:
     model: str                      # the pool name
     url: str                        # base_url + /chat/completions
     upstream_model: str             # the name the upstream expects
-    headers: dict[str, str]         # Authorization with its key, when it has one
     input_usd_per_mtok: float
     output_usd_per_mtok: float
+    headers: dict[str, str] = field(repr=False, default_factory=dict)   # Authorization with its key; not in reprs
 
     def cost_usd(self, usage: dict) -> float | None:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -60,8 +60,8 @@ def load_upstreams(pool: Pool, environ=os.environ) -> dict[str, Upstream]:
                                           f"the environment (export it before starting the gateway)")
             headers["authorization"] = f"Bearer {key}"
         upstreams[m.name] = Upstream(m.name, m.base_url.rstrip("/") + "/chat/completions",
-                                     m.upstream_model or m.name, headers, m.input_usd_per_mtok,
-                                     m.output_usd_per_mtok)
+                                     m.upstream_model or m.name, m.input_usd_per_mtok, m.output_usd_per_mtok,
+                                     headers)
     return upstreams
 
 

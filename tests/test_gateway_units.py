@@ -50,7 +50,7 @@ def test_upstream_keys_come_from_the_environment_only(tmp_path):
     pool = load_pool(write_pool(tmp_path, 'base_url = "http://h:1/v1/"\napi_key_env = "A_KEY"'))
     upstream = load_upstreams(pool, {"A_KEY": "secret"})["a"]
     assert upstream.url == "http://h:1/v1/chat/completions" and upstream.upstream_model == "a"
-    assert upstream.headers == {"authorization": "Bearer secret"}
+    assert upstream.headers == {"authorization": "Bearer secret"} and "secret" not in repr(upstream)
     assert upstream.cost_usd({"prompt_tokens": 1000, "completion_tokens": 500}) == pytest.approx(2e-3)
     with pytest.raises(UpstreamConfigError, match="'A_KEY' is not set"):
         load_upstreams(pool, {})
