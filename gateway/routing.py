@@ -106,10 +106,12 @@ class Router:
     def __init__(self, address: str, timeout_s: float):
         self.address = address
         self.timeout_s = timeout_s
-        # Reconnect within ~1 s of a restarted selector (gRPC's default backoff grows to 120 s).
+        # Reconnect within ~1 s of a restarted selector (gRPC's default backoff grows to 120 s). round_robin:
+        # where the address resolves to several selectors (a headless Kubernetes Service, `dns:///name:port`),
+        # calls are spread over all of them rather than pinned to the first; one address behaves as before.
         self.channel = grpc.aio.insecure_channel(address, options=[
             ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         self.stub = pb_grpc.SelectorStub(self.channel)

@@ -489,3 +489,24 @@ def test_with_the_default_pool_there_is_no_upstream_but_decisions_still_work(sta
         assert [m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]] == ["routoo"]
     finally:
         stack.loop.call(bare.stop())
+
+
+def test_calls_are_spread_over_every_selector_the_address_names(stack):
+    def decisions(server) -> float:
+        return sum(s.value for metric in server.metrics.registry.collect() for s in metric.samples
+                   if s.name == "routoo_selector_decisions_total")
+
+    config = SelectorConfig(port=0, triton_url=stack.triton_url, pool_path=stack.pool_path)
+    second, second_port = stack.loop.call(create_server("127.0.0.1:0", config=config))
+    stack.loop.call(second.start())
+    both = stack.start_gateway(selector_address=f"ipv4:127.0.0.1:{stack.selector_port},127.0.0.1:{second_port}")
+    try:
+        before = decisions(stack.selector), decisions(second)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{both.port}/v1", api_key=CLIENT_KEY, max_retries=0)
+        for i in range(20):
+            client.chat.completions.create(model="routoo", messages=chat(f"{QUESTION}\nVariant {i}"))
+        first_share, second_share = decisions(stack.selector) - before[0], decisions(second) - before[1]
+        assert first_share + second_share == 20 and first_share >= 5 and second_share >= 5
+    finally:
+        stack.loop.call(both.stop())
+        stack.loop.call(second.stop(0))
