@@ -16,7 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Packages that add subcommands; each module has add_commands(subparsers).
-COMMAND_MODULES = ("predictor_service.serve_commands", "selector.commands", "predictor_service.eval_commands")
+COMMAND_MODULES = ("predictor_service.serve_commands", "selector.commands", "gateway.commands",
+                   "predictor_service.eval_commands")
 
 
 def _fail(message: str) -> int:

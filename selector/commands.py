@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import grpc
 
+from gateway.config import add_gateway_arguments
 from selector.config import add_selector_arguments, config_from_args
 from selector.policies import POLICIES
 from selector.proto import selector_pb2 as pb
@@ -33,6 +34,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--triton-http-port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--triton-metrics-port", type=int, default=8002, help="default: %(default)s")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
+    add_gateway_arguments(p, standalone=False)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("demo", help="start predictor and selector, route one example prompt, stop both")
@@ -72,11 +74,17 @@ def _names(text: str) -> list[str]:
 # --- serve ----------------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve_beside_selector
     from predictor_service.serve_commands import default_instance_count
     from predictor_service.triton_server import TritonServer
     from selector.server import StartupError, serve
 
     config = config_from_args(args)      # validated before minutes are spent starting Triton
+    try:
+        gateway = None if args.no_gateway else _gateway(args)
+    except ValueError as e:
+        print(f"routoo: error: the gateway cannot start: {e} (--no-gateway runs without it)", file=sys.stderr)
+        return 1
     # SIGTERM while Triton starts: unwind through the `with` so tritonserver (its own session) is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     triton = TritonServer(args.artifact, grpc_port=args.triton_grpc_port, http_port=args.triton_http_port,
@@ -90,14 +98,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   f"try: routoo route \"What is 2 + 2?\" --selector {args.host}:{port}     (Ctrl-C stops both)",
                   flush=True)
 
+        def serve_selector():
+            return serve(replace(config, triton_url=triton.grpc_url), on_started=started)
+
         try:
-            asyncio.run(serve(replace(config, triton_url=triton.grpc_url), on_started=started))
+            asyncio.run(serve_selector() if gateway is None else serve_beside_selector(serve_selector, gateway))
         except StartupError as e:
             print(f"routoo: error: the selector did not start: {e}; stopping Triton", file=sys.stderr, flush=True)
+            return 1
+        except OSError as e:             # the gateway's port is taken
+            print(f"routoo: error: {e}; stopping Triton", file=sys.stderr, flush=True)
             return 1
         print("selector stopped; stopping Triton ...", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _gateway(args: argparse.Namespace):
+    """The gateway for `routoo serve`, built (pool file and keys checked) but not started: ValueError if unusable."""
+    from gateway.config import gateway_config_from_args
+    from gateway.server import GatewayServer
+
+    return GatewayServer(gateway_config_from_args(args))
 
 
 def _exit_on_signal(signum, frame) -> None:

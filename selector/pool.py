@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,7 +23,10 @@ DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "pool.toml"
 # the models answer with 30-380 output tokens (~200 typical), so input and output weigh about the same.
 BLEND_INPUT_SHARE = 0.5
 
-_FIELDS = {"name", "input_usd_per_mtok", "output_usd_per_mtok", "p95_latency_ms", "enabled"}
+_FIELDS = {"name", "input_usd_per_mtok", "output_usd_per_mtok", "p95_latency_ms", "enabled",
+           "base_url", "upstream_model", "api_key_env"}
+# An environment variable's name (POSIX portable set). A key pasted in its place ("sk-...") fails this.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class PoolError(ValueError):
@@ -44,6 +48,11 @@ class PoolModel:
     output_usd_per_mtok: float
     p95_latency_ms: float
     enabled: bool = True
+    # Where the gateway forwards a request for this model (any OpenAI-compatible server: vLLM, Ollama,
+    # OpenAI, a LiteLLM proxy). None = no upstream: the selector may still score it, the gateway never calls it.
+    base_url: str | None = None          # e.g. "http://127.0.0.1:8000/v1" (the part before /chat/completions)
+    upstream_model: str | None = None    # the name the upstream expects; None = this model's name
+    api_key_env: str | None = None       # the NAME of the environment variable that holds the key, never the key
 
     @property
     def blended_usd_per_mtok(self) -> float:
@@ -95,8 +104,8 @@ STAND_IN_P95_LATENCY_MS = 3000.0
 
 def pool_for_models(names: list[str], prices: list[list[float | None]], base: Pool | None = None) -> Pool:
     """A pool for a predictor's models, e.g. an artifact trained on other data: its trained prices (0 where
-    unknown: with no trained price the predictor's cost is used as it is), and each model's p95 latency
-    and `enabled` from `base` where it has the model, else STAND_IN_P95_LATENCY_MS."""
+    unknown: with no trained price the predictor's cost is used as it is), and each model's p95 latency,
+    `enabled` and upstream from `base` where it has the model, else STAND_IN_P95_LATENCY_MS and none."""
     if len(names) != len(prices):
         raise PoolError(f"{len(names)} model names but {len(prices)} prices")
     known = {m.name: m for m in base.models} if base is not None else {}
@@ -106,7 +115,8 @@ def pool_for_models(names: list[str], prices: list[list[float | None]], base: Po
         model = known.get(name)
         models.append(PoolModel(name, float(price_in or 0.0), float(price_out or 0.0),
                                 model.p95_latency_ms if model else STAND_IN_P95_LATENCY_MS,
-                                model.enabled if model else True))
+                                model.enabled if model else True,
+                                **({key: getattr(model, key) for key in _UPSTREAM_FIELDS} if model else {})))
     return Pool(tuple(models))
 
 
@@ -132,7 +142,36 @@ def pool_toml(pool: Pool, header: str = "") -> str:
         lines += ["", "[[models]]", f"name = {_toml_string(m.name)}",
                   f"input_usd_per_mtok = {m.input_usd_per_mtok!r}", f"output_usd_per_mtok = {m.output_usd_per_mtok!r}",
                   f"p95_latency_ms = {m.p95_latency_ms!r}", f"enabled = {str(m.enabled).lower()}"]
+        lines += [f"{key} = {_toml_string(getattr(m, key))}" for key in _UPSTREAM_FIELDS if getattr(m, key) is not None]
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_UPSTREAM_FIELDS = ("base_url", "upstream_model", "api_key_env")
+
+
+def _upstream_fields(entry: dict, where: str) -> dict[str, str]:
+    """base_url (http or https URL), upstream_model (non-empty), api_key_env (an environment variable name)."""
+    values = {}
+    for key in _UPSTREAM_FIELDS:
+        if key not in entry:
+            continue
+        value = entry[key]
+        if not isinstance(value, str) or not value.strip():
+            raise PoolError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+        values[key] = value
+    url = values.get("base_url")
+    if url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise PoolError(f"{where}: 'base_url' must be an http:// or https:// URL such as "
+                        f"'http://127.0.0.1:8000/v1', got {url!r}")
+    env = values.get("api_key_env")
+    if env is not None and not _ENV_NAME.fullmatch(env):
+        # Never echo the value: it may be a key pasted where its variable's name belongs.
+        raise PoolError(f"{where}: 'api_key_env' must be the name of an environment variable (letters, digits, "
+                        f"'_'; the key itself never goes in the pool file), got a {len(env)}-character value "
+                        f"that is not one")
+    if ("upstream_model" in values or "api_key_env" in values) and url is None:
+        raise PoolError(f"{where}: 'upstream_model' and 'api_key_env' need a 'base_url'")
+    return values
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -175,7 +214,7 @@ def load_pool(path: str | Path | None = None) -> Pool:
         if not isinstance(enabled, bool):
             raise PoolError(f"{where}: 'enabled' must be true or false, got {enabled!r}")
         models.append(PoolModel(name, number("input_usd_per_mtok"), number("output_usd_per_mtok"),
-                                number("p95_latency_ms", positive=True), enabled))
+                                number("p95_latency_ms", positive=True), enabled, **_upstream_fields(entry, where)))
     try:
         return Pool(tuple(models))
     except PoolError as e:

@@ -406,10 +406,10 @@ def test_demo_with_an_artifact_of_other_models_routes_among_them(tmp_path, capsy
 
 
 def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
-    ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics")}
+    ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics", "gateway")}
     command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
-               "--triton-metrics-port", str(ports["metrics"])]
+               "--triton-metrics-port", str(ports["metrics"]), "--gateway-port", str(ports["gateway"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                cwd=Path(__file__).resolve().parents[1])
     try:
@@ -428,7 +428,7 @@ def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    for port in (ports["selector"], ports["grpc"], ports["http"]):       # nothing listens any more
+    for port in (ports["selector"], ports["grpc"], ports["http"], ports["gateway"]):   # nothing listens any more
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 

@@ -1,0 +1,3 @@
+from gateway.commands import main
+
+main()

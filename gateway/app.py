@@ -1,0 +1,338 @@
+"""The gateway's HTTP API (Starlette), shaped like OpenAI's: chat completions routed by the selector and
+forwarded to the chosen model's upstream, the model list, health, Prometheus metrics, and the decision-only
+endpoints /v1/routoo/route and /v1/routoo/score (JSON mirrors of the selector's Route and Score).
+
+Prompt text and keys are never logged: the log has model names, statuses and failure kinds only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import math
+import os
+import time
+
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, bad_request
+from gateway.metrics import GatewayMetrics
+from gateway.openapi import openapi_schema
+from gateway.prompt import BadMessages, scored_text
+from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_body, is_routed, parse_policy,
+                             raise_unless_selector_down, unrouted)
+from gateway.stream import EventRewriter, RelayResponse
+from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
+                              load_upstreams, read_limited)
+from selector.pool import load_pool
+from selector.proto import selector_pb2 as pb
+from selector.server import SERVICE_NAME
+
+log = logging.getLogger("routoo.gateway")
+
+# Headers of the upstream's answer that describe its body and are passed on (hop-by-hop ones are not).
+_PASSED_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
+
+
+class Gateway:
+    """The state behind the routes: pool, upstreams, the selector client and the upstream client."""
+
+    def __init__(self, config: GatewayConfig, environ=os.environ):
+        self.config = config
+        self.pool = load_pool(config.pool_path)
+        self.upstreams = load_upstreams(self.pool, environ)
+        self.metrics = GatewayMetrics()
+        self.client_key: bytes | None = None
+        if config.api_key_env is not None:
+            key = environ.get(config.api_key_env)
+            if not key:
+                raise ValueError(f"--api-key-env {config.api_key_env!r}: that environment variable is not set")
+            self.client_key = key.encode("utf-8")
+        if config.fallback_model is not None and config.fallback_model not in self.upstreams:
+            raise ValueError(f"fallback model {config.fallback_model!r} has no upstream in the pool file; models "
+                             f"with one: {sorted(self.upstreams)}")
+        enabled = {m.name for m in self.pool.models if m.enabled}
+        self.callable_models = [n for n in self.pool.names if n in self.upstreams and n in enabled]
+        self._best_among = set(self.callable_models)
+        self._in_flight = 0
+        self.metrics.in_flight.set_function(lambda: self._in_flight)
+        self.router: Router | None = None
+        self.forwarder: Forwarder | None = None
+        if not self.upstreams:
+            log.warning("no pool model has a base_url: /v1/chat/completions will answer 503; the decision-only "
+                        "endpoints work")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        # Both clients belong to the server's event loop, so they are made here rather than in __init__.
+        self.router = Router(self.config.selector_address, self.config.route_timeout_s)
+        self.forwarder = Forwarder(self.config, self.upstreams, self.metrics)
+        try:
+            yield
+        finally:
+            await self.forwarder.close()
+            await self.router.close()
+
+    def app(self) -> Starlette:
+        routes = [Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                  Route("/v1/models", self.models, methods=["GET"]),
+                  Route("/v1/routoo/route", self.route, methods=["POST"]),
+                  Route("/v1/routoo/score", self.score, methods=["POST"]),
+                  Route("/health", self.health, methods=["GET"]),
+                  Route("/metrics", self.prometheus, methods=["GET"]),
+                  Route("/openapi.json", self.openapi, methods=["GET"])]
+        return Starlette(routes=routes, lifespan=self.lifespan,
+                         exception_handlers={GatewayError: _gateway_error,
+                                             404: _not_found, 405: _not_allowed})
+
+    # --- chat completions ---------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        if self._in_flight >= self.config.max_concurrent_requests:
+            self.metrics.requests.labels("none", "429").inc()
+            return GatewayError(429, f"the gateway is handling its limit of {self.config.max_concurrent_requests} "
+                                     f"concurrent requests; retry with backoff", type="rate_limit_error",
+                                code="gateway_overloaded").response()
+        self._in_flight += 1
+        handed_over = False               # a stream releases its slot when it ends
+        try:
+            self._authorize(request)
+            body = await self._read_json(request)
+            decision, stream = await self._decide(body)
+            forward = {k: v for k, v in body.items() if k != "routoo"}
+            answer = await self.forwarder.open(decision.candidates, forward, stream=stream)
+            response = await self._respond(answer, decision, stream)
+            handed_over = isinstance(response, RelayResponse)
+            return response
+        except GatewayError as e:
+            self.metrics.requests.labels("none", str(e.status)).inc()
+            if e.status >= 500:
+                log.warning("chat completion -> %d %s", e.status, e.code)
+            return e.response()
+        finally:
+            if not handed_over:
+                self._in_flight -= 1
+
+    async def _decide(self, body: dict) -> tuple[Decision, bool]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad_request("'model' must be 'routoo', 'routoo:<policy>=<value>' or a pool model name",
+                              param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("'messages' must be a non-empty list of {role, content} objects", param="messages")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise bad_request(f"'stream' must be true or false, got {stream!r}", param="stream")
+        if not is_routed(model):
+            if model not in self.pool.names:
+                raise GatewayError(400, f"unknown model {model!r}; use 'routoo', 'routoo:<policy>=<value>' or one "
+                                        f"of the pool's models {self.callable_models}", param="model",
+                                   code="model_not_found")
+            if model not in self.upstreams:
+                raise GatewayError(400, f"pool model {model!r} has no upstream (base_url in the pool file)",
+                                   param="model", code="model_not_found")
+            return unrouted(model), stream
+        policy = parse_policy(model)
+        if not self.callable_models:
+            raise GatewayError(503, "no pool model has an upstream: give models a base_url in the pool file "
+                                    "(see selector/pool.toml)", type="service_unavailable",
+                               code="upstream_not_configured")
+        constraints = constraints_from_body(body.get("routoo"), self.pool.names, self.callable_models)
+        try:
+            prompt = scored_text(messages, self.config.prompt_rule)
+        except BadMessages as e:
+            raise bad_request(str(e), param="messages") from e
+        try:
+            decision = await self.router.route(prompt, policy, constraints, self._best_among)
+        except GatewayError as e:
+            raise_unless_selector_down(e)
+            if self.config.fallback_model is None:
+                raise
+            log.warning("selector unavailable (%s): forwarding to the fallback model %s", e.code,
+                        self.config.fallback_model)
+            return unrouted(self.config.fallback_model, fallback=True), stream
+        self.metrics.routing_seconds.observe(decision.route_seconds)
+        return decision, stream
+
+    async def _respond(self, answer: Answer, decision: Decision, stream: bool) -> Response:
+        upstream, upstream_response = answer.upstream, answer.response
+        status = upstream_response.status
+        headers = self._decision_headers(decision, upstream.model, answer.attempts)
+        headers.update({k.lower(): v for k, v in upstream_response.headers.items() if k.lower() in _PASSED_HEADERS})
+        content_type = upstream_response.headers.get("content-type", "")
+        if stream and status < 300 and content_type.startswith("text/event-stream"):
+            rewriter = EventRewriter(upstream.model)
+
+            async def done(outcome: str) -> None:
+                self._in_flight -= 1
+                self.metrics.upstream_seconds.labels(upstream.model).observe(time.perf_counter() - answer.started)
+                if outcome == "broken":
+                    self.metrics.upstream_failures.labels(upstream.model, "broken_mid_stream").inc()
+                if rewriter.usage is not None:
+                    self._account(upstream, rewriter.usage, decision)
+
+            self.metrics.requests.labels(upstream.model, str(status)).inc()
+            return RelayResponse(upstream_response, rewriter, status, headers, done)
+        try:
+            data = await read_limited(upstream_response, MAX_ANSWER_BYTES if status < 300 else MAX_ERROR_BODY_BYTES)
+        except UPSTREAM_ERRORS as e:     # the answer broke off after its headers
+            raise GatewayError(502, f"upstream {upstream.model!r} broke off its answer ({type(e).__name__})",
+                               type="upstream_error", code="upstream_broken") from e
+        finally:
+            upstream_response.release()
+        self.metrics.upstream_seconds.labels(upstream.model).observe(time.perf_counter() - answer.started)
+        if status < 300:
+            data = self._rewrite_answer(data, upstream, decision)
+        self.metrics.requests.labels(upstream.model, str(status)).inc()
+        return Response(data, status_code=status, headers=headers)
+
+    def _rewrite_answer(self, data: bytes, upstream, decision: Decision) -> bytes:
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            return data                  # not JSON: passed on untouched
+        if not isinstance(answer, dict):
+            return data
+        if isinstance(answer.get("usage"), dict):
+            self._account(upstream, answer["usage"], decision)
+        if "model" in answer:
+            answer["model"] = upstream.model
+        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def _account(self, upstream, usage: dict, decision: Decision) -> None:
+        cost = upstream.cost_usd(usage)
+        if cost is None:
+            return
+        self.metrics.spend_usd.labels(upstream.model, "true" if decision.routed else "false").inc(cost)
+        self.metrics.tokens.labels(upstream.model, "prompt").inc(usage["prompt_tokens"])
+        self.metrics.tokens.labels(upstream.model, "completion").inc(usage["completion_tokens"])
+        if decision.routed and decision.best_model is not None:
+            self.metrics.best_model_spend_usd.inc(self.upstreams[decision.best_model].cost_usd(usage))
+
+    @staticmethod
+    def _decision_headers(decision: Decision, model: str, attempts: int) -> dict[str, str]:
+        headers = {"x-routoo-model": model, "x-routoo-attempts": str(attempts)}
+        if decision.routed:
+            quality, cost = decision.quality.get(model, math.nan), decision.expected_cost_usd.get(model, math.nan)
+            headers.update({"x-routoo-quality": f"{quality:.4f}", "x-routoo-expected-cost-usd": f"{cost:.6g}",
+                            "x-routoo-policy": decision.policy})
+        if decision.fallback:
+            headers["x-routoo-fallback"] = "true"
+        return headers
+
+    # --- decision-only endpoints -------------------------------------------------------------------
+
+    async def route(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await self._read_json(request)
+        if "messages" in body:            # a convenience: the chat's text under the gateway's prompt rule
+            if "prompt" in body:
+                raise bad_request("give 'prompt' or 'messages', not both", param="messages")
+            try:
+                body = {**body, "prompt": scored_text(body.pop("messages"), self.config.prompt_rule)}
+            except BadMessages as e:
+                raise bad_request(str(e), param="messages") from e
+        decision = await self.router.call("Route", _parse(body, pb.RouteRequest()))
+        return JSONResponse(_to_json(decision))
+
+    async def score(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await self._read_json(request)
+        return JSONResponse(_to_json(await self.router.call("Score", _parse(body, pb.ScoreRequest()))))
+
+    # --- the rest -----------------------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        self._authorize(request)
+        entries = [{"id": ROUTED_MODEL, "object": "model", "created": 0, "owned_by": "routoo"}]
+        for m in self.pool.models:
+            if m.name in self.callable_models:
+                entries.append({"id": m.name, "object": "model", "created": 0, "owned_by": "routoo-pool",
+                                "input_usd_per_mtok": m.input_usd_per_mtok,
+                                "output_usd_per_mtok": m.output_usd_per_mtok})
+        return JSONResponse({"object": "list", "data": entries})
+
+    async def health(self, request: Request) -> Response:
+        """200 while the selector serves (or a fallback model is configured), else 503."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.router.channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2.0)
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except Exception:                 # unreachable or not serving: the answer is the same
+            serving = False
+        ok = serving or self.config.fallback_model is not None
+        return JSONResponse({"status": "ok" if serving else "degraded" if ok else "unavailable",
+                             "selector": self.config.selector_address, "selector_serving": serving,
+                             "upstreams": len(self.upstreams)}, status_code=200 if ok else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_schema())
+
+    def _authorize(self, request: Request) -> None:
+        if self.client_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:].encode("utf-8") if given[:7].lower() == "bearer " else b""
+        if not hmac.compare_digest(token, self.client_key):      # constant time: no key guessing by timing
+            raise GatewayError(401, "invalid or missing API key: send 'Authorization: Bearer <key>' with the key "
+                                    "of the gateway's --api-key-env", code="invalid_api_key",
+                               headers={"www-authenticate": "Bearer"})
+
+    async def _read_json(self, request: Request) -> dict:
+        limit = self.config.max_body_bytes
+        too_large = GatewayError(413, f"the request body is over the gateway's limit of {limit} bytes",
+                                 code="request_too_large")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+        try:
+            body = json.loads(data)
+        except ValueError as e:           # the decoder's message gives a position, never the text
+            raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from e
+        if not isinstance(body, dict):
+            raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}",
+                              code="invalid_json")
+        return body
+
+
+def _parse(body: dict, message):
+    try:
+        return json_format.ParseDict(body, message)
+    except json_format.ParseError as e:
+        raise bad_request(f"{message.DESCRIPTOR.name}: {e}", code="invalid_routoo_request") from e
+
+
+def _to_json(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+async def _gateway_error(request: Request, e: GatewayError) -> Response:
+    return e.response()
+
+
+async def _not_found(request: Request, exc) -> Response:
+    return GatewayError(404, f"no route {request.url.path}", code="not_found").response()
+
+
+async def _not_allowed(request: Request, exc) -> Response:
+    return GatewayError(405, f"{request.method} is not allowed on {request.url.path}",
+                        code="method_not_allowed").response()

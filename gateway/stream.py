@@ -1,0 +1,121 @@
+"""Server-sent events from the upstream to the client, chunk by chunk.
+
+Only an incomplete last line is held back (an event is never split mid-JSON); each `data:` event has its
+`model` renamed to the pool model and its `usage`, if any, noted. A client that disconnects cancels the relay
+at once, which closes the upstream connection: the upstream stops generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Awaitable, Callable
+
+import aiohttp
+
+_DATA = b"data:"
+
+
+class EventRewriter:
+    def __init__(self, model: str):
+        self.model = model
+        self.usage: dict | None = None
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._partial + chunk
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if not cut:
+            return b""
+        return b"\n".join(self._line(line) for line in data[:cut - 1].split(b"\n")) + b"\n"
+
+    def flush(self) -> bytes:
+        tail, self._partial = self._partial, b""
+        return self._line(tail) if tail else b""
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(_DATA):
+            return line
+        payload = line[len(_DATA):].strip()
+        if not payload.startswith(b"{"):             # "[DONE]" and anything else pass as they are
+            return line
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return line
+        if not isinstance(event, dict):
+            return line
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        if "model" in event:
+            event["model"] = self.model
+        return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def error_event(message: str, code: str) -> bytes:
+    """An error the openai clients raise as APIError when it arrives inside a stream."""
+    body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode("utf-8") + b"\n\n"
+
+
+class RelayResponse:
+    """An ASGI response that relays `response`'s body through `rewriter`, then calls `done(outcome)`:
+    "complete", "broken" (the upstream failed mid-stream) or "disconnected" (the client left)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, rewriter: EventRewriter, status: int, headers: dict[str, str],
+                 done: Callable[[str], Awaitable[None]]):
+        self._response = response
+        self._rewriter = rewriter
+        self._status = status
+        self._headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self._done = done
+
+    async def __call__(self, scope, receive, send) -> None:
+        outcome = "disconnected"
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            finished, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if pump in finished:
+                outcome = pump.result()
+        except OSError:                    # the client's socket went away under a send
+            outcome = "disconnected"
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            # close, not release: a stream cut short must not go back to the pool, and closing is what tells
+            # the upstream to stop generating.
+            self._response.close()
+            await self._done(outcome)
+
+    async def _pump(self, send) -> str:
+        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        outcome = "complete"
+        try:
+            async for chunk in self._response.content.iter_any():
+                out = self._rewriter.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = self._rewriter.flush()
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+        except asyncio.TimeoutError:        # aiohttp's sock_read timeout is one
+            outcome = "broken"
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": error_event("the upstream stopped sending mid-stream (timeout)", "upstream_timeout")})
+        except aiohttp.ClientError as e:
+            outcome = "broken"
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": error_event(f"the upstream broke off mid-stream ({type(e).__name__})",
+                                            "upstream_broken")})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+
+async def _wait_for_disconnect(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

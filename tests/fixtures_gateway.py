@@ -1,0 +1,169 @@
+"""What the gateway tests run against: fake upstream LLMs (real HTTP servers on free loopback ports that speak
+the chat-completions shape, SSE and `usage` included, and record what they receive) and an event loop in a
+thread for the selector and the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMPLETION_TOKENS = 5
+
+
+def prompt_tokens(body: dict) -> int:
+    """The fake's token count: whitespace-separated words of every string content."""
+    return sum(len(m["content"].split()) for m in body.get("messages", []) if isinstance(m.get("content"), str))
+
+
+class FakeUpstream:
+    """One OpenAI-compatible upstream. `mode`: "ok", "status_500", "status_400", "slow" (sleeps `delay_s`
+    before its headers), "break_mid_stream" (one chunk, then the connection drops), "endless_stream" (a chunk
+    every 50 ms until the client goes away, then `disconnected` is set). `stop()` closes the port
+    (connections refused) and `start()` opens it again."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mode = "ok"
+        self.delay_s = 0.0
+        self.received: list[dict] = []       # {"path", "headers", "body"}
+        self.disconnected = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+        self.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):      # quiet
+                pass
+
+            def setup(self):
+                super().setup()
+                with upstream._lock:
+                    upstream._connections.add(self.connection)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                with upstream._lock:
+                    upstream.received.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
+                try:
+                    upstream.handle(self, body)
+                except OSError:                # the gateway gave up on a slow answer and closed
+                    self.close_connection = True
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        """Down for real: the port refuses connections and the open keep-alive connections are cut."""
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def reset(self) -> None:
+        with self._lock:
+            self.received.clear()
+        self.mode, self.delay_s = "ok", 0.0
+        self.disconnected.clear()
+
+    # --- answers ---------------------------------------------------------------------------------------
+
+    def handle(self, h: BaseHTTPRequestHandler, body: dict) -> None:
+        mode = self.mode
+        if mode == "slow":
+            time.sleep(self.delay_s)
+        if mode in ("status_500", "status_400"):
+            status = 500 if mode == "status_500" else 400
+            return self._json(h, status, {"error": {"message": f"{self.name} says {status}", "type": "fake",
+                                                    "param": None, "code": f"fake_{status}"}})
+        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": COMPLETION_TOKENS,
+                 "total_tokens": prompt_tokens(body) + COMPLETION_TOKENS}
+        model = body.get("model")
+        if not body.get("stream"):
+            return self._json(h, 200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer from {self.name}"},
+                             "finish_reason": "stop"}], "usage": usage})
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+
+        def event(delta: dict | None, *, finish=None, with_usage=False) -> bytes:
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                     "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if with_usage:
+                chunk["usage"] = usage
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        def send(data: bytes) -> None:
+            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+
+        try:
+            send(event({"role": "assistant", "content": "answer"}))
+            if mode == "break_mid_stream":
+                h.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if mode == "endless_stream":
+                while True:
+                    time.sleep(0.05)
+                    send(event({"content": " more"}))
+            for word in (" from", f" {self.name}"):
+                send(event({"content": word}))
+            send(event({}, finish="stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                send(event(None, with_usage=True))
+            send(b"data: [DONE]\n\n")
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+        except OSError:                       # the gateway closed the connection
+            self.disconnected.set()
+        h.close_connection = True
+
+    @staticmethod
+    def _json(h: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+
+class LoopThread:
+    """An asyncio event loop in a daemon thread: the selector and the gateway run on it as in `routoo serve`."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coroutine, timeout: float = 120.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -1,0 +1,116 @@
+"""The gateway's pure pieces: the pool file's upstream fields, the prompt rule, the model-name syntax and the
+SSE rewriter. No servers: these are the rules the end-to-end tests (tests/test_gateway.py) rely on."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.prompt import BadMessages, scored_text
+from gateway.routing import parse_policy
+from gateway.stream import EventRewriter
+from gateway.upstream import UpstreamConfigError, load_upstreams
+from selector.pool import Pool, PoolError, PoolModel, load_pool, pool_toml
+
+
+def write_pool(tmp_path, extra: str):
+    path = tmp_path / "pool.toml"
+    path.write_text('[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+                    f'p95_latency_ms = 100\n{extra}\n', encoding="utf-8")
+    return path
+
+
+def test_upstream_fields_round_trip_through_the_pool_file(tmp_path):
+    model = PoolModel("a", 1.0, 2.0, 100.0, True, base_url="http://127.0.0.1:8000/v1", upstream_model="m/a",
+                      api_key_env="A_KEY")
+    path = tmp_path / "pool.toml"
+    path.write_text(pool_toml(Pool((model,))), encoding="utf-8")
+    assert load_pool(path).models == (model,)
+    assert load_pool().models[0].base_url is None          # the default pool has no upstreams
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ('base_url = "ftp://host/v1"', "http:// or https://"),
+    ('base_url = "http://host/v1 x"', "http:// or https://"),
+    ('base_url = ""', "non-empty string"),
+    ('base_url = "http://h/v1"\napi_key_env = "sk-live-123456"', "name of an environment variable"),
+    ('api_key_env = "A_KEY"', "need a 'base_url'"),
+    ('base_url = "http://h/v1"\nupstream_model = 3', "non-empty string"),
+    ('base_url = "http://h/v1"\napi_base = "x"', "unknown keys ['api_base']"),
+])
+def test_bad_upstream_fields_are_refused_by_name(tmp_path, extra, problem):
+    with pytest.raises(PoolError, match="models\\[0\\] \\('a'\\)") as e:
+        load_pool(write_pool(tmp_path, extra))
+    assert problem in str(e.value)
+    assert "sk-live-123456" not in str(e.value)             # a pasted key is never echoed
+
+
+def test_upstream_keys_come_from_the_environment_only(tmp_path):
+    pool = load_pool(write_pool(tmp_path, 'base_url = "http://h:1/v1/"\napi_key_env = "A_KEY"'))
+    upstream = load_upstreams(pool, {"A_KEY": "secret"})["a"]
+    assert upstream.url == "http://h:1/v1/chat/completions" and upstream.upstream_model == "a"
+    assert upstream.headers == {"authorization": "Bearer secret"} and "secret" not in repr(upstream)
+    assert upstream.cost_usd({"prompt_tokens": 1000, "completion_tokens": 500}) == pytest.approx(2e-3)
+    with pytest.raises(UpstreamConfigError, match="'A_KEY' is not set"):
+        load_upstreams(pool, {})
+
+
+def test_the_prompt_rule_scores_the_last_user_message_or_the_system_prompt_too():
+    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": [{"type": "text", "text": "second"},
+                                             {"type": "image_url", "image_url": {"url": "x"}},
+                                             {"type": "text", "text": "part"}]}]
+    assert scored_text(messages) == "second\npart"
+    assert scored_text(messages, "system_and_last_user") == "Be terse.\n\nsecond\npart"
+    assert scored_text([{"role": "user", "content": "é" * 10}], max_bytes=7) == "ééé"   # cut at a character
+    for bad, problem in (([], "non-empty list"), ([{"content": "x"}], "string 'role'"),
+                         ([{"role": "assistant", "content": "x"}], "no message with role 'user'"),
+                         ([{"role": "user", "content": "  "}], "no text"),
+                         ([{"role": "user", "content": 5}], "string or a list")):
+        with pytest.raises(BadMessages, match=problem):
+            scored_text(bad)
+
+
+def test_model_names_select_the_policy():
+    assert parse_policy("routoo") is None
+    assert parse_policy("routoo:tradeoff=2000") == ("tradeoff", 2000.0)
+    assert parse_policy("routoo:quality_target=0.8") == ("quality_target", 0.8)
+    assert parse_policy("routoo:cost_cap=1e-3") == ("cost_cap", 0.001)
+    for bad in ("routoo:", "routoo:greedy=1", "routoo:tradeoff", "routoo:tradeoff=x", "routoo:cost_cap=inf"):
+        with pytest.raises(Exception) as e:
+            parse_policy(bad)
+        assert e.value.status == 400 and e.value.param == "model"
+
+
+def test_the_sse_rewriter_renames_the_model_notes_usage_and_holds_back_only_a_partial_line():
+    rewriter = EventRewriter("pool-model")
+    event = {"id": "x", "model": "upstream-name", "choices": [], "usage": {"prompt_tokens": 3}}
+    wire = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+    out = rewriter.feed(wire[:20]) + rewriter.feed(wire[20:])
+    assert rewriter.feed(b"") == b"" and rewriter.flush() == b""
+    lines = out.split(b"\n")
+    assert json.loads(lines[0][len(b"data: "):])["model"] == "pool-model"
+    assert lines[1:] == [b"", b"data: [DONE]", b"", b""]
+    assert rewriter.usage == {"prompt_tokens": 3}
+    assert rewriter.feed(b": keep-alive\n") == b": keep-alive\n"
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_the_sse_rewriter_gives_the_same_bytes_however_the_stream_is_cut(cuts):
+    events = [{"id": "x", "model": "up", "choices": [{"index": 0, "delta": {"content": f"é{i}\n"}}]} for i in range(4)]
+    events.append({"id": "x", "model": "up", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+    wire = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + b"\n\n" for e in events)
+    wire += b": comment\n\ndata: [DONE]\n\n"
+    whole = EventRewriter("pool")
+    expected = whole.feed(wire) + whole.flush()
+    pieces, rewriter, start = [], EventRewriter("pool"), 0
+    for cut in sorted(c for c in cuts if c < len(wire)) + [len(wire)]:
+        pieces.append(rewriter.feed(wire[start:cut]))
+        start = cut
+    assert b"".join(pieces) + rewriter.flush() == expected
+    assert rewriter.usage == {"prompt_tokens": 9, "completion_tokens": 2}
+    assert [json.loads(line[6:])["model"] for line in expected.split(b"\n") if line.startswith(b"data: {")] == \
+        ["pool"] * 5
