@@ -5,11 +5,14 @@ thread for the selector and the gateway."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from selector.pool import Pool
 
 COMPLETION_TOKENS = 5
 
@@ -167,3 +170,9 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def pool_with_upstreams(pool: Pool, upstreams: dict[str, FakeUpstream]) -> Pool:
+    """`pool` with each model that has a FakeUpstream pointed at it (its own name upstream, no key)."""
+    return Pool(tuple(dataclasses.replace(m, base_url=upstreams[m.name].base_url) if m.name in upstreams else m
+                      for m in pool.models))

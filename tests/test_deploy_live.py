@@ -1,18 +1,19 @@
-"""The dashboard, the alerting rules and the manifests' probes against live servers: one real `tritonserver`
-and the real selector (over a DNS name, so through selector/replicas.py), both on loopback ports.
+"""The dashboard, the alerting rules and the manifests' probes against live servers: one real `tritonserver`,
+the real selector (over a DNS name, so through selector/replicas.py) and the real gateway (over
+`dns:///localhost:PORT`, the form the manifests give it) with fake upstream LLMs, all on loopback ports.
 
 Every metric the Grafana dashboard, the Prometheus rules and the Prometheus-adapter rule name must be one
-that the selector's or Triton's /metrics exports; the Triton probe paths of the rendered manifests must
-answer 200, and the selector's gRPC health services they name must answer SERVING.
+that the selector's, Triton's or the gateway's /metrics exports; the probe paths of the rendered manifests
+must answer 200, and the selector's gRPC health services they name must answer SERVING.
 """
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
-import threading
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,11 +21,15 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
 from predictor_service.triton_server import TritonServer
 from selector.config import SelectorConfig
+from selector.pool import load_pool, pool_toml
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.server import create_server
+from tests.fixtures_gateway import FakeUpstream, LoopThread, pool_with_upstreams
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVABILITY = ROOT / "deploy" / "observability"
@@ -76,34 +81,72 @@ def http_get(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
+def http_post(url: str, body: dict) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@dataclass
+class Live:
+    triton: TritonServer
+    selector: object            # selector.server's server (its metrics_port is the bound one)
+    selector_port: int
+    gateway: GatewayServer
+
+
 @pytest.fixture(scope="module")
-def live():
-    """(triton, selector server, selector port) with a few Routes and one refused request behind them."""
-    with TritonServer(models=("routoo_predictor",)) as triton:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
+def live(tmp_path_factory):
+    """Triton, the selector and the gateway (on one event loop, as `routoo serve` runs them) with traffic behind
+    them, so that every labelled series exists: Routes and a refused one; completions answered; one answered
+    502 after every upstream failed with a 500."""
+    upstreams = {m.name: FakeUpstream(m.name) for m in load_pool().models}
+    pool_path = tmp_path_factory.mktemp("deploy-live") / "pool.toml"
+    pool_path.write_text(pool_toml(pool_with_upstreams(load_pool(), upstreams)), encoding="utf-8")
+    loop = LoopThread()
+    try:
+        with TritonServer(models=("routoo_predictor",)) as triton:
+            config = SelectorConfig(port=0, triton_url=f"localhost:{triton.ports['grpc']}", pool_path=pool_path,
+                                    metrics_port=0, health_poll_s=0.2)
+            server, port = loop.call(create_server("127.0.0.1:0", config=config))
+            loop.call(server.start())
 
-        def call(coroutine):
-            return asyncio.run_coroutine_threadsafe(coroutine, loop).result(120)
-
-        config = SelectorConfig(port=0, triton_url=f"localhost:{triton.ports['grpc']}", metrics_port=0,
-                                health_poll_s=0.2)
-        server, port = call(create_server("127.0.0.1:0", config=config))
-        call(server.start())
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.SelectorStub(channel)
-                for i in range(5):
-                    stub.Route(pb.RouteRequest(prompt=f"What is {i} + {i}?"), timeout=10)
-                with pytest.raises(grpc.RpcError):           # so the errors counter has a series
-                    stub.Route(pb.RouteRequest(prompt=" "), timeout=10)
-            yield triton, server, port
-        finally:
-            call(server.stop(0))
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
+            async def start_gateway():
+                gateway = GatewayServer(GatewayConfig(port=0, selector_address=f"dns:///localhost:{port}",
+                                                      pool_path=pool_path))
+                await gateway.start()
+                return gateway
+            gateway = loop.call(start_gateway())
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = pb_grpc.SelectorStub(channel)
+                    for i in range(5):
+                        stub.Route(pb.RouteRequest(prompt=f"What is {i} + {i}?"), timeout=10)
+                    with pytest.raises(grpc.RpcError):           # so the errors counter has a series
+                        stub.Route(pb.RouteRequest(prompt=" "), timeout=10)
+                completions = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+                for i in range(3):
+                    status = http_post(completions, {"model": "routoo", "messages": [
+                        {"role": "user", "content": f"Name {i + 2} prime numbers."}]})
+                    assert status == 200
+                for upstream in upstreams.values():                  # so upstream failures and a 5xx have series
+                    upstream.mode = "status_500"
+                assert http_post(completions, {"model": "routoo", "messages": [
+                    {"role": "user", "content": "What is the capital of France?"}]}) == 502
+                for upstream in upstreams.values():
+                    upstream.reset()
+                yield Live(triton, server, port, gateway)
+            finally:
+                loop.call(gateway.stop())
+                loop.call(server.stop(0))
+    finally:
+        loop.close()
+        for upstream in upstreams.values():
+            upstream.stop()
 
 
 def test_metric_name_extraction():
@@ -113,17 +156,21 @@ def test_metric_name_extraction():
 
 
 def test_every_metric_named_is_exported(live):
-    triton, server, _ = live
-    _, selector_text = http_get(f"http://127.0.0.1:{server.metrics_port}/metrics")
-    _, triton_text = http_get(triton.metrics_url)
-    exported = exposed_names(selector_text) | exposed_names(triton_text)
-    assert "routoo_selector_replica_calls_total" in exported and "nv_inference_queue_duration_us" in exported
+    _, selector_text = http_get(f"http://127.0.0.1:{live.selector.metrics_port}/metrics")
+    _, triton_text = http_get(live.triton.metrics_url)
+    _, gateway_text = http_get(f"http://127.0.0.1:{live.gateway.port}/metrics")
+    exported = exposed_names(selector_text) | exposed_names(triton_text) | exposed_names(gateway_text)
+    assert {"routoo_selector_replica_calls_total", "nv_inference_queue_duration_us",
+            "routoo_gateway_upstream_failures_total"} <= exported
     named = {name for expr in dashboard_exprs() + rule_exprs() for name in metric_names(expr)}
-    gateway = {name for name in named if name.startswith("routoo_gateway_")}
-    assert not gateway, f"gateway metrics {sorted(gateway)} are named, but this branch has no gateway to export them"
-    assert len(named) >= 12, sorted(named)
+    # The gateway's panels and alert: requests by model and status, routing and upstream times, spend and the
+    # always-best-model spend that the saving is measured against.
+    assert {"routoo_gateway_requests_total", "routoo_gateway_routing_seconds_bucket",
+            "routoo_gateway_upstream_ttfb_seconds_bucket", "routoo_gateway_upstream_seconds_bucket",
+            "routoo_gateway_spend_usd_total", "routoo_gateway_best_model_spend_usd_total"} <= named, sorted(named)
+    assert len(named) >= 20, sorted(named)
     missing = sorted(named - exported)
-    assert not missing, f"named in the dashboard or rules but exported by neither server: {missing}"
+    assert not missing, f"named in the dashboard or rules but exported by no server: {missing}"
 
 
 def test_alert_thresholds_follow_the_code_and_bench():
@@ -149,18 +196,23 @@ def _container(objects: list[dict], deployment: str) -> dict:
 
 
 def test_manifest_probes_answer_on_live_servers(live):
-    triton, _, selector_port = live
     objects = _rendered_cpu_overlay()
     triton_container = _container(objects, "routoo-triton")
     ports = {p["name"]: p["containerPort"] for p in triton_container["ports"]}
-    live_ports = {"http": triton.ports["http"]}
+    live_ports = {"http": live.triton.ports["http"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = triton_container[probe]["httpGet"]
         assert ports[get["port"]] == 8000      # the container's http port; here the test server's own port
         status, _ = http_get(f"http://127.0.0.1:{live_ports[get['port']]}{get['path']}")
         assert status == 200, (probe, get)
+    gateway_container = _container(objects, "routoo-gateway")
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = gateway_container[probe]["httpGet"]
+        assert get["port"] == "http"
+        status, _ = http_get(f"http://127.0.0.1:{live.gateway.port}{get['path']}")
+        assert status == 200, (probe, get)
     selector_container = _container(objects, "routoo-selector")
-    with grpc.insecure_channel(f"127.0.0.1:{selector_port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{live.selector_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             service = selector_container[probe]["grpc"].get("service", "")

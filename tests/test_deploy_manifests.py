@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.commands import cmd_gateway
+from gateway.config import GatewayConfig, gateway_config_from_args
 from predictor_service import serve_commands
 from predictor_service.cli import build_parser
 from predictor_service.triton_server import TritonServer
@@ -140,20 +142,32 @@ def test_gpu_triton_serves_the_written_repository_with_the_servers_flags():
 
 def test_gateway_args_match_its_parser(overlay):
     _, objects = overlay
-    c = container(find(objects, "Deployment", "routoo-gateway"), "gateway")
+    deployment = find(objects, "Deployment", "routoo-gateway")
+    c = container(deployment, "gateway")
     assert c["args"][:2] == ["routoo", "gateway"]
-    assert named_ports(c)["http"] == 8080
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    if "gateway" not in commands:
-        pytest.skip("`routoo gateway` is not in this branch (issue 16 builds it): its flags and port 8080 are "
-                    "checked once it is merged")
-    from gateway.config import GatewayConfig
-
-    args = parser.parse_args(c["args"][1:])
-    assert args.gateway_port == GatewayConfig().port == named_ports(c)["http"]
-    (target,) = parse_targets(args.selector)
-    assert target.port == SelectorConfig().port and find(objects, "Service", target.host)
+    args = build_parser().parse_args(c["args"][1:])
+    assert args.func is cmd_gateway
+    config = gateway_config_from_args(args)
+    assert config.port == GatewayConfig().port == named_ports(c)["http"]
+    assert config.host == "0.0.0.0" and config.api_key_env
+    # Its /metrics is on the API port.
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(config.port)
+    service = find(objects, "Service", "routoo-gateway")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == named_ports(c)
+    # The selector address is gRPC's DNS resolver over the headless selector Service: one address per ready
+    # selector pod, which the gateway's round_robin channel spreads its calls over.
+    scheme, _, address = config.selector_address.partition(":///")
+    assert scheme == "dns", config.selector_address
+    (target,) = parse_targets(address)
+    headless = find(objects, "Service", target.host)
+    assert headless["spec"]["clusterIP"] == "None"
+    selector = find(objects, "Deployment", "routoo-selector")
+    assert headless["spec"]["selector"] == selector["spec"]["selector"]["matchLabels"]
+    grpc_ports = [p for p in headless["spec"]["ports"] if p["name"] == "grpc"]
+    assert [p["port"] for p in grpc_ports] == [target.port] == [SelectorConfig().port]
+    assert grpc_ports[0]["targetPort"] in named_ports(container(selector, "selector"))
+    # The ClusterIP Service stays for other clients of the routing API.
+    assert "clusterIP" not in find(objects, "Service", "routoo-selector")["spec"]
 
 
 def test_every_pod_is_non_root_read_only_and_budgeted(overlay):
