@@ -33,6 +33,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--triton-http-port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--triton-metrics-port", type=int, default=8002, help="default: %(default)s")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
+    add_restart_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("demo", help="start predictor and selector, route one example prompt, stop both")
@@ -71,8 +72,21 @@ def _names(text: str) -> list[str]:
 
 # --- serve ----------------------------------------------------------------------------------------------
 
+def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
+    from predictor_service.supervision import RestartPolicy
+
+    defaults = RestartPolicy()
+    parser.add_argument("--max-restarts", type=int, default=defaults.max_restarts,
+                        help="restarts of a crashed tritonserver allowed within --restart-window-s; one more "
+                             "crash and serve exits 1 (default: %(default)s)")
+    parser.add_argument("--restart-window-s", type=float, default=defaults.window_s, help="default: %(default)s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from predictor_service.serve_commands import default_instance_count
+    from predictor_service.supervision import RestartPolicy, Supervisor
     from predictor_service.triton_server import TritonServer
     from selector.server import StartupError, serve
 
@@ -83,7 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           metrics_port=args.triton_metrics_port, host=args.host,
                           instance_count=default_instance_count("KIND_CPU"))
     print(f"starting the predictor in Triton on {args.host} (gRPC {args.triton_grpc_port}) ...", flush=True)
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
     with triton:
+        # Restarts a crashed tritonserver on the same ports; when it gives up, SIGTERM stops the selector
+        # through its own signal handler, and serve exits 1.
+        supervisor = Supervisor([triton], policy, on_give_up=lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
         def started(server, port: int) -> None:
             metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
             print(f"predictor ready at {triton.grpc_url} (Triton); selector ready at {args.host}:{port}{metrics}\n"
@@ -91,9 +110,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   flush=True)
 
         try:
+            supervisor.watch()
             asyncio.run(serve(replace(config, triton_url=triton.grpc_url), on_started=started))
         except StartupError as e:
             print(f"routoo: error: the selector did not start: {e}; stopping Triton", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            supervisor.stop()       # on every way out: tritonserver, its stubs and their shared memory
+        if supervisor.gave_up:
+            print(f"routoo: error: {supervisor.gave_up}; stopped", file=sys.stderr, flush=True)
             return 1
         print("selector stopped; stopping Triton ...", flush=True)
     print("stopped", flush=True)
