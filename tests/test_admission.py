@@ -204,3 +204,30 @@ def test_16_big_route_batches_keep_the_selector_process_under_its_memory_bound(t
     print(f"base {base_kib / 1024:.0f} MiB, peak {peak_kib / 1024:.0f} MiB, grown {grown_mib:.0f} MiB, "
           f"bound {bound_mib:.0f} MiB, outcomes {codes}")
     assert grown_mib <= bound_mib, (grown_mib, bound_mib, codes)
+
+
+def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):  # noqa: F811
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def rejected() -> float:
+        text = urllib.request.urlopen(triton_server.metrics_url, timeout=10).read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("routoo_predictor_rejected_requests{")]
+        return sum(values)
+
+    before = rejected()
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    for raw in (b"\xff\xfe not utf-8", b"   "):
+        prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+        prompt.set_data_from_numpy(np.array([[raw]], dtype=object))
+        with pytest.raises(InferenceServerException, match="UTF-8|empty|whitespace"):
+            client.infer("routoo_predictor", [prompt])
+    client.close()
+    deadline = time.monotonic() + 10            # Triton's metrics are refreshed every few seconds
+    while rejected() - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rejected() - before == 2

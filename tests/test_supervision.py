@@ -48,12 +48,14 @@ def _children_of(pid: int) -> list[tuple[int, str]]:
     return found
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def _stubs_of(shm_prefix: str) -> list[int]:
+    """Live Python-backend stubs whose shared-memory region starts with `shm_prefix`."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
+        if entry.name.isdigit():
             try:
-                if text.encode() in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if b"triton_python_backend_stub" in cmdline and b"\0" + shm_prefix.encode() in cmdline:
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -69,9 +71,20 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 
 
 def _leader(tmp_path: Path, name: str = "leader") -> ProcessChild:
+    """Ready once this start's leader has written its helper's pid (one more line in the appended log)."""
     out = tmp_path / f"{name}.out"
-    return ProcessChild(name, [sys.executable, "-c", LEADER], log_path=out,
-                        ready=lambda: out.exists() and out.read_text().strip() != "", stop_timeout_s=2.0)
+    starts = {"n": 0}
+
+    def ready() -> bool:
+        if not getattr(ready, "counted", False):
+            starts["n"] += 1
+            ready.counted = True
+        done = out.exists() and len(out.read_text().split()) >= starts["n"]
+        if done:
+            ready.counted = False
+        return done
+
+    return ProcessChild(name, [sys.executable, "-c", LEADER], log_path=out, ready=ready, stop_timeout_s=2.0)
 
 
 def _helper_pid(tmp_path: Path, name: str = "leader") -> int:
@@ -94,17 +107,18 @@ def test_supervisor_restarts_a_killed_child_and_kills_its_helpers(tmp_path, capl
     supervisor = Supervisor([child], RestartPolicy(backoff_initial_s=0.05, poll_s=0.05)).watch()
     try:
         os.kill(first_leader, signal.SIGKILL)
-        _wait(lambda: child.pid not in (None, first_leader) and child.exit_status() is None, 10, "a restart")
+        _wait(lambda: any("leader is back" in r.getMessage() for r in caplog.records), 10, "a restart")
         # The helper of the killed leader (re-parented, like a Python stub) was killed with its group.
         _wait(lambda: not _alive(first_helper), 5, "the old helper to die")
         assert not _alive(first_leader)                   # reaped: no <defunct> left
         assert supervisor.restarts == {"leader": 1} and supervisor.gave_up is None
         exits = [r for r in caplog.records if "exited (killed by SIGKILL)" in r.getMessage()]
         assert len(exits) == 1
-        second_helper = int((tmp_path / "leader.out").read_text().split()[-1])
+        second_helper = _helper_pid(tmp_path)
+        assert second_helper != first_helper and _alive(second_helper)
     finally:
         supervisor.stop()
-    assert not _alive(second_helper)                      # stop() takes the whole group down
+    _wait(lambda: not _alive(second_helper), 5, "stop() to take the whole group down")
 
 
 def test_supervisor_gives_up_after_its_restarts(tmp_path):
@@ -143,7 +157,7 @@ def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
         assert serve.poll() is None, log_path.read_text()
         tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
         assert len(tritons) == 1
-        old_stubs = _processes_mentioning(shm_prefix)
+        old_stubs = _stubs_of(shm_prefix)
         assert len(old_stubs) == 2                        # one stub per model
         outcome = asyncio.run(_route_through_a_kill(f"127.0.0.1:{ports['selector']}", tritons[0], old_stubs))
         assert outcome["ok_after"] >= 16, outcome         # Routes succeed again, without a hand
@@ -162,7 +176,7 @@ def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
     # Thousands of failed Routes during the outage; the log holds a bounded handful of lines about them.
     failed_lines = [line for line in text.splitlines() if "routoo.selector" in line and "UNAVAILABLE" in line]
     assert len(failed_lines) <= 10, failed_lines[:20]
-    _wait(lambda: not _processes_mentioning(shm_prefix), 10, "the stubs to be gone")
+    _wait(lambda: not _stubs_of(shm_prefix), 10, "the stubs to be gone")
     assert not list(Path("/dev/shm").glob(f"{shm_prefix}*"))
 
 
