@@ -251,4 +251,7 @@ def format_decision(decision: pb.RouteDecision) -> str:
     lines.append(f"  {eligible} of {len(decision.scores)} pool models were eligible"
                  + (f"; excluded ({len(decision.excluded)}):" if decision.excluded else "."))
     lines.extend(f"    {e.model:<{width}} {e.reason}" for e in decision.excluded)
+    if decision.content_free:
+        lines.append("  note: the prompt has no letter or digit, so these are the predictor's prior scores, the "
+                     "same for every such prompt")
     return "\n".join(lines)

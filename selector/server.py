@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import math
+import re
 import signal
 import struct
 import time
@@ -37,6 +38,9 @@ log = logging.getLogger("routoo.selector")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name   # "routoo.selector.v1.Selector"
 _METHODS = ("Route", "RouteBatch", "Score")
+# A letter or a digit (str.isalnum's sense, any script): a prompt without one has no token the predictor
+# knows (only zero-width characters, emoji, marks, punctuation) and is scored by the prior alone.
+_CONTENT = re.compile(r"[^\W_]")
 _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
@@ -120,6 +124,8 @@ class SelectorService(pb_grpc.SelectorServicer):
         for j in ranking[1:1 + self._config.runners_up]:
             decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
         decision.MergeFromString(self._scores_wire.encode(q, c))
+        if _CONTENT.search(request.prompt) is None:
+            decision.content_free = True
         for j, code in enumerate(codes):
             if code != ELIGIBLE:
                 decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))

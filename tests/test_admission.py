@@ -231,3 +231,16 @@ def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):  # noqa:
     while rejected() - before < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert rejected() - before == 2
+
+
+def test_a_content_free_prompt_is_flagged_and_minus_zero_is_shown_as_zero(selector):
+    from selector.commands import format_decision
+
+    for prompt in ("\u200b\u200d\u2060", "\U0001F600\U0001F680 !?", "\u0301\u0308\u0327"):
+        decision = selector.stub.Route(make_route_request(prompt), timeout=30)
+        assert decision.content_free, repr(prompt)
+        assert "prior scores" in format_decision(decision)
+    for prompt in ("What is 2 + 2?", "\u4e2d\u6587", "42"):
+        assert not selector.stub.Route(make_route_request(prompt), timeout=30).content_free, repr(prompt)
+    decision = selector.stub.Route(make_route_request("What is 2 + 2?", quality_per_usd=-0.0), timeout=30)
+    assert decision.policy == "tradeoff(quality_per_usd=0)"
