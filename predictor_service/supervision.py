@@ -11,16 +11,16 @@ A child is anything with `name`, `start()` (blocks until ready, raises if it can
 what it held, e.g. shared memory). `TritonServer` is one; `ProcessChild` wraps any command (the gateway's).
 
 Processes are started in a session of their own (so one signal reaches their helpers: the Python backend's
-stubs are tritonserver's children) with PR_SET_PDEATHSIG, so that a `routoo serve` killed with SIGKILL
+stubs are tritonserver's children) with a parent-death signal (PR_SET_PDEATHSIG), so that a `routoo serve` killed with SIGKILL
 still takes its children down: they get SIGTERM from the kernel when the thread that started them dies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,11 +31,7 @@ from typing import Callable, Protocol
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)     # looked up before fork: preexec_fn must not import
-except OSError:                                    # not Linux: no parent-death signal
-    _LIBC = None
+_SETPRIV = shutil.which("setpriv")                # util-linux; without it, no parent-death signal
 _THREAD = threading.local()                        # long_lived: set by the supervisor's watcher thread
 
 
@@ -59,24 +55,20 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-def spawn_group(command: list[str], *, death_signal: int = signal.SIGTERM, **popen_kwargs) -> subprocess.Popen:
-    """Popen in a new session (the child leads its own process group) that gets `death_signal` when the
-    starting thread dies. SIGTERM, not SIGKILL: tritonserver then stops its stubs and frees their memory.
+def spawn_group(command: list[str], *, death_signal: str = "TERM", **popen_kwargs) -> subprocess.Popen:
+    """Popen in a new session (the child leads its own process group) that gets SIG`death_signal` when the
+    starting thread dies. TERM, not KILL: tritonserver then stops its stubs and frees their memory.
 
-    The kernel sends it when the *thread* that forked exits, so only the main thread and the supervisor's
-    watcher (both live as long as the children should) arm it; a child started from a short-lived worker
-    thread (asyncio.to_thread) would otherwise be killed when that thread is retired."""
-    parent = os.getpid()
-    armed = _LIBC is not None and (threading.current_thread() is threading.main_thread()
-                                   or getattr(_THREAD, "long_lived", False))
-
-    def preexec() -> None:
-        if armed:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
-            if os.getppid() != parent:      # the parent died before prctl took effect
-                os._exit(1)
-
-    return subprocess.Popen(command, start_new_session=True, preexec_fn=preexec, **popen_kwargs)
+    The parent-death signal is set by util-linux's `setpriv --pdeathsig`, which then execs the command (same
+    pid): no Python runs between fork and exec (a preexec_fn in this multi-threaded, gRPC-using process
+    was seen to die with SIGSEGV there). The kernel sends it when the *thread* that forked exits, so only
+    the main thread and the supervisor's watcher (both live as long as the children should) arm it; a child
+    started from a short-lived worker thread (asyncio.to_thread) would be killed when that thread retires."""
+    armed = _SETPRIV is not None and (threading.current_thread() is threading.main_thread()
+                                      or getattr(_THREAD, "long_lived", False))
+    if armed:
+        command = [_SETPRIV, f"--pdeathsig={death_signal}", "--", *command]
+    return subprocess.Popen(command, start_new_session=True, **popen_kwargs)
 
 
 def stop_group(process: subprocess.Popen, *, timeout_s: float, name: str = "child") -> None:
