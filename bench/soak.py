@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -83,6 +84,7 @@ class Tally:
         self.pending_at_end = 0
         self.last_ok_route = 0.0
         self.last_failed_route = 0.0
+        self.failure_times: list[float] = []      # monotonic, every failed call: were they all in outages?
 
     def summary(self) -> dict:
         return {**{method: dict(counts) for method, counts in self.outcomes.items()},
@@ -101,6 +103,7 @@ async def _call(tally: Tally, method: str, call, request, timeout_s: float) -> N
         # errors carry its message ("the predictor missed the deadline ...").
         lost = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and e.details() == "Deadline Exceeded"
         tally.outcomes[method]["lost" if lost else e.code().name] += 1
+        tally.failure_times.append(time.monotonic())
         if method == "Route":
             tally.last_failed_route = time.monotonic()
         await asyncio.sleep(0.01)      # a failing server is not hammered in a tight loop
@@ -147,22 +150,32 @@ async def soak(args, serve_pid: int, address: str) -> dict:
     kills, next_kill = [], started + args.kill_every_s
     while time.monotonic() < end:
         await asyncio.sleep(0.05)
-        if time.monotonic() >= next_kill:
+        # No kill in the last 30 s: the run ends with a ready predictor, so the end snapshot is comparable.
+        if time.monotonic() >= next_kill and next_kill < end - 30:
             tritons = _children(serve_pid, "tritonserver")
             killed_at = time.monotonic()
             for pid in tritons:
                 os.kill(pid, signal.SIGKILL)
-            kills.append({"at_s": round(killed_at - started, 1), "pids": tritons, "outage_s": None})
+            kills.append({"at_s": round(killed_at - started, 1), "pids": tritons, "outage_s": None,
+                          "_at": killed_at})
             next_kill += args.kill_every_s
         for kill in kills:     # the outage: from the kill to the first OK Route after a failed one
-            killed_at = started + kill["at_s"]
+            killed_at = kill["_at"]
             if kill["outage_s"] is None and tally.last_ok_route > tally.last_failed_route > killed_at:
                 kill["outage_s"] = round(tally.last_ok_route - killed_at, 2)
         if loader.done():
             break
     stop.set()
     await loader
-    return {"outcomes": tally.summary(), "kills": kills, "elapsed_s": round(time.monotonic() - started, 1)}
+    # A failure counts as during an outage from its kill to 1 s after the first OK Route (other clients'
+    # calls on the reconnecting channel can still fail just after it); other failures are the finding.
+    windows = [(k["_at"], k["_at"] + (k["outage_s"] or math.inf) + 1.0) for k in kills]
+    outside = [round(t - started, 2) for t in tally.failure_times if not any(a <= t <= b for a, b in windows)]
+    for kill in kills:
+        del kill["_at"]
+    return {"outcomes": tally.summary(), "kills": kills, "failed_outside_outages": len(outside),
+            "failed_outside_outages_at_s": outside[:50],
+            "elapsed_s": round(time.monotonic() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

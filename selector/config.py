@@ -44,8 +44,8 @@ class SelectorConfig:
     # gRPC message size: 20k prompts of ~2 KB each fit; a default of 4 MiB would not.
     max_message_bytes: int = 64 * MIB
     # Bytes of big requests (>= big_request_bytes each) held at once, counted from the wire size before
-    # decoding; past it, RESOURCE_EXHAUSTED. A RouteBatch costs ~3x its payload in RSS while worked on
-    # (docs/serving.md states the worst case per setting).
+    # decoding; past it, RESOURCE_EXHAUSTED. A RouteBatch costs ~4x its payload in RSS while worked on
+    # (2x gRPC's receive, 2x decoded; docs/faults.md states the worst case per setting).
     max_in_flight_bytes: int = 256 * MIB
     big_request_bytes: int = 1 * MIB
     # Big requests decoded and worked on at once (others wait, their bytes counted): two keep Triton busy,

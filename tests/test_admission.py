@@ -196,9 +196,10 @@ def test_16_big_route_batches_keep_the_selector_process_under_its_memory_bound(t
         process.terminate()
         process.wait(30)
     assert codes.count("OK") >= 1 and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
-    # docs/serving.md: gRPC holds each arriving message twice (its buffer, then the bytes handed to the
-    # selector) before any code of ours runs; then at most max_concurrent_big_requests (2) are worked on at
-    # ~3x their size. Without the gate and budget, 16 such batches took ~3.8x their payload each (the issue).
+    # docs/faults.md: gRPC holds each arriving message twice (its buffer, then the bytes handed to the
+    # selector) before any code of ours runs; then at most max_concurrent_big_requests (2) are decoded and
+    # worked on, at up to 3x their size more. Without the gate and budget, 16 such batches took ~3.8x their
+    # payload each (the issue).
     bound_mib = 2 * 16 * request_mib + 2 * 3 * request_mib
     grown_mib = (peak_kib - base_kib) / 1024
     print(f"base {base_kib / 1024:.0f} MiB, peak {peak_kib / 1024:.0f} MiB, grown {grown_mib:.0f} MiB, "
@@ -244,3 +245,18 @@ def test_a_content_free_prompt_is_flagged_and_minus_zero_is_shown_as_zero(select
         assert not selector.stub.Route(make_route_request(prompt), timeout=30).content_free, repr(prompt)
     decision = selector.stub.Route(make_route_request("What is 2 + 2?", quality_per_usd=-0.0), timeout=30)
     assert decision.policy == "tradeoff(quality_per_usd=0)"
+
+
+def test_a_call_the_client_cancels_is_counted_not_warned(selector, caplog):
+    caplog.set_level(logging.DEBUG, logger="routoo.selector")
+    before = selector.metric("routoo_selector_cancelled_total", {"method": "Score"})
+    # ~20,000 short prompts: well under the big-request size, and some hundred ms of scoring to cancel.
+    request = pb.ScoreRequest(prompts=[f"What does entropy have to do with heat? ({i})" for i in range(20_000)])
+    future = selector.stub.Score.future(request, timeout=60)
+    time.sleep(0.3)
+    assert future.cancel()
+    deadline = time.monotonic() + 10
+    while selector.metric("routoo_selector_cancelled_total", {"method": "Score"}) == before:
+        assert time.monotonic() < deadline, "the cancellation was not counted"
+        time.sleep(0.05)
+    assert not [r for r in caplog.records if r.name == "routoo.selector" and r.levelno >= logging.WARNING]
