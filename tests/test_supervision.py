@@ -141,20 +141,31 @@ def test_supervisor_gives_up_after_its_restarts(tmp_path):
     assert child.exit_status() is None and child.pid is None       # stopped, not left running
 
 
-@pytest.mark.timeout(240)
-def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
+def _start_serve(log_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
+    """`routoo serve` on free ports, waited for until its selector is ready."""
     ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics")}
-    log_path = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
-               "--triton-metrics-port", str(ports["metrics"])]
+               "--triton-metrics-port", str(ports["metrics"]), *extra]
     with open(log_path, "wb") as log_file:
         serve = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
-    shm_prefix = f"routoo_{serve.pid}_"
     try:
         _wait(lambda: "selector ready" in log_path.read_text() or serve.poll() is not None, 150, "serve to start")
-        assert serve.poll() is None, log_path.read_text()
+    except AssertionError:
+        serve.kill()
+        raise
+    if serve.poll() is not None:
+        raise AssertionError(log_path.read_text())
+    return serve, ports
+
+
+@pytest.mark.timeout(240)
+def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
+    log_path = tmp_path / "serve.log"
+    serve, ports = _start_serve(log_path)
+    shm_prefix = f"routoo_{serve.pid}_"
+    try:
         tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
         assert len(tritons) == 1
         old_stubs = _stubs_of(shm_prefix)
@@ -216,3 +227,28 @@ async def _route_through_a_kill(address: str, triton_pid: int, stubs: list[int])
         stop.set()
         await asyncio.gather(*tasks)
     return {"ok_before": ok["before"], "ok_after": ok["after"], "failed": failed, "stubs": stubs}
+
+
+@pytest.mark.timeout(180)
+def test_serve_exits_1_when_triton_keeps_dying(tmp_path):
+    log_path = tmp_path / "serve.log"
+    serve, _ = _start_serve(log_path, "--max-restarts", "1", "--restart-window-s", "300")
+    shm_prefix = f"routoo_{serve.pid}_"
+    try:
+        for _ in range(2):       # the first crash is restarted, the second is one too many
+            tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
+            assert tritons, log_path.read_text()
+            _wait(lambda: bool(_stubs_of(shm_prefix)) or serve.poll() is not None, 60, "Triton's stubs")
+            os.kill(tritons[0], signal.SIGKILL)
+            _wait(lambda: serve.poll() is not None or "tritonserver is back" in log_path.read_text(), 90,
+                  "a restart or an exit")
+        rc = serve.wait(60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    text = log_path.read_text()
+    assert rc == 1, text
+    assert "giving up: tritonserver stopped (killed by SIGKILL) after 1 restarts within 300 s" in text
+    _wait(lambda: not _stubs_of(shm_prefix), 10, "the stubs to be gone")
+    assert not list(Path("/dev/shm").glob(f"{shm_prefix}*"))
