@@ -52,7 +52,7 @@ async def measure(address: str, args) -> dict:
             grpc.aio.insecure_channel(address) as route_channel:
         batch_stub, route_stub = pb_grpc.SelectorStub(batch_channel), pb_grpc.SelectorStub(route_channel)
         await route_stub.Route(make_route_request("warm up"), timeout=30)
-        latencies, stop = [], asyncio.Event()
+        latencies, slow, stop, t0 = [], [], asyncio.Event(), [time.perf_counter()]
 
         async def route_client() -> None:
             request = make_route_request("What is 2 + 2?")
@@ -60,6 +60,8 @@ async def measure(address: str, args) -> dict:
                 start = time.perf_counter()
                 await route_stub.Route(request, timeout=60)
                 latencies.append(time.perf_counter() - start)
+                if latencies[-1] > 0.1:       # when the slow ones happen, from the batches' start
+                    slow.append((round(start - t0[0], 2), round(latencies[-1] * 1000)))
 
         async def one_batch(request) -> str:
             try:
@@ -70,7 +72,7 @@ async def measure(address: str, args) -> dict:
 
         request = pb.RouteBatchRequest(prompts=[PROMPT] * args.prompts, total_budget_usd=1000.0)
         routes = [asyncio.create_task(route_client()) for _ in range(4)]
-        start = time.perf_counter()
+        start = t0[0] = time.perf_counter()
         outcomes = await asyncio.gather(*(one_batch(request) for _ in range(args.batches)))
         elapsed = time.perf_counter() - start
         stop.set()
@@ -78,7 +80,7 @@ async def measure(address: str, args) -> dict:
     ms = [x * 1000 for x in latencies]
     return {"request_mib": round(request.ByteSize() / MIB, 1), "batch_outcomes": {o: outcomes.count(o) for o in
             set(outcomes)}, "batches_s": round(elapsed, 1), "routes": len(ms),
-            "route_ms": {f"p{q}": round(percentile(ms, q), 2) for q in (50, 99)} | {"max": round(max(ms), 1)}}
+            "slow_routes_at_s_ms": slow[:20], "route_ms": {f"p{q}": round(percentile(ms, q), 2) for q in (50, 99)} | {"max": round(max(ms), 1)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("request_mib", "batch_outcomes", "batches_s", "routes", "route_ms",
+                                             "slow_routes_at_s_ms",
                                              "rss_mib")}))
     return 0
 
