@@ -80,7 +80,8 @@ async def measure(address: str, args) -> dict:
     ms = [x * 1000 for x in latencies]
     return {"request_mib": round(request.ByteSize() / MIB, 1), "batch_outcomes": {o: outcomes.count(o) for o in
             set(outcomes)}, "batches_s": round(elapsed, 1), "routes": len(ms),
-            "slow_routes_at_s_ms": slow[:20], "route_ms": {f"p{q}": round(percentile(ms, q), 2) for q in (50, 99)} | {"max": round(max(ms), 1)}}
+            "slow_routes_at_s_ms": slow[:20],
+            "route_ms": {f"p{q}": round(percentile(ms, q), 2) for q in (50, 99)} | {"max": round(max(ms), 1)}}
 
 
 def main(argv: list[str] | None = None) -> int:

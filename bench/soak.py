@@ -74,7 +74,8 @@ def snapshot(serve_pid: int) -> dict:
     tritons = _children(serve_pid, "tritonserver")
     stubs = [p for t in tritons for p in _children(t, "triton_python_b")]   # comm is cut to 15 characters
     return {"serve": _usage(serve_pid), "tritonserver": [_usage(p) for p in tritons],
-            "stubs": [_usage(p) for p in stubs], "shm_regions": len(list(Path("/dev/shm").glob(f"routoo_{serve_pid}_*")))}
+            "stubs": [_usage(p) for p in stubs],
+            "shm_regions": len(list(Path("/dev/shm").glob(f"routoo_{serve_pid}_*")))}
 
 
 class Tally:

@@ -11,8 +11,9 @@ A child is anything with `name`, `start()` (blocks until ready, raises if it can
 what it held, e.g. shared memory). `TritonServer` is one; `ProcessChild` wraps any command (the gateway's).
 
 Processes are started in a session of their own (so one signal reaches their helpers: the Python backend's
-stubs are tritonserver's children) with a parent-death signal (PR_SET_PDEATHSIG), so that a `routoo serve` killed with SIGKILL
-still takes its children down: they get SIGTERM from the kernel when the thread that started them dies.
+stubs are tritonserver's children) with a parent-death signal (PR_SET_PDEATHSIG), so that a `routoo serve`
+killed with SIGKILL still takes its children down: they get SIGTERM from the kernel when the thread that
+started them dies.
 """
 
 from __future__ import annotations

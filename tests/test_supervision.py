@@ -4,6 +4,7 @@ a tritonserver killed with SIGKILL back under 16 Route clients, writes a bounded
 Python stub and no shared-memory region behind when it exits."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,6 +120,25 @@ def test_supervisor_restarts_a_killed_child_and_kills_its_helpers(tmp_path, capl
     finally:
         supervisor.stop()
     _wait(lambda: not _alive(second_helper), 5, "stop() to take the whole group down")
+
+
+def test_a_child_dies_with_the_process_that_spawned_it(tmp_path):
+    # A parent killed with SIGKILL cannot clean up: the parent-death signal (setpriv) must do it.
+    parent_code = ("import sys; from predictor_service.supervision import spawn_group\n"
+                   "child = spawn_group([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                   "print(child.pid, flush=True)\n"
+                   "import time; time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
+    child_pid = int(parent.stdout.readline())
+    try:
+        assert _alive(child_pid)
+        parent.kill()
+        parent.wait()
+        _wait(lambda: not _alive(child_pid), 10, "the orphan to get its parent-death signal")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child_pid, signal.SIGKILL)
 
 
 def test_supervisor_gives_up_after_its_restarts(tmp_path):
