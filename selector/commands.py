@@ -91,13 +91,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from selector.server import StartupError, serve
 
     config = config_from_args(args)      # validated before minutes are spent starting Triton
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
     # SIGTERM while Triton starts: unwind through the `with` so tritonserver (its own session) is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     triton = TritonServer(args.artifact, grpc_port=args.triton_grpc_port, http_port=args.triton_http_port,
                           metrics_port=args.triton_metrics_port, host=args.host,
                           instance_count=default_instance_count("KIND_CPU"))
     print(f"starting the predictor in Triton on {args.host} (gRPC {args.triton_grpc_port}) ...", flush=True)
-    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
     with triton:
         # Restarts a crashed tritonserver on the same ports; when it gives up, SIGTERM stops the selector
         # through its own signal handler, and serve exits 1.

@@ -247,16 +247,21 @@ def test_a_content_free_prompt_is_flagged_and_minus_zero_is_shown_as_zero(select
     assert decision.policy == "tradeoff(quality_per_usd=0)"
 
 
-def test_a_call_the_client_cancels_is_counted_not_warned(selector, caplog):
+def test_a_call_the_client_cancels_is_counted_not_warned(selector, triton_server, caplog):  # noqa: F811
+    import signal
+
     caplog.set_level(logging.DEBUG, logger="routoo.selector")
-    before = selector.metric("routoo_selector_cancelled_total", {"method": "Score"})
-    # ~20,000 short prompts: well under the big-request size, and some hundred ms of scoring to cancel.
-    request = pb.ScoreRequest(prompts=[f"What does entropy have to do with heat? ({i})" for i in range(20_000)])
-    future = selector.stub.Score.future(request, timeout=60)
-    time.sleep(0.3)
-    assert future.cancel()
-    deadline = time.monotonic() + 10
-    while selector.metric("routoo_selector_cancelled_total", {"method": "Score"}) == before:
-        assert time.monotonic() < deadline, "the cancellation was not counted"
-        time.sleep(0.05)
+    before = selector.metric("routoo_selector_cancelled_total", {"method": "Route"})
+    os.kill(triton_server.pid, signal.SIGSTOP)      # frozen: the call waits on the predictor until cancelled
+    try:
+        future = selector.stub.Route.future(make_route_request("What is 2 + 2?"), timeout=60)
+        time.sleep(0.3)
+        assert future.cancel()
+        deadline = time.monotonic() + 10
+        while selector.metric("routoo_selector_cancelled_total", {"method": "Route"}) == before:
+            assert time.monotonic() < deadline, "the cancellation was not counted"
+            time.sleep(0.05)
+    finally:
+        os.kill(triton_server.pid, signal.SIGCONT)
     assert not [r for r in caplog.records if r.name == "routoo.selector" and r.levelno >= logging.WARNING]
+    assert selector.stub.Route(make_route_request("What is 2 + 2?"), timeout=30).model
