@@ -61,8 +61,9 @@ def spawn_group(command: list[str], *, death_signal: str = "TERM", **popen_kwarg
     starting thread dies. TERM, not KILL: tritonserver then stops its stubs and frees their memory.
 
     The parent-death signal is set by util-linux's `setpriv --pdeathsig`, which then execs the command (same
-    pid): no Python runs between fork and exec (a preexec_fn in this multi-threaded, gRPC-using process
-    was seen to die with SIGSEGV there). The kernel sends it when the *thread* that forked exits, so only
+    pid): no Python runs between fork and exec, which a preexec_fn would do in this multi-threaded, gRPC-using
+    process (with one, a restarted tritonserver was once seen dead of SIGSEGV before it was ready; with
+    setpriv, not in the soak runs since). The kernel sends it when the *thread* that forked exits, so only
     the main thread and the supervisor's watcher (both live as long as the children should) arm it; a child
     started from a short-lived worker thread (asyncio.to_thread) would be killed when that thread retires."""
     armed = _SETPRIV is not None and (threading.current_thread() is threading.main_thread()
