@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predictor_service.artifact import MANIFEST, Artifact, ArtifactError, default_artifact_path
+from predictor_service.supervision import spawn_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.ready_timeout_s = ready_timeout_s        # first start loads torch + the artifact: ~10 s here
         self.stop_timeout_s = stop_timeout_s          # SIGTERM grace before SIGKILL
+        self.name = "tritonserver"                    # as a supervised child (predictor_service/supervision.py)
         self._requested_ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.ports: dict[str, int] = {}
         self._run_dir = Path(run_dir) if run_dir is not None else None
@@ -257,6 +258,14 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exit_status(self) -> int | None:
+        """The exit status once the process has exited (reaping it), None while it runs or was stopped."""
+        return None if self._process is None else self._process.poll()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def start(self) -> "TritonServer":
         if self.running():
             return self
@@ -290,17 +299,11 @@ class TritonServer:
         return self.start()
 
     def stop(self) -> None:
+        """SIGTERM, SIGKILL after stop_timeout_s, then SIGKILL to what is left of its process group: the
+        Python stubs outlive a server killed with SIGKILL (re-parented to PID 1, 585 MB each, seen)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver did not exit %.0f s after SIGTERM; killing it", self.stop_timeout_s)
-                # Its own session (start_new_session): the group holds the server and its Python stubs.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        if process is not None:
+            stop_group(process, timeout_s=self.stop_timeout_s, name="tritonserver")
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -348,8 +351,9 @@ class TritonServer:
         self._log_file = open(self.log_path, "ab")
         log.info("starting tritonserver: gRPC %s, HTTP %s, metrics %s (log %s)", self.grpc_url, self.http_url,
                  self.metrics_url, self.log_path)
-        self._process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                         env=TritonDist.locate().environment(), start_new_session=True)
+        # Its own session, so the group holds the server and its Python stubs; SIGTERM when serve's thread dies.
+        self._process = spawn_group(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                    env=TritonDist.locate().environment())
 
     def _wait_ready(self) -> None:
         base = f"http://{self.http_url}/v2"

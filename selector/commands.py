@@ -35,6 +35,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--triton-metrics-port", type=int, default=8002, help="default: %(default)s")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
     add_gateway_arguments(p, standalone=False)
+    add_restart_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("demo", help="start predictor and selector, route one example prompt, stop both")
@@ -73,9 +74,22 @@ def _names(text: str) -> list[str]:
 
 # --- serve ----------------------------------------------------------------------------------------------
 
+def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
+    from predictor_service.supervision import RestartPolicy
+
+    defaults = RestartPolicy()
+    parser.add_argument("--max-restarts", type=int, default=defaults.max_restarts,
+                        help="restarts of a crashed tritonserver allowed within --restart-window-s; one more "
+                             "crash and serve exits 1 (default: %(default)s)")
+    parser.add_argument("--restart-window-s", type=float, default=defaults.window_s, help="default: %(default)s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from gateway.server import serve_beside_selector
     from predictor_service.serve_commands import default_instance_count
+    from predictor_service.supervision import RestartPolicy, Supervisor
     from predictor_service.triton_server import TritonServer
     from selector.server import StartupError, serve
 
@@ -85,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"routoo: error: the gateway cannot start: {e} (--no-gateway runs without it)", file=sys.stderr)
         return 1
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window_s)
     # SIGTERM while Triton starts: unwind through the `with` so tritonserver (its own session) is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     triton = TritonServer(args.artifact, grpc_port=args.triton_grpc_port, http_port=args.triton_http_port,
@@ -92,6 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           instance_count=default_instance_count("KIND_CPU"))
     print(f"starting the predictor in Triton on {args.host} (gRPC {args.triton_grpc_port}) ...", flush=True)
     with triton:
+        # Restarts a crashed tritonserver on the same ports; when it gives up, SIGTERM stops the selector
+        # through its own signal handler, and serve exits 1.
+        supervisor = Supervisor([triton], policy, on_give_up=lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
         def started(server, port: int) -> None:
             metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
             print(f"predictor ready at {triton.grpc_url} (Triton); selector ready at {args.host}:{port}{metrics}\n"
@@ -102,12 +121,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return serve(replace(config, triton_url=triton.grpc_url), on_started=started)
 
         try:
+            supervisor.watch()
+            # The gateway runs on the selector's event loop, in this process: it stops with it.
             asyncio.run(serve_selector() if gateway is None else serve_beside_selector(serve_selector, gateway))
         except StartupError as e:
             print(f"routoo: error: the selector did not start: {e}; stopping Triton", file=sys.stderr, flush=True)
             return 1
         except OSError as e:             # the gateway's port is taken
             print(f"routoo: error: {e}; stopping Triton", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            supervisor.stop()       # on every way out: tritonserver, its stubs and their shared memory
+        if supervisor.gave_up:
+            print(f"routoo: error: {supervisor.gave_up}; stopped", file=sys.stderr, flush=True)
             return 1
         print("selector stopped; stopping Triton ...", flush=True)
     print("stopped", flush=True)
@@ -248,4 +274,7 @@ def format_decision(decision: pb.RouteDecision) -> str:
     lines.append(f"  {eligible} of {len(decision.scores)} pool models were eligible"
                  + (f"; excluded ({len(decision.excluded)}):" if decision.excluded else "."))
     lines.extend(f"    {e.model:<{width}} {e.reason}" for e in decision.excluded)
+    if decision.content_free:
+        lines.append("  note: the prompt has no letter or digit, so these are the predictor's prior scores, the "
+                     "same for every such prompt")
     return "\n".join(lines)

@@ -45,6 +45,16 @@ class SelectorConfig:
     max_batch_prompts: int = 20_000
     # gRPC message size: 20k prompts of ~2 KB each fit; a default of 4 MiB would not.
     max_message_bytes: int = 64 * MIB
+    # Bytes of big requests (>= big_request_bytes each) held at once, counted from the wire size before
+    # decoding; past it, RESOURCE_EXHAUSTED. A RouteBatch costs ~4x its payload in RSS while worked on
+    # (2x gRPC's receive, 2x decoded; docs/faults.md states the worst case per setting).
+    max_in_flight_bytes: int = 256 * MIB
+    big_request_bytes: int = 1 * MIB
+    # Big requests decoded and worked on at once (others wait, their bytes counted): two keep Triton busy,
+    # and leave its queue and the event loop to single Route calls.
+    max_concurrent_big_requests: int = 2
+    # Repeated warnings (predictor unavailable, ...) are written once per this many seconds, with a count.
+    log_interval_s: float = 10.0
     # Requests handled at once; beyond this the selector answers RESOURCE_EXHAUSTED at once instead of
     # queueing without bound (a Route takes ~1-2 ms, so 128 in flight is already a deep queue).
     max_concurrent_requests: int = 128
@@ -76,7 +86,10 @@ class SelectorConfig:
                     "max_batch_prompts": self.max_batch_prompts, "max_message_bytes": self.max_message_bytes,
                     "max_concurrent_requests": self.max_concurrent_requests,
                     "triton_chunk_concurrency": self.triton_chunk_concurrency,
-                    "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms}
+                    "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
+                    "max_in_flight_bytes": self.max_in_flight_bytes, "big_request_bytes": self.big_request_bytes,
+                    "max_concurrent_big_requests": self.max_concurrent_big_requests,
+                    "log_interval_s": self.log_interval_s}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
@@ -109,6 +122,8 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                         help="answer with this model, unscored, while the predictor is down (default: off)")
     parser.add_argument("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
                         help="beyond this, RESOURCE_EXHAUSTED (default: %(default)s)")
+    parser.add_argument("--max-in-flight-mib", type=float, default=defaults.max_in_flight_bytes / MIB,
+                        help="MiB of big requests held at once; beyond, RESOURCE_EXHAUSTED (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                         help="serve Prometheus /metrics on this port (default: off)")
 
@@ -116,7 +131,8 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
 def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:
     values = dict(host=args.host, port=args.selector_port, pool_path=args.pool,
                   triton_timeout_s=args.triton_timeout_s, fallback_model=args.fallback_model,
-                  max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port)
+                  max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port,
+                  max_in_flight_bytes=int(args.max_in_flight_mib * MIB))
     if getattr(args, "triton_url", None):
         values["triton_url"] = args.triton_url
     values.update(overrides)

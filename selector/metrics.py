@@ -23,6 +23,18 @@ class SelectorMetrics:
         self.errors = Counter(
             "routoo_selector_errors", "RPCs answered with an error, by status code", ["method", "code"],
             registry=self.registry)
+        self.rejected = Counter(
+            "routoo_selector_rejected", "Requests refused before any work: undecodable, bytes_in_flight "
+            "(also counted in routoo_selector_errors)", ["method", "reason"], registry=self.registry)
+        self.cancelled = Counter(
+            "routoo_selector_cancelled", "RPCs the caller cancelled (or whose deadline passed) mid-call",
+            ["method"], registry=self.registry)
+        self.log_lines_suppressed = Counter(
+            "routoo_selector_log_lines_suppressed", "Repeated warnings counted instead of written",
+            registry=self.registry)
+        self.in_flight_bytes = Gauge(
+            "routoo_selector_request_bytes_in_flight", "Wire bytes of big requests being held now",
+            registry=self.registry)
         self.in_flight = Gauge(
             "routoo_selector_requests_in_flight", "RPCs being handled now", registry=self.registry)
         self.predictor_ready = Gauge(

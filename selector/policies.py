@@ -136,7 +136,7 @@ class Policy(ABC):
     parameter: ClassVar[str]     # the API field of the parameter, used in error messages
 
     def __init__(self, value: float):
-        value = float(value)
+        value = float(value) + 0.0     # -0.0 -> 0.0, which describe() would show as "-0"
         problem = self._check(value)
         if problem:
             raise InvalidRequest(f"{self.name}.{self.parameter}", f"{problem}, got {value}")

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import math
+import re
 import signal
 import struct
 import time
@@ -21,7 +22,9 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from selector.admission import Admission, add_selector_servicer, materialise, short_message
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
+from selector.log_limits import AggregatedLog
 from selector.metrics import SelectorMetrics
 from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
                                Policy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
@@ -35,6 +38,9 @@ log = logging.getLogger("routoo.selector")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name   # "routoo.selector.v1.Selector"
 _METHODS = ("Route", "RouteBatch", "Score")
+# A letter or a digit (str.isalnum's sense, any script): a prompt without one has no token the predictor
+# knows (only zero-width characters, emoji, marks, punctuation) and is scored by the prior alone.
+_CONTENT = re.compile(r"[^\W_]")
 _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
@@ -56,6 +62,9 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._scores = scores
         self._metrics = metrics
         self._in_flight = 0          # one event loop: a plain counter is safe
+        # One line per kind of failure per interval: a predictor outage failed ~750 requests/s, one line each.
+        self.warnings = AggregatedLog(log, interval_s=config.log_interval_s,
+                                      on_suppressed=metrics.log_lines_suppressed.inc)
         # Labelled metric children looked up once (labels() takes a lock and a dict lookup per call).
         self._decisions = [metrics.decisions.labels(name) for name in pool.names]
         self._request_seconds = {m: metrics.request_seconds.labels(m) for m in _METHODS}
@@ -115,6 +124,8 @@ class SelectorService(pb_grpc.SelectorServicer):
         for j in ranking[1:1 + self._config.runners_up]:
             decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
         decision.MergeFromString(self._scores_wire.encode(q, c))
+        if _CONTENT.search(request.prompt) is None:
+            decision.content_free = True
         for j, code in enumerate(codes):
             if code != ELIGIBLE:
                 decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
@@ -125,7 +136,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         if not budget_usd >= 0:
             raise InvalidRequest("total_budget_usd", f"must be a number >= 0 (USD), got {budget_usd}")
         constraints = self._constraints(request.constraints)
-        prompts = list(request.prompts)
+        prompts = await materialise(request.prompts)
         self._check_prompts(prompts, "prompts")
         quality, cost = await self._predict("RouteBatch", prompts, context)        # (batch, n_models) each
         eligible = require_eligible(constraints.exclusions(self._pool, cost), constraints)
@@ -145,7 +156,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         return response
 
     async def _score_rpc(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
-        prompts = list(request.prompts)
+        prompts = await materialise(request.prompts)
         self._check_prompts(prompts, "prompts")
         quality, cost = await self._predict("Score", prompts, context)
         response = pb.ScoreResponse(models=self._pool.names)
@@ -168,15 +179,23 @@ class SelectorService(pb_grpc.SelectorServicer):
             return await handler(request, context)
         except tuple(_STATUS_OF) as e:
             code, message = next(status for kind, status in _STATUS_OF.items() if isinstance(e, kind)), str(e)
+        except asyncio.CancelledError:     # the caller went away: theirs, not ours to warn about
+            self._metrics.cancelled.labels(method).inc()
+            log.debug("%s cancelled by the caller", method)
+            raise
         except Exception:            # a bug: the log has the traceback, the caller a plain message
-            log.exception("%s failed", method)
+            self.warnings.log(logging.ERROR, (method, "bug"), "%s failed", method, exc_info=True)
             code, message = grpc.StatusCode.INTERNAL, "internal error in the selector; see its log"
         finally:
             self._in_flight -= 1
             self._request_seconds[method].observe(time.perf_counter() - start)
         self._metrics.errors.labels(method, code.name).inc()
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
-            log.warning("%s -> %s: %s", method, code.name, message)
+        message = short_message(message)
+        remaining = context.time_remaining()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and remaining is not None and remaining < 0.05:
+            log.debug("%s -> %s (the caller's deadline): %s", method, code.name, message)
+        elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+            self.warnings.warning((method, code.name), "%s -> %s: %s", method, code.name, message)
         await context.abort(code, message)
 
     def _policy(self, request: pb.RouteRequest) -> Policy:
@@ -242,7 +261,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         no_cost = np.zeros((1, len(self._pool)))
         if constraints.exclusions(self._pool, no_cost)[0, j]:
             return None
-        log.warning("Route -> fallback %s: %s", name, error)
+        self.warnings.warning(("Route", "fallback"), "Route -> fallback %s: %s", name, error)
         self._decisions[j].inc()
         return pb.RouteDecision(model=name, quality=math.nan, expected_cost_usd=math.nan,
                                 policy=policy.describe(), fallback=True)
@@ -317,6 +336,7 @@ class SelectorServer:
                 log.exception("predictor readiness check failed")
                 ready = False
             self.metrics.predictor_ready.set(1 if ready else 0)
+            self.service.warnings.flush()
             ok = ready or self._config.fallback_model is not None
             await self._health.set(SERVICE_NAME, serving if ok else not_serving)
             await asyncio.sleep(self._config.health_poll_s)
@@ -362,7 +382,7 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
         health_servicer = health.aio.HealthServicer()
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
                                           ("grpc.max_send_message_length", config.max_message_bytes)])
-        pb_grpc.add_SelectorServicer_to_server(service, server)
+        add_selector_servicer(service, server, Admission(config, metrics))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:

@@ -69,7 +69,7 @@ class Exclusion(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
-    __slots__ = ("model", "quality", "expected_cost_usd", "policy", "runners_up", "scores", "excluded", "fallback")
+    __slots__ = ("model", "quality", "expected_cost_usd", "policy", "runners_up", "scores", "excluded", "fallback", "content_free")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class RouteDecision(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FREE_FIELD_NUMBER: _ClassVar[int]
     model: str
     quality: float
     expected_cost_usd: float
@@ -86,7 +87,8 @@ class RouteDecision(_message.Message):
     scores: _containers.RepeatedCompositeFieldContainer[ModelScore]
     excluded: _containers.RepeatedCompositeFieldContainer[Exclusion]
     fallback: bool
-    def __init__(self, model: _Optional[str] = ..., quality: _Optional[float] = ..., expected_cost_usd: _Optional[float] = ..., policy: _Optional[str] = ..., runners_up: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., fallback: _Optional[bool] = ...) -> None: ...
+    content_free: bool
+    def __init__(self, model: _Optional[str] = ..., quality: _Optional[float] = ..., expected_cost_usd: _Optional[float] = ..., policy: _Optional[str] = ..., runners_up: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., fallback: _Optional[bool] = ..., content_free: _Optional[bool] = ...) -> None: ...
 
 class RouteBatchRequest(_message.Message):
     __slots__ = ("prompts", "total_budget_usd", "constraints")

@@ -48,6 +48,18 @@ def _decode_rows(rows) -> list:
     return texts
 
 
+def _rejection_counter(model_name: str):
+    """A Triton custom metric of requests answered INVALID_ARG: Triton's own nv_inference_request_success
+    counts them as successes (the stub answered). None where the backend has no custom metrics (< 23.03)."""
+    family_class = getattr(pb_utils, "MetricFamily", None)
+    if family_class is None:
+        return None, None
+    family = family_class(name="routoo_predictor_rejected_requests",
+                          description="Requests refused for a bad prompt (not UTF-8, empty, too long)",
+                          kind=family_class.COUNTER)
+    return family, family.Metric(labels={"model": model_name})   # the family must outlive its metric
+
+
 class TritonPythonModel:
     def initialize(self, args):
         # The stub's interpreter runs isolated (PYTHON* variables ignored) and never applies the locale, so
@@ -72,6 +84,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"config parameter pool_models disagrees with the artifact at {artifact_path}; "
                 "re-materialise the repository (routoo serve-predictor)")
+        self._rejected_family, self._rejected = _rejection_counter(args.get("model_name", "routoo_predictor"))
         # What loading made (torch, tokenizers, the predictor: ~230k objects) lives as long as the stub.
         # Left to the collector, a full collection walks all of it: 0.2 s during one request, measured.
         gc.collect()
@@ -86,6 +99,8 @@ class TritonPythonModel:
             except PromptError as e:
                 spans.append(None)
                 errors.append(str(e))
+                if self._rejected is not None:
+                    self._rejected.increment(1)
                 continue
             spans.append((len(texts), len(texts) + len(prompts)))
             errors.append(None)
