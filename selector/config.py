@@ -46,6 +46,17 @@ class SelectorConfig:
     # Requests handled at once; beyond this the selector answers RESOURCE_EXHAUSTED at once instead of
     # queueing without bound (a Route takes ~1-2 ms, so 128 in flight is already a deep queue).
     max_concurrent_requests: int = 128
+    # Coalescing (selector/coalescer.py): Routes and Scores arriving while a Triton call is in flight join
+    # the next call, one ModelInfer of many rows, instead of one call each; a lone request goes at once.
+    coalesce: bool = True
+    # Rows per coalesced call: routoo_predictor's max_batch_size, so one call is one ModelInfer. Larger
+    # requests (RouteBatch) bypass the queue.
+    coalesce_max_rows: int = 64
+    # Coalesced calls out at once. 1: while Triton runs one batch, the next one forms here.
+    coalesce_max_in_flight: int = 1
+    # Rows waiting for a call slot before RESOURCE_EXHAUSTED: 16 full calls, far past
+    # max_concurrent_requests' 128 single Routes, so it bounds only many-row Score calls.
+    coalesce_max_queued_rows: int = 1024
     # Model to return, unscored, when the predictor is unreachable or too slow. Off by default: a silent
     # fallback hides an outage; turn it on where any answer beats an error.
     fallback_model: str | None = None
@@ -65,7 +76,9 @@ class SelectorConfig:
                     "max_batch_prompts": self.max_batch_prompts, "max_message_bytes": self.max_message_bytes,
                     "max_concurrent_requests": self.max_concurrent_requests,
                     "triton_chunk_concurrency": self.triton_chunk_concurrency,
-                    "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms}
+                    "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
+                    "coalesce_max_rows": self.coalesce_max_rows,
+                    "coalesce_max_in_flight": self.coalesce_max_in_flight}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
@@ -73,6 +86,9 @@ class SelectorConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not self.default_quality_per_usd >= 0:
             raise ValueError(f"default_quality_per_usd must be >= 0, got {self.default_quality_per_usd}")
+        if self.coalesce_max_queued_rows < self.coalesce_max_rows:
+            raise ValueError(f"coalesce_max_queued_rows ({self.coalesce_max_queued_rows}) must be >= "
+                             f"coalesce_max_rows ({self.coalesce_max_rows})")
         if self.runners_up < 0 or self.grace_s < 0:
             raise ValueError(f"runners_up and grace_s must be >= 0, got {self.runners_up}, {self.grace_s}")
 

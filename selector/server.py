@@ -21,6 +21,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from selector.coalescer import CoalescingScores, Overloaded
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.metrics import SelectorMetrics
 from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
@@ -40,7 +41,8 @@ _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
               PredictorUnavailable: grpc.StatusCode.UNAVAILABLE,
               PredictorTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-              PredictorError: grpc.StatusCode.INTERNAL}
+              PredictorError: grpc.StatusCode.INTERNAL,
+              Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class StartupError(RuntimeError):
@@ -352,9 +354,11 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
         raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
     if scores is None:
         scores = TritonScores.from_config(config)
+    metrics = SelectorMetrics()
+    if config.coalesce:
+        scores = coalescing(scores, config, metrics)
     try:
         columns = match_pool(pool, await _wait_for_predictor(scores, config))
-        metrics = SelectorMetrics()
         service = SelectorService(config, pool, columns, scores, metrics)
         health_servicer = health.aio.HealthServicer()
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
@@ -372,6 +376,13 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
         await scores.close()
         raise
     return SelectorServer(server, service, health_servicer, scores, metrics, config), port
+
+
+def coalescing(scores: ScoreSource, config: SelectorConfig, metrics: SelectorMetrics) -> CoalescingScores:
+    """`scores` behind a CoalescingScores that reports its batches and queue waits to `metrics`."""
+    return CoalescingScores(scores, max_rows=config.coalesce_max_rows, max_in_flight=config.coalesce_max_in_flight,
+                            max_queued_rows=config.coalesce_max_queued_rows, on_batch=metrics.observe_batch,
+                            on_wait=metrics.queue_wait_seconds.observe)
 
 
 async def _wait_for_predictor(scores: ScoreSource, config: SelectorConfig):
