@@ -117,13 +117,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_selector(address: str, triton_url: str, ready, stop) -> None:
-    """Child process: the selector's gRPC server (default settings but the addresses) until `stop` is set."""
+def _run_selector(address: str, triton_url: str, ready, stop, settings: dict | None = None) -> None:
+    """Child process: the selector's gRPC server (default settings but the addresses and `settings`) until
+    `stop` is set."""
     from selector.config import SelectorConfig
-    from selector.server import create_server
+    from selector.server import create_server, run_event_loop
 
     host, port = address.rsplit(":", 1)
-    config = SelectorConfig(host=host, port=int(port), triton_url=triton_url)
+    config = SelectorConfig(host=host, port=int(port), triton_url=triton_url, **(settings or {}))
 
     async def main() -> None:
         server, _ = await create_server(address, config=config)
@@ -133,7 +134,7 @@ def _run_selector(address: str, triton_url: str, ready, stop) -> None:
             await asyncio.sleep(0.1)
         await server.stop(1.0)
 
-    asyncio.run(main())
+    run_event_loop(main(), uvloop=config.uvloop)
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,13 @@ class SelectorProcess:
 
 
 @contextlib.contextmanager
-def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0):
-    """The selector in a spawned child process on a free loopback port; yields its address and pid."""
+def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0, settings: dict | None = None):
+    """The selector in a spawned child process on a free loopback port; yields its address and pid.
+    `settings`: SelectorConfig fields other than the addresses."""
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     address = f"127.0.0.1:{free_port()}"
-    proc = ctx.Process(target=_run_selector, args=(address, triton_url, ready, stop), daemon=True)
+    proc = ctx.Process(target=_run_selector, args=(address, triton_url, ready, stop, settings), daemon=True)
     proc.start()
     try:
         deadline = time.monotonic() + startup_timeout_s

@@ -40,6 +40,18 @@ class Overloaded(RuntimeError):
 
 
 @dataclass(eq=False)
+class ScoredBatch:
+    """One predictor call's answer, shared by the requests it carried; each request owns rows [start, stop).
+
+    `memo` holds work done once per batch for all of its requests (SelectorService keeps the pool-order
+    scores and per-policy rankings there)."""
+
+    quality: np.ndarray              # (rows, n_served), the predictor's column order
+    expected_cost_usd: np.ndarray
+    memo: dict = field(default_factory=dict)
+
+
+@dataclass(eq=False)
 class _Pending:
     prompts: list[str]
     deadline: float                  # loop.time() by which the caller wants an answer
@@ -104,9 +116,14 @@ class CoalescingScores:
         await self.inner.close()
 
     async def score(self, prompts: list[str], *, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        batch, start, stop = await self.score_rows(prompts, timeout_s=timeout_s)
+        return batch.quality[start:stop], batch.expected_cost_usd[start:stop]
+
+    async def score_rows(self, prompts: list[str], *, timeout_s: float) -> tuple[ScoredBatch, int, int]:
+        """score(), answered as (the batch that carried the prompts, their first row, end row)."""
         n = len(prompts)
         if n > self._max_rows or n == 0:
-            return await self.inner.score(prompts, timeout_s=timeout_s)
+            return ScoredBatch(*await self.inner.score(prompts, timeout_s=timeout_s)), 0, n
         if self._queued_rows + n > self._max_queued_rows:
             self._stats["rejected"] += 1
             raise Overloaded(f"the selector's predictor queue holds its limit of {self._max_queued_rows} "
@@ -181,10 +198,10 @@ class CoalescingScores:
                 self._stats["retried"] += len(batch)
                 await asyncio.gather(*(self._alone(item) for item in batch))
                 return
-            offset = 0
+            scored, offset = ScoredBatch(quality, cost), 0
             for item in batch:
                 n = len(item.prompts)
-                _settle(item, (quality[offset:offset + n], cost[offset:offset + n]))
+                _settle(item, (scored, offset, offset + n))
                 offset += n
         except asyncio.CancelledError:
             for item in batch:
@@ -199,11 +216,11 @@ class CoalescingScores:
             return
         timeout_s = item.deadline - asyncio.get_running_loop().time()
         try:
-            answer = await self.inner.score(item.prompts, timeout_s=timeout_s)
+            quality, cost = await self.inner.score(item.prompts, timeout_s=timeout_s)
         except Exception as e:                # noqa: BLE001 - handed to the request it belongs to
             _settle(item, exception=e)
         else:
-            _settle(item, answer)
+            _settle(item, (ScoredBatch(quality, cost), 0, len(item.prompts)))
 
 
 def _settle(item: _Pending, result=None, exception: BaseException | None = None) -> None:

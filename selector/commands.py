@@ -74,7 +74,7 @@ def _names(text: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from predictor_service.serve_commands import default_instance_count
     from predictor_service.triton_server import TritonServer
-    from selector.server import StartupError, serve
+    from selector.server import StartupError, run_event_loop, serve
 
     config = config_from_args(args)      # validated before minutes are spent starting Triton
     # SIGTERM while Triton starts: unwind through the `with` so tritonserver (its own session) is stopped.
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   flush=True)
 
         try:
-            asyncio.run(serve(replace(config, triton_url=triton.grpc_url), on_started=started))
+            run_event_loop(serve(replace(config, triton_url=triton.grpc_url), on_started=started), uvloop=config.uvloop)
         except StartupError as e:
             print(f"routoo: error: the selector did not start: {e}; stopping Triton", file=sys.stderr, flush=True)
             return 1

@@ -57,6 +57,11 @@ class SelectorConfig:
     # Rows waiting for a call slot before RESOURCE_EXHAUSTED: 16 full calls, far past
     # max_concurrent_requests' 128 single Routes, so it bounds only many-row Score calls.
     coalesce_max_queued_rows: int = 1024
+    # Coalesced batches of at least this many rows decide their Routes with one array pass per (policy,
+    # constraints) (selector.policies.rank_rows); smaller ones row by row in plain Python, cheaper there.
+    batch_decide_min_rows: int = 4
+    # Event loop of `python -m selector.server` and `routoo serve`: uvloop where installed.
+    uvloop: bool = True
     # Model to return, unscored, when the predictor is unreachable or too slow. Off by default: a silent
     # fallback hides an outage; turn it on where any answer beats an error.
     fallback_model: str | None = None
@@ -78,7 +83,8 @@ class SelectorConfig:
                     "triton_chunk_concurrency": self.triton_chunk_concurrency,
                     "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
                     "coalesce_max_rows": self.coalesce_max_rows,
-                    "coalesce_max_in_flight": self.coalesce_max_in_flight}
+                    "coalesce_max_in_flight": self.coalesce_max_in_flight,
+                    "batch_decide_min_rows": self.batch_decide_min_rows}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")

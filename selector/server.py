@@ -14,18 +14,18 @@ import math
 import signal
 import struct
 import time
-from typing import Callable
+from typing import Callable, Coroutine
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from selector.coalescer import CoalescingScores, Overloaded
+from selector.coalescer import CoalescingScores, Overloaded, ScoredBatch
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.metrics import SelectorMetrics
 from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
-                               Policy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
+                               Policy, TradeoffPolicy, assign_budget, make_policy, rank_rows, require_eligible)
 from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
@@ -45,6 +45,10 @@ _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+# Keys of ScoredBatch.memo: per-row finiteness, the batch in pool order, and its values as Python lists.
+_FINITE_ROWS, _POOL_ORDER, _LISTS = "finite_rows", "pool_order", "lists"
+
+
 class StartupError(RuntimeError):
     """The selector cannot start: the predictor never became ready, or the pool file does not match it."""
 
@@ -56,6 +60,8 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._pool = pool
         self._columns = columns
         self._scores = scores
+        # Coalesced answers come as rows of a shared batch, whose conversion and rankings are done once.
+        self._score_rows = getattr(scores, "score_rows", None)
         self._metrics = metrics
         self._in_flight = 0          # one event loop: a plain counter is safe
         # Labelled metric children looked up once (labels() takes a lock and a dict lookup per call).
@@ -94,32 +100,47 @@ class SelectorService(pb_grpc.SelectorServicer):
         constraints = self._constraints(request.constraints)
         self._check_prompts([request.prompt], "prompt")
         try:
-            quality, cost = await self._predict("Route", [request.prompt], context)   # (1, n_models) each
+            batch, row = await self._predict_rows("Route", [request.prompt], context)
         except (PredictorUnavailable, PredictorTimeout) as e:
             fallback = self._fallback(constraints, policy, e)
             if fallback is None:
                 raise
             return fallback
-        # One prompt: plain Python over the row (exclusions_one, rank) beats numpy's per-call overhead on
-        # tens of models, with the same decisions as the array versions.
-        codes = constraints.exclusions_one(self._pool, cost[0])
-        eligible = [j for j, code in enumerate(codes) if code == ELIGIBLE]
-        if not eligible:
+        quality, cost = batch.memo[_POOL_ORDER]                # (batch rows, n_models), pool order
+        names = self._pool.names
+        if len(quality) >= self._config.batch_decide_min_rows:
+            # Decided once for the whole coalesced batch per (policy, constraints), as the one-prompt path.
+            key = (type(policy), policy.value, constraints)
+            decided = batch.memo.get(key)
+            if decided is None:
+                decided = batch.memo[key] = rank_rows(policy, constraints, self._pool, quality, cost)
+            codes, ranking = decided[0][row], decided[1][row]
+            lists = batch.memo.get(_LISTS)
+            if lists is None:
+                lists = batch.memo[_LISTS] = (quality.tolist(), cost.tolist())
+            q, c = lists[0][row], lists[1][row]
+        else:
+            # One prompt: plain Python over the row (exclusions_one, rank) beats numpy's per-call overhead
+            # on tens of models, with the same decisions as the array versions.
+            codes = constraints.exclusions_one(self._pool, cost[row])
+            q, c = quality[row].tolist(), cost[row].tolist()
+            ranking = policy.rank(q, c, [j for j, code in enumerate(codes) if code == ELIGIBLE])
+        if not ranking:
             require_eligible(np.array([codes]), constraints)     # raises NoEligibleModel, naming the culprits
-        # Python floats once, and messages built in place (.add): a list of messages passed to the
-        # constructor is copied again, which was most of a Route's own time.
-        names, q, c = self._pool.names, quality[0].tolist(), cost[0].tolist()
-        ranking = policy.rank(q, c, eligible)
+        # Messages built in place (.add): a list of messages passed to the constructor is copied again,
+        # which was most of a Route's own time.
         chosen = ranking[0]
         self._decisions[chosen].inc()
         decision = pb.RouteDecision(model=names[chosen], quality=q[chosen], expected_cost_usd=c[chosen],
                                     policy=policy.describe())
         for j in ranking[1:1 + self._config.runners_up]:
             decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
-        decision.MergeFromString(self._scores_wire.encode(q, c))
-        for j, code in enumerate(codes):
-            if code != ELIGIBLE:
-                decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
+        if not request.HasField("include_scores") or request.include_scores:
+            decision.MergeFromString(self._scores_wire.encode(q, c))
+        if len(ranking) < len(codes):
+            for j, code in enumerate(codes):
+                if code != ELIGIBLE:
+                    decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
         return decision
 
     async def _route_batch(self, request: pb.RouteBatchRequest, context) -> pb.RouteBatchResponse:
@@ -217,6 +238,13 @@ class SelectorService(pb_grpc.SelectorServicer):
 
     async def _predict(self, method: str, prompts: list[str], context) -> tuple[np.ndarray, np.ndarray]:
         """(quality, expected_cost_usd), (batch, n_models) in pool order at pool prices."""
+        batch, start = await self._predict_rows(method, prompts, context)
+        quality, cost = batch.memo[_POOL_ORDER]
+        return quality[start:start + len(prompts)], cost[start:start + len(prompts)]
+
+    async def _predict_rows(self, method: str, prompts: list[str], context) -> tuple[ScoredBatch, int]:
+        """The batch that scored `prompts` (coalesced with other requests' or not) and their first row;
+        batch.memo[_POOL_ORDER] holds the whole batch's scores in pool order, converted once per batch."""
         timeout_s = self._config.triton_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:         # the caller's own deadline wins when it is shorter
@@ -225,15 +253,26 @@ class SelectorService(pb_grpc.SelectorServicer):
                 raise PredictorTimeout("the caller's deadline passed before the predictor was asked")
         start = time.perf_counter()
         try:
-            quality, cost = await self._scores.score(prompts, timeout_s=timeout_s)
+            if self._score_rows is not None:
+                batch, first, stop = await self._score_rows(prompts, timeout_s=timeout_s)
+            else:
+                quality, cost = await self._scores.score(prompts, timeout_s=timeout_s)
+                batch, first, stop = ScoredBatch(quality, cost), 0, len(prompts)
         finally:
             self._triton_seconds[method].observe(time.perf_counter() - start)
-        if quality.shape[1] != len(self._columns.columns) or not (np.isfinite(quality).all() and
-                                                                    np.isfinite(cost).all()):
-            raise PredictorError(f"the predictor returned scores of shape {quality.shape} with "
-                                 f"{int((~np.isfinite(quality)).sum() + (~np.isfinite(cost)).sum())} non-finite "
-                                 f"values; expected {len(self._columns.columns)} finite columns")
-        return self._columns.apply(quality, cost)
+        finite = batch.memo.get(_FINITE_ROWS)
+        if finite is None:
+            quality, cost = batch.quality, batch.expected_cost_usd
+            if quality.shape[1] != len(self._columns.columns):
+                raise PredictorError(f"the predictor returned scores of shape {quality.shape}; expected "
+                                     f"{len(self._columns.columns)} columns")
+            finite = batch.memo[_FINITE_ROWS] = np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
+            batch.memo[_POOL_ORDER] = self._columns.apply(quality, cost)
+        if not finite[first:stop].all():      # only the requests whose own rows are broken fail
+            rows = batch.quality[first:stop], batch.expected_cost_usd[first:stop]
+            raise PredictorError(f"the predictor returned {int(sum((~np.isfinite(r)).sum() for r in rows))} "
+                                 f"non-finite values for {stop - first} prompt(s)")
+        return batch, first
 
     def _fallback(self, constraints: Constraints, policy: Policy, error: Exception) -> pb.RouteDecision | None:
         """The configured fallback model, unscored, if the constraints that need no scores allow it."""
@@ -418,12 +457,27 @@ async def serve(config: SelectorConfig | None = None, *,
         await server.stop()
 
 
+def run_event_loop(main: Coroutine, *, uvloop: bool) -> None:
+    """asyncio.run(main), on uvloop's event loop when `uvloop` is set and the package is installed."""
+    if uvloop:
+        try:
+            import uvloop as uvloop_module
+        except ImportError:
+            log.warning("uvloop is not installed; running on asyncio's own event loop")
+        else:
+            with asyncio.Runner(loop_factory=uvloop_module.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m selector.server", description=__doc__.split("\n")[0])
     add_selector_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config_from_args(args)))
+    config = config_from_args(args)
+    run_event_loop(serve(config), uvloop=config.uvloop)
 
 
 if __name__ == "__main__":

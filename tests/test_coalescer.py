@@ -211,3 +211,17 @@ def test_while_triton_restarts_a_coalesced_batch_fails_unavailable_then_recovers
         assert coalescer(running).waiting() == 0
     finally:
         running.close()
+
+
+def test_a_route_that_asks_for_no_scores_gets_the_same_decision_without_them(triton_server):  # noqa: F811
+    running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))
+    try:
+        full = running.stub.Route(make_route_request(PROMPTS[5], deny=["Yi-34B"]), timeout=30)
+        lean = running.stub.Route(make_route_request(PROMPTS[5], deny=["Yi-34B"], include_scores=False), timeout=30)
+        assert len(full.scores) > 0 and len(lean.scores) == 0
+        assert (lean.model, list(lean.runners_up), list(lean.excluded)) == (full.model, list(full.runners_up),
+                                                                           list(full.excluded))
+        explicit = running.stub.Route(make_route_request(PROMPTS[5], deny=["Yi-34B"], include_scores=True), timeout=30)
+        assert explicit == full
+    finally:
+        running.close()
