@@ -60,6 +60,9 @@ class SelectorConfig:
     # Coalesced batches of at least this many rows decide their Routes with one array pass per (policy,
     # constraints) (selector.policies.rank_rows); smaller ones row by row in plain Python, cheaper there.
     batch_decide_min_rows: int = 4
+    # Selector processes sharing the port (SO_REUSEPORT; selector/workers.py). One process is one core at
+    # most; more help where cores are free and clients open several connections.
+    workers: int = 1
     # Event loop of `python -m selector.server` and `routoo serve`: uvloop where installed.
     uvloop: bool = True
     # Model to return, unscored, when the predictor is unreachable or too slow. Off by default: a silent
@@ -84,7 +87,7 @@ class SelectorConfig:
                     "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
                     "coalesce_max_rows": self.coalesce_max_rows,
                     "coalesce_max_in_flight": self.coalesce_max_in_flight,
-                    "batch_decide_min_rows": self.batch_decide_min_rows}
+                    "batch_decide_min_rows": self.batch_decide_min_rows, "workers": self.workers}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
@@ -95,6 +98,8 @@ class SelectorConfig:
         if self.coalesce_max_queued_rows < self.coalesce_max_rows:
             raise ValueError(f"coalesce_max_queued_rows ({self.coalesce_max_queued_rows}) must be >= "
                              f"coalesce_max_rows ({self.coalesce_max_rows})")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 share one port: give a fixed port, not 0")
         if self.runners_up < 0 or self.grace_s < 0:
             raise ValueError(f"runners_up and grace_s must be >= 0, got {self.runners_up}, {self.grace_s}")
 
@@ -120,12 +125,17 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                         help="beyond this, RESOURCE_EXHAUSTED (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                         help="serve Prometheus /metrics on this port (default: off)")
+    parser.add_argument("--selector-workers", type=int, default=defaults.workers,
+                        help="selector processes sharing the port (SO_REUSEPORT) (default: %(default)s)")
+    parser.add_argument("--no-coalesce", action="store_true",
+                        help="one predictor call per request instead of coalescing concurrent ones")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:
     values = dict(host=args.host, port=args.selector_port, pool_path=args.pool,
                   triton_timeout_s=args.triton_timeout_s, fallback_model=args.fallback_model,
-                  max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port)
+                  max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port,
+                  workers=args.selector_workers, coalesce=not args.no_coalesce)
     if getattr(args, "triton_url", None):
         values["triton_url"] = args.triton_url
     values.update(overrides)

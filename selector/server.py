@@ -400,8 +400,11 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
         columns = match_pool(pool, await _wait_for_predictor(scores, config))
         service = SelectorService(config, pool, columns, scores, metrics)
         health_servicer = health.aio.HealthServicer()
+        # SO_REUSEPORT only where workers share the port (gRPC sets it by default, which would let a second
+        # selector bind a port in use without an error).
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                                          ("grpc.max_send_message_length", config.max_message_bytes)])
+                                          ("grpc.max_send_message_length", config.max_message_bytes),
+                                          ("grpc.so_reuseport", 1 if config.workers > 1 else 0)])
         pb_grpc.add_SelectorServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -436,12 +439,25 @@ async def _wait_for_predictor(scores: ScoreSource, config: SelectorConfig):
 
 
 async def serve(config: SelectorConfig | None = None, *,
-                on_started: Callable[[SelectorServer, int], None] | None = None) -> None:
-    """Runs the selector until SIGINT/SIGTERM, then stops it gracefully."""
+                on_started: Callable[[SelectorServer, int], None] | None = None, worker_index: int = 0) -> None:
+    """Runs the selector until SIGINT/SIGTERM, then stops it gracefully. With config.workers > 1, worker 0
+    (the default) also starts and stops workers 1..N-1 on the same port (selector/workers.py)."""
     config = config or SelectorConfig()
     server, port = await create_server(config=config)
     await server.start()
-    log.info("selector listening on %s:%d (predictor %s)", config.host, port, config.triton_url)
+    workers = None
+    if worker_index == 0 and config.workers > 1:
+        from selector.workers import ExtraWorkers
+
+        workers = ExtraWorkers(config)
+        try:
+            await asyncio.to_thread(workers.start, config.startup_timeout_s)
+        except BaseException:
+            await asyncio.to_thread(workers.stop, 0.0)
+            await server.stop(0)
+            raise
+    log.info("selector%s listening on %s:%d (predictor %s%s)", f" worker {worker_index}" if worker_index else "",
+             config.host, port, config.triton_url, f", {config.workers} workers" if workers else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -455,6 +471,8 @@ async def serve(config: SelectorConfig | None = None, *,
             loop.remove_signal_handler(sig)
         log.info("selector stopping")
         await server.stop()
+        if workers is not None:
+            await asyncio.to_thread(workers.stop, config.grace_s)
 
 
 def run_event_loop(main: Coroutine, *, uvloop: bool) -> None:
