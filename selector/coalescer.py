@@ -125,6 +125,8 @@ class CoalescingScores:
         if n > self._max_rows or n == 0:
             return ScoredBatch(*await self.inner.score(prompts, timeout_s=timeout_s)), 0, n
         if self._queued_rows + n > self._max_queued_rows:
+            self._drop_answered()
+        if self._queued_rows + n > self._max_queued_rows:
             self._stats["rejected"] += 1
             raise Overloaded(f"the selector's predictor queue holds its limit of {self._max_queued_rows} "
                              f"prompts; retry with backoff")
@@ -151,6 +153,14 @@ class CoalescingScores:
         return CoalescerStats(queue_wait_s=self._wait_s, **self._stats)
 
     # --- batching ------------------------------------------------------------------------------------
+
+    def _drop_answered(self) -> None:
+        """Forgets queued requests already cancelled or timed out (dispatch skips them anyway), so that
+        they do not hold the queue's bound while a slow call keeps the queue from draining."""
+        live = deque(item for item in self._queue if not item.future.done())
+        if len(live) < len(self._queue):
+            self._queue = live
+            self._queued_rows = sum(len(item.prompts) for item in live)
 
     def _dispatch(self) -> None:
         """Starts calls while a slot is free and requests wait; each call takes the queue up to max_rows."""

@@ -225,3 +225,18 @@ def test_a_route_that_asks_for_no_scores_gets_the_same_decision_without_them(tri
         assert explicit == full
     finally:
         running.close()
+
+
+def test_requests_that_gave_up_free_their_place_in_the_bounded_queue(gated):
+    running, gate = gated(coalesce_max_rows=2, coalesce_max_queued_rows=2)
+    first = hold_first_call(running, gate, make_route_request(PROMPTS[0]))
+    gone = [running.stub.Route.future(make_route_request(p), timeout=60) for p in PROMPTS[1:3]]
+    assert queued(running, 2)
+    for future in gone:
+        future.cancel()
+    assert queued(running, 0)
+    later = running.stub.Route.future(make_route_request(PROMPTS[3]), timeout=60)   # room, not RESOURCE_EXHAUSTED
+    assert queued(running, 1)
+    gate.open_gate(running.loop)
+    assert first.result(timeout=60).model and later.result(timeout=60).model
+    assert coalescer(running).stats().rejected == 0 and gate.calls == [1, 1]
