@@ -36,6 +36,8 @@ GOALS = {
     "routed_rps_at_slo": 1000.0,       # selector Route, highest offered rate with p99 <= slo bound
     "minilm_batching_lift_32": 3.0,    # minilm, batching on / off throughput at 32 clients
     "route_batch_10k_ms": 50.0,        # RouteBatch solver, 10,000 prompts x 32 models
+    "selector_cpu_ms_32": 0.5,         # issue 15: selector CPU per routed prompt, 32 clients
+    "server_cpu_ms_32": 1.0,           # issue 15: selector + tritonserver + Python stub CPU, 32 clients
 }
 
 
@@ -125,6 +127,10 @@ def evaluate_goals(report: dict, *, high_clients: int = 32) -> list[dict]:
     rps_ratio = _ratio(_get(pred_n, "throughput_rps"), _get(echo_n, "throughput_rps"))
     lift = _ratio(_get(mini_on, "throughput_rps"), _get(mini_off, "throughput_rps"))
     paired = report.get("encoders", {}).get("static", {}).get("paired_1_client") or {}
+    route_cpu = _get(closed_at(report, "static", "selector_route", high_clients), "cpu_per_request") or {}
+    server_cpu = None
+    if route_cpu.get("selector_ms") is not None:
+        server_cpu = sum(route_cpu.get(k) or 0.0 for k in ("selector_ms", "tritonserver_ms", "python_stub_ms"))
     routed = slo_rate(report, "static", "selector_route")
     slo_ran = report.get("encoders", {}).get("static", {}).get("targets", {}).get("selector_route", {}).get("slo")
     return [
@@ -143,6 +149,10 @@ def evaluate_goals(report: dict, *, high_clients: int = 32) -> list[dict]:
             lift, lambda v: v >= GOALS["minilm_batching_lift_32"], "x"),
         row(f"RouteBatch solver, 10,000 prompts x 32 models < {GOALS['route_batch_10k_ms']:g} ms", solver,
             lambda v: v < GOALS["route_batch_10k_ms"], "ms"),
+        row(f"selector CPU per routed prompt, {high_clients} clients <= {GOALS['selector_cpu_ms_32']:g} ms",
+            route_cpu.get("selector_ms"), lambda v: v <= GOALS["selector_cpu_ms_32"], "ms"),
+        row(f"server CPU (selector + Triton + stub) per routed prompt, {high_clients} clients "
+            f"<= {GOALS['server_cpu_ms_32']:g} ms", server_cpu, lambda v: v <= GOALS["server_cpu_ms_32"], "ms"),
         row(f"predictor in Triton p50 / echo_floor p50, 1 client, interleaved blocks "
             f"<= {GOALS['predictor_vs_echo_p50']:g}x", paired.get("p50_ratio"),
             lambda v: v <= GOALS["predictor_vs_echo_p50"], "x"),
@@ -214,6 +224,22 @@ def render_table(report: dict) -> str:
                     f"{_fmt(server.get('mean_batch_size'), 1):>6}")
         for target, why in enc.get("skipped", {}).items():
             lines.append(f"{encoder:<7} {target:<19} skipped: {why}")
+    coalescing = []
+    for encoder, enc in report.get("encoders", {}).items():
+        for target, data in enc.get("targets", {}).items():
+            for run in data.get("closed", []):
+                sel, server = run.get("selector"), run.get("server") or {}
+                if sel is not None:
+                    coalescing.append(
+                        f"{encoder:<7} {target:<19} {run['clients']:>3} {_fmt(sel.get('requests_per_call'), 2):>9} "
+                        f"{_fmt(sel.get('rows_per_call'), 2):>9} {_fmt(sel.get('queue_wait_ms'), 3):>9} "
+                        f"{_fmt(server.get('rows_per_request'), 2):>9} {_fmt(server.get('mean_batch_size'), 2):>9}")
+    if coalescing:
+        head = (f"{'encoder':<7} {'target':<19} {'cl':>3} {'req/call':>9} {'rows/call':>9} {'wait ms':>9} "
+                f"{'rows/infer':>9} {'batch':>9}")
+        lines += ["", "coalescing: per selector->Triton call, requests and rows it carried and each request's mean "
+                      "wait for a call slot (selector /metrics); rows per ModelInfer and per execution (Triton)",
+                  head, "-" * len(head)] + coalescing
     slo_lines = []
     for encoder, enc in report.get("encoders", {}).items():
         for target, data in enc.get("targets", {}).items():
@@ -254,7 +280,7 @@ def render_table(report: dict) -> str:
         for name, row in cpu.items():
             lines.append(f"  {name:<24}" + "".join(f"{_fmt(row.get(r), 3):>13}" for r in roles))
     if report.get("goals"):
-        lines += ["", "issue 6 targets (static encoder unless named):"]
+        lines += ["", "issue 6 and 15 targets (static encoder unless named):"]
         for g in report["goals"]:
             status = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
             lines.append(f"  [{status:>6}] {g['goal']}: {_fmt(g['measured'])}{g['unit'] if g['measured'] is not None else ''}")

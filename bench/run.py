@@ -33,9 +33,10 @@ import numpy as np
 from bench import report as report_mod
 from bench.loadgen import closed_loop, open_loop, percentile
 from bench.slo import search_max_rate
-from bench.targets import (ENCODERS, TARGETS, TRITON_TARGETS, InProcessTarget, SelectorRouteTarget,
-                           TargetUnavailable, TritonTarget, cpu_delta, cpu_seconds_by_role, ensure_artifact,
-                           load_prompts, selector_process, stats_delta, triton_server, wait_until_idle)
+from bench.targets import (ENCODERS, SELECTOR_TARGETS, TARGETS, TRITON_TARGETS, InProcessTarget,
+                           SelectorRouteTarget, TargetUnavailable, TritonTarget, cpu_delta, cpu_seconds_by_role,
+                           ensure_artifact, load_prompts, selector_counters, selector_delta, selector_process,
+                           stats_delta, triton_server, wait_until_idle)
 
 log = logging.getLogger("bench")
 
@@ -89,7 +90,7 @@ class Measurer:
         await asyncio.sleep(0.25)
 
     async def measure(self, name: str, target, stats_source: TritonTarget | None = None,
-                      selector_pid: int | None = None) -> dict:
+                      selector_pid: int | None = None, selector_ports: tuple[int, ...] = ()) -> dict:
         s = self.settings
         out: dict = {"closed": []}
         t0 = time.perf_counter()
@@ -100,10 +101,13 @@ class Measurer:
         for clients in s.clients:
             await self.settle(stats_source)
             before = await stats_source.statistics() if stats_source else None
+            selector_before = selector_counters(selector_ports) if selector_ports else None
             cpu_before = cpu_seconds_by_role(selector_pid)
             result = await closed_loop(target, self.prompts, clients, duration_s=s.closed_s)
             summary = result.summary()
             summary["cpu_per_request"] = cpu_delta(cpu_before, cpu_seconds_by_role(selector_pid), result.completed)
+            if selector_ports:
+                summary["selector"] = selector_delta(selector_before, selector_counters(selector_ports))
             summary["load_1m"] = (report_mod.load_average() or [None])[0]
             if stats_source:
                 summary["server"] = stats_delta(before, await stats_source.statistics())
@@ -196,7 +200,7 @@ async def bench_encoder(encoder: str, settings: BenchSettings, prompts: list[str
         del target
         gc.collect()
 
-    on_targets = [t for t in ("echo_floor", "predictor_batching", "selector_route") if t in wanted]
+    on_targets = [t for t in ("echo_floor", "predictor_batching", *SELECTOR_TARGETS) if t in wanted]
     if on_targets:
         models = ("routoo_predictor", "echo_floor") if "echo_floor" in wanted else ("routoo_predictor",)
         await _with_triton(encoder, artifact, True, models, on_targets, measurer, enc, report)
@@ -217,8 +221,8 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
             report["meta"].setdefault("tritonserver_version", await predictor_stats.server_version())
             try:
                 for name in names:
-                    if name == "selector_route":
-                        await _measure_selector(encoder, server.grpc_url, measurer, predictor_stats, enc)
+                    if name in SELECTOR_TARGETS:
+                        await _measure_selector(encoder, name, server.grpc_url, measurer, predictor_stats, enc)
                         continue
                     target = TritonTarget(server.grpc_url, TRITON_TARGETS[name])
                     try:
@@ -247,18 +251,20 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
         log.exception("%s: targets %s failed", encoder, names)
 
 
-async def _measure_selector(encoder, triton_url, measurer, predictor_stats, enc) -> None:
+async def _measure_selector(encoder, name, triton_url, measurer, predictor_stats, enc) -> None:
+    settings, channels = SELECTOR_TARGETS[name]
     try:
-        with selector_process(triton_url) as selector:
-            target = SelectorRouteTarget(selector.address)
+        with selector_process(triton_url, settings=settings) as selector:
+            target = SelectorRouteTarget(selector.address, channels=channels)
             try:
-                # Server-side split: the Triton calls the selector makes, seen from Triton.
-                enc["targets"]["selector_route"] = await measurer.measure(f"{encoder}/selector_route", target,
-                                                                          predictor_stats, selector.pid)
+                # Server-side split: the Triton calls the selector makes, seen from Triton; and the
+                # selector's coalescing, from its /metrics.
+                enc["targets"][name] = await measurer.measure(f"{encoder}/{name}", target, predictor_stats,
+                                                              selector.pid, selector.metrics_ports)
             finally:
                 await target.close()
     except TargetUnavailable as e:
-        enc["skipped"]["selector_route"] = str(e)
+        enc["skipped"][name] = str(e)
         log.warning("%s: %s", encoder, e)
 
 

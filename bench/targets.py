@@ -1,12 +1,13 @@
 """What the benchmark measures: each target is an async callable `await target(prompt)`.
 
-Five targets per encoder, measured in one run on one machine so that their ratios mean something:
+Six targets per encoder, measured in one run on one machine so that their ratios mean something:
 
     echo_floor          Triton, a Python-backend model with the predictor's I/O that does no work: the floor
     predictor_batching  routoo_predictor in Triton, dynamic batching on
     predictor_no_batch  the same model with dynamic batching off (how NVIDIA's LLM Router blueprint ships
                         its Triton models)
     selector_route      the selector's Route end to end (gRPC in, Triton call, policy, gRPC out)
+    selector_route_2w   the same with --selector-workers 2, over 8 client connections
     in_process          Predictor.predict([prompt]) in the benchmark's own process, no RPC
 
 Servers run in processes of their own (tritonserver, the selector in a `python -m` child), never inside the
@@ -32,7 +33,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ENCODERS = ("static", "minilm")
-TARGETS = ("echo_floor", "predictor_batching", "predictor_no_batch", "selector_route", "in_process")
+TARGETS = ("echo_floor", "predictor_batching", "predictor_no_batch", "selector_route", "selector_route_2w",
+           "in_process")
+# Selector targets: SelectorConfig settings of the selector process, and client connections.
+SELECTOR_TARGETS = {"selector_route": ({}, 1), "selector_route_2w": ({"workers": 2}, 8)}
 TRITON_TARGETS = {"echo_floor": "echo_floor", "predictor_batching": "routoo_predictor",
                   "predictor_no_batch": "routoo_predictor"}
 
@@ -117,38 +121,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_selector(address: str, triton_url: str, ready, stop) -> None:
-    """Child process: the selector's gRPC server (default settings but the addresses) until `stop` is set."""
+def _run_selector(address: str, triton_url: str, ready, stop, settings: dict | None = None) -> None:
+    """Child process: the selector's gRPC server (default settings but the addresses and `settings`) until
+    `stop` is set."""
     from selector.config import SelectorConfig
-    from selector.server import create_server
+    from selector.server import create_server, run_event_loop
 
     host, port = address.rsplit(":", 1)
-    config = SelectorConfig(host=host, port=int(port), triton_url=triton_url)
+    config = SelectorConfig(host=host, port=int(port), triton_url=triton_url, **(settings or {}))
 
     async def main() -> None:
         server, _ = await create_server(address, config=config)
         await server.start()
+        workers = None
+        if config.workers > 1:            # as serve() does: the others bind the same port
+            from selector.workers import ExtraWorkers
+
+            workers = ExtraWorkers(config)
+            await asyncio.to_thread(workers.start, config.startup_timeout_s)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.1)
         await server.stop(1.0)
+        if workers is not None:
+            await asyncio.to_thread(workers.stop, 1.0)
 
-    asyncio.run(main())
+    run_event_loop(main(), uvloop=config.uvloop)
 
 
 @dataclass(frozen=True)
 class SelectorProcess:
     address: str
     pid: int
+    metrics_ports: tuple[int, ...] = ()     # one /metrics per worker
+
+
+def _free_port_run(n: int) -> int:
+    """A port P with P..P+n-1 free now (worker i of a selector serves /metrics on P + i)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            for k in range(1, n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", first + k))
+        except OSError:
+            continue
+        return first
+    raise TargetUnavailable(f"no run of {n} free ports for the selector's /metrics")
 
 
 @contextlib.contextmanager
-def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0):
-    """The selector in a spawned child process on a free loopback port; yields its address and pid."""
+def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0, settings: dict | None = None):
+    """The selector in a spawned child process on a free loopback port; yields its address and pid.
+    `settings`: SelectorConfig fields other than the addresses."""
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     address = f"127.0.0.1:{free_port()}"
-    proc = ctx.Process(target=_run_selector, args=(address, triton_url, ready, stop), daemon=True)
+    workers = int((settings or {}).get("workers", 1))
+    metrics_port = _free_port_run(workers)
+    settings = {"metrics_port": metrics_port, **(settings or {})}
+    # Not a daemon: a daemonic process may not start the selector's own worker processes.
+    proc = ctx.Process(target=_run_selector, args=(address, triton_url, ready, stop, settings))
     proc.start()
     try:
         deadline = time.monotonic() + startup_timeout_s
@@ -157,7 +190,7 @@ def selector_process(triton_url: str, *, startup_timeout_s: float = 90.0):
                 raise TargetUnavailable(f"the selector process exited with code {proc.exitcode} at start-up")
             if time.monotonic() > deadline:
                 raise TargetUnavailable(f"the selector was not ready within {startup_timeout_s:.0f} s")
-        yield SelectorProcess(address, proc.pid)
+        yield SelectorProcess(address, proc.pid, tuple(range(metrics_port, metrics_port + workers)))
     finally:
         stop.set()
         proc.join(10)
@@ -284,28 +317,35 @@ class TritonTarget:
 
 @dataclass
 class SelectorRouteTarget:
-    """The selector's Route over its gRPC API (grpc.aio stub, one channel), default policy."""
+    """The selector's Route over its gRPC API (grpc.aio stubs), default policy. `channels` connections,
+    used in turn: one connection reaches one selector worker (SO_REUSEPORT spreads connections)."""
 
     address: str
-    channel: object = field(init=False, repr=False)
-    stub: object = field(init=False, repr=False)
+    channels: int = 1
+    _channels: list = field(init=False, repr=False)
+    _stubs: list = field(init=False, repr=False)
+    _next: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
         import grpc
 
         from selector.proto import selector_pb2_grpc
 
-        self.channel = grpc.aio.insecure_channel(self.address)
-        self.stub = selector_pb2_grpc.SelectorStub(self.channel)
+        # A local subchannel pool each, or channels to one address would share one connection.
+        options = [("grpc.use_local_subchannel_pool", 1)] if self.channels > 1 else []
+        self._channels = [grpc.aio.insecure_channel(self.address, options=options) for _ in range(self.channels)]
+        self._stubs = [selector_pb2_grpc.SelectorStub(channel) for channel in self._channels]
 
     async def __call__(self, prompt: str):
         from selector.proto import selector_pb2
 
-        decision = await self.stub.Route(selector_pb2.RouteRequest(prompt=prompt), timeout=10.0)
+        self._next = (self._next + 1) % len(self._stubs)
+        decision = await self._stubs[self._next].Route(selector_pb2.RouteRequest(prompt=prompt), timeout=10.0)
         return decision.model
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 @dataclass
@@ -387,4 +427,39 @@ def stats_delta(before: dict, after: dict) -> dict:
     inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
     out["executions"] = executions
     out["mean_batch_size"] = round(inferences / executions, 3) if executions > 0 else None
+    # Rows per ModelInfer as Triton received them: 1 for single-prompt clients, more where the selector
+    # coalesced. mean_batch_size is what Triton's dynamic batcher then made of them.
+    out["rows_per_request"] = round(inferences / n_success, 3) if n_success > 0 else None
     return out
+
+
+# --- the selector's own coalescing figures ----------------------------------------------------------------
+
+_SELECTOR_SERIES = ("routoo_selector_coalesced_rows_sum", "routoo_selector_coalesced_rows_count",
+                    "routoo_selector_coalesced_requests_sum", "routoo_selector_queue_wait_seconds_sum",
+                    "routoo_selector_queue_wait_seconds_count")
+
+
+def selector_counters(ports: tuple[int, ...]) -> dict[str, float]:
+    """The coalescing histograms' sums and counts from each worker's /metrics, summed over the workers."""
+    import urllib.request
+
+    out = dict.fromkeys(_SELECTOR_SERIES, 0.0)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            for line in page.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in out:
+                    out[name] += float(value)
+    return out
+
+
+def selector_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Per coalesced Triton call of one run: prompts (rows) and requests it carried; per request, the mean
+    wait for a call slot (ms)."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    calls, waits = d["routoo_selector_coalesced_rows_count"], d["routoo_selector_queue_wait_seconds_count"]
+    return {"coalesced_calls": int(calls),
+            "rows_per_call": round(d["routoo_selector_coalesced_rows_sum"] / calls, 3) if calls else None,
+            "requests_per_call": round(d["routoo_selector_coalesced_requests_sum"] / calls, 3) if calls else None,
+            "queue_wait_ms": round(1e3 * d["routoo_selector_queue_wait_seconds_sum"] / waits, 4) if waits else None}

@@ -49,13 +49,17 @@ def make_constraints(*, allow: Iterable[str] = (), deny: Iterable[str] = (), max
 
 
 def make_route_request(prompt: str, *, quality_per_usd: float | None = None, quality_target: float | None = None,
-                       cost_cap_usd: float | None = None, **constraints) -> pb.RouteRequest:
-    """At most one policy; none = the server's default (tradeoff with its default lambda)."""
+                       cost_cap_usd: float | None = None, include_scores: bool | None = None,
+                       **constraints) -> pb.RouteRequest:
+    """At most one policy; none = the server's default (tradeoff with its default lambda). include_scores:
+    None = the server's default (every model's scores in the decision), False = the decision only."""
     chosen = [name for name, value in (("quality_per_usd", quality_per_usd), ("quality_target", quality_target),
                                        ("cost_cap_usd", cost_cap_usd)) if value is not None]
     if len(chosen) > 1:
         raise ValueError(f"give at most one policy, got {chosen}")
     request = pb.RouteRequest(prompt=prompt, constraints=make_constraints(**constraints))
+    if include_scores is not None:
+        request.include_scores = include_scores
     if quality_per_usd is not None:
         request.tradeoff.quality_per_usd = quality_per_usd
     elif quality_target is not None:

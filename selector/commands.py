@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from predictor_service.serve_commands import default_instance_count
     from predictor_service.supervision import RestartPolicy, Supervisor
     from predictor_service.triton_server import TritonServer
-    from selector.server import StartupError, serve
+    from selector.server import StartupError, run_event_loop, serve
 
     config = config_from_args(args)      # validated before minutes are spent starting Triton
     try:
@@ -123,7 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             supervisor.watch()
             # The gateway runs on the selector's event loop, in this process: it stops with it.
-            asyncio.run(serve_selector() if gateway is None else serve_beside_selector(serve_selector, gateway))
+            run_event_loop(serve_selector() if gateway is None else serve_beside_selector(serve_selector, gateway),
+                           uvloop=config.uvloop)
         except StartupError as e:
             print(f"routoo: error: the selector did not start: {e}; stopping Triton", file=sys.stderr, flush=True)
             return 1

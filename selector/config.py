@@ -58,6 +58,25 @@ class SelectorConfig:
     # Requests handled at once; beyond this the selector answers RESOURCE_EXHAUSTED at once instead of
     # queueing without bound (a Route takes ~1-2 ms, so 128 in flight is already a deep queue).
     max_concurrent_requests: int = 128
+    # Coalescing (selector/coalescer.py): Routes and Scores arriving while a Triton call is in flight join
+    # the next call, one ModelInfer of many rows, instead of one call each; a lone request goes at once.
+    coalesce: bool = True
+    # Rows per coalesced call: routoo_predictor's max_batch_size, so one call is one ModelInfer. Larger
+    # requests (RouteBatch) bypass the queue.
+    coalesce_max_rows: int = 64
+    # Coalesced calls out at once. 1: while Triton runs one batch, the next one forms here.
+    coalesce_max_in_flight: int = 1
+    # Rows waiting for a call slot before RESOURCE_EXHAUSTED: 16 full calls, far past
+    # max_concurrent_requests' 128 single Routes, so it bounds only many-row Score calls.
+    coalesce_max_queued_rows: int = 1024
+    # Coalesced batches of at least this many rows decide their Routes with one array pass per (policy,
+    # constraints) (selector.policies.rank_rows); smaller ones row by row in plain Python, cheaper there.
+    batch_decide_min_rows: int = 4
+    # Selector processes sharing the port (SO_REUSEPORT; selector/workers.py). One process is one core at
+    # most; more help where cores are free and clients open several connections.
+    workers: int = 1
+    # Event loop of `python -m selector.server` and `routoo serve`: uvloop where installed.
+    uvloop: bool = True
     # Model to return, unscored, when the predictor is unreachable or too slow. Off by default: a silent
     # fallback hides an outage; turn it on where any answer beats an error.
     fallback_model: str | None = None
@@ -89,7 +108,10 @@ class SelectorConfig:
                     "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
                     "max_in_flight_bytes": self.max_in_flight_bytes, "big_request_bytes": self.big_request_bytes,
                     "max_concurrent_big_requests": self.max_concurrent_big_requests,
-                    "log_interval_s": self.log_interval_s}
+                    "log_interval_s": self.log_interval_s,
+                    "coalesce_max_rows": self.coalesce_max_rows,
+                    "coalesce_max_in_flight": self.coalesce_max_in_flight,
+                    "batch_decide_min_rows": self.batch_decide_min_rows, "workers": self.workers}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
@@ -98,6 +120,11 @@ class SelectorConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not self.default_quality_per_usd >= 0:
             raise ValueError(f"default_quality_per_usd must be >= 0, got {self.default_quality_per_usd}")
+        if self.coalesce_max_queued_rows < self.coalesce_max_rows:
+            raise ValueError(f"coalesce_max_queued_rows ({self.coalesce_max_queued_rows}) must be >= "
+                             f"coalesce_max_rows ({self.coalesce_max_rows})")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 share one port: give a fixed port, not 0")
         if self.runners_up < 0 or self.grace_s < 0:
             raise ValueError(f"runners_up and grace_s must be >= 0, got {self.runners_up}, {self.grace_s}")
 
@@ -126,13 +153,18 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                         help="MiB of big requests held at once; beyond, RESOURCE_EXHAUSTED (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                         help="serve Prometheus /metrics on this port (default: off)")
+    parser.add_argument("--selector-workers", type=int, default=defaults.workers,
+                        help="selector processes sharing the port (SO_REUSEPORT) (default: %(default)s)")
+    parser.add_argument("--no-coalesce", action="store_true",
+                        help="one predictor call per request instead of coalescing concurrent ones")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:
     values = dict(host=args.host, port=args.selector_port, pool_path=args.pool,
                   triton_timeout_s=args.triton_timeout_s, fallback_model=args.fallback_model,
                   max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port,
-                  max_in_flight_bytes=int(args.max_in_flight_mib * MIB))
+                  max_in_flight_bytes=int(args.max_in_flight_mib * MIB),
+                  workers=args.selector_workers, coalesce=not args.no_coalesce)
     if getattr(args, "triton_url", None):
         values["triton_url"] = args.triton_url
     values.update(overrides)

@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # Route takes ~1-2 ms end to end on 2 cores; RouteBatch over 10k prompts takes seconds. Buckets span both.
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Coalesced calls carry 1 to max_rows (64, the model's max_batch_size) prompts; waits are a call's length.
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_WAIT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1)
 
 
 class SelectorMetrics:
@@ -40,6 +43,20 @@ class SelectorMetrics:
         self.predictor_ready = Gauge(
             "routoo_selector_predictor_ready", "1 while the predictor answers its readiness check",
             registry=self.registry)
+
+        self.coalesced_rows = Histogram(
+            "routoo_selector_coalesced_rows", "Prompts per coalesced predictor call", buckets=_BATCH_BUCKETS,
+            registry=self.registry)
+        self.coalesced_requests = Histogram(
+            "routoo_selector_coalesced_requests", "Requests sharing one coalesced predictor call",
+            buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.queue_wait_seconds = Histogram(
+            "routoo_selector_queue_wait_seconds", "Time a request waited for a predictor call slot",
+            buckets=_WAIT_BUCKETS_S, registry=self.registry)
+
+    def observe_batch(self, requests: int, rows: int) -> None:
+        self.coalesced_requests.observe(requests)
+        self.coalesced_rows.observe(rows)
 
     def serve_http(self, host: str, port: int):
         """Starts /metrics on host:port (0 = any free port); returns (http server, thread)."""

@@ -273,6 +273,20 @@ def make_policy(name: str, value: float) -> Policy:
     return cls(value)
 
 
+def rank_rows(policy: Policy, constraints: Constraints, pool: Pool, quality: np.ndarray,
+              expected_cost_usd: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+    """Route's decision for many prompts at once: per row, the exclusion codes and the eligible models in
+    order of preference, as exclusions_one() and rank() give them one row at a time (the property test in
+    tests/test_policies.py holds them equal). (batch, n_models) inputs; a row with no eligible model gets an
+    empty ranking. One lexsort over a coalesced batch of 12 rows x 32 models replaces 12 sorts with a
+    Python key each; a single row is still cheaper one at a time."""
+    codes = constraints.exclusions(pool, expected_cost_usd)          # (batch, n_models)
+    eligible = codes == ELIGIBLE
+    order = policy.order(quality, expected_cost_usd, eligible)        # ineligible models sort last
+    counts = np.count_nonzero(eligible, axis=1).tolist()
+    return codes.tolist(), [row[:k] for row, k in zip(order.tolist(), counts)]
+
+
 # --- budgeted batch assignment --------------------------------------------------------------------------
 
 @dataclass(frozen=True)

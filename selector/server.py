@@ -15,7 +15,7 @@ import re
 import signal
 import struct
 import time
-from typing import Callable
+from typing import Callable, Coroutine
 
 import grpc
 import numpy as np
@@ -23,11 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from selector.admission import Admission, add_selector_servicer, materialise, short_message
+from selector.coalescer import CoalescingScores, Overloaded, ScoredBatch
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.log_limits import AggregatedLog
 from selector.metrics import SelectorMetrics
 from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
-                               Policy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
+                               Policy, TradeoffPolicy, assign_budget, make_policy, rank_rows, require_eligible)
 from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
@@ -46,7 +47,12 @@ _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
               PredictorUnavailable: grpc.StatusCode.UNAVAILABLE,
               PredictorTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-              PredictorError: grpc.StatusCode.INTERNAL}
+              PredictorError: grpc.StatusCode.INTERNAL,
+              Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+# Keys of ScoredBatch.memo: per-row finiteness, the batch in pool order, and its values as Python lists.
+_FINITE_ROWS, _POOL_ORDER, _LISTS = "finite_rows", "pool_order", "lists"
 
 
 class StartupError(RuntimeError):
@@ -60,6 +66,8 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._pool = pool
         self._columns = columns
         self._scores = scores
+        # Coalesced answers come as rows of a shared batch, whose conversion and rankings are done once.
+        self._score_rows = getattr(scores, "score_rows", None)
         self._metrics = metrics
         self._in_flight = 0          # one event loop: a plain counter is safe
         # One line per kind of failure per interval: a predictor outage failed ~750 requests/s, one line each.
@@ -101,34 +109,49 @@ class SelectorService(pb_grpc.SelectorServicer):
         constraints = self._constraints(request.constraints)
         self._check_prompts([request.prompt], "prompt")
         try:
-            quality, cost = await self._predict("Route", [request.prompt], context)   # (1, n_models) each
+            batch, row = await self._predict_rows("Route", [request.prompt], context)
         except (PredictorUnavailable, PredictorTimeout) as e:
             fallback = self._fallback(constraints, policy, e)
             if fallback is None:
                 raise
             return fallback
-        # One prompt: plain Python over the row (exclusions_one, rank) beats numpy's per-call overhead on
-        # tens of models, with the same decisions as the array versions.
-        codes = constraints.exclusions_one(self._pool, cost[0])
-        eligible = [j for j, code in enumerate(codes) if code == ELIGIBLE]
-        if not eligible:
+        quality, cost = batch.memo[_POOL_ORDER]                # (batch rows, n_models), pool order
+        names = self._pool.names
+        if len(quality) >= self._config.batch_decide_min_rows:
+            # Decided once for the whole coalesced batch per (policy, constraints), as the one-prompt path.
+            key = (type(policy), policy.value, constraints)
+            decided = batch.memo.get(key)
+            if decided is None:
+                decided = batch.memo[key] = rank_rows(policy, constraints, self._pool, quality, cost)
+            codes, ranking = decided[0][row], decided[1][row]
+            lists = batch.memo.get(_LISTS)
+            if lists is None:
+                lists = batch.memo[_LISTS] = (quality.tolist(), cost.tolist())
+            q, c = lists[0][row], lists[1][row]
+        else:
+            # One prompt: plain Python over the row (exclusions_one, rank) beats numpy's per-call overhead
+            # on tens of models, with the same decisions as the array versions.
+            codes = constraints.exclusions_one(self._pool, cost[row])
+            q, c = quality[row].tolist(), cost[row].tolist()
+            ranking = policy.rank(q, c, [j for j, code in enumerate(codes) if code == ELIGIBLE])
+        if not ranking:
             require_eligible(np.array([codes]), constraints)     # raises NoEligibleModel, naming the culprits
-        # Python floats once, and messages built in place (.add): a list of messages passed to the
-        # constructor is copied again, which was most of a Route's own time.
-        names, q, c = self._pool.names, quality[0].tolist(), cost[0].tolist()
-        ranking = policy.rank(q, c, eligible)
+        # Messages built in place (.add): a list of messages passed to the constructor is copied again,
+        # which was most of a Route's own time.
         chosen = ranking[0]
         self._decisions[chosen].inc()
         decision = pb.RouteDecision(model=names[chosen], quality=q[chosen], expected_cost_usd=c[chosen],
                                     policy=policy.describe())
         for j in ranking[1:1 + self._config.runners_up]:
             decision.runners_up.add(model=names[j], quality=q[j], expected_cost_usd=c[j])
-        decision.MergeFromString(self._scores_wire.encode(q, c))
+        if not request.HasField("include_scores") or request.include_scores:
+            decision.MergeFromString(self._scores_wire.encode(q, c))
         if _CONTENT.search(request.prompt) is None:
             decision.content_free = True
-        for j, code in enumerate(codes):
-            if code != ELIGIBLE:
-                decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
+        if len(ranking) < len(codes):
+            for j, code in enumerate(codes):
+                if code != ELIGIBLE:
+                    decision.excluded.add(model=names[j], reason=constraints.reason(code, self._pool, j, c[j]))
         return decision
 
     async def _route_batch(self, request: pb.RouteBatchRequest, context) -> pb.RouteBatchResponse:
@@ -234,6 +257,13 @@ class SelectorService(pb_grpc.SelectorServicer):
 
     async def _predict(self, method: str, prompts: list[str], context) -> tuple[np.ndarray, np.ndarray]:
         """(quality, expected_cost_usd), (batch, n_models) in pool order at pool prices."""
+        batch, start = await self._predict_rows(method, prompts, context)
+        quality, cost = batch.memo[_POOL_ORDER]
+        return quality[start:start + len(prompts)], cost[start:start + len(prompts)]
+
+    async def _predict_rows(self, method: str, prompts: list[str], context) -> tuple[ScoredBatch, int]:
+        """The batch that scored `prompts` (coalesced with other requests' or not) and their first row;
+        batch.memo[_POOL_ORDER] holds the whole batch's scores in pool order, converted once per batch."""
         timeout_s = self._config.triton_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:         # the caller's own deadline wins when it is shorter
@@ -242,15 +272,26 @@ class SelectorService(pb_grpc.SelectorServicer):
                 raise PredictorTimeout("the caller's deadline passed before the predictor was asked")
         start = time.perf_counter()
         try:
-            quality, cost = await self._scores.score(prompts, timeout_s=timeout_s)
+            if self._score_rows is not None:
+                batch, first, stop = await self._score_rows(prompts, timeout_s=timeout_s)
+            else:
+                quality, cost = await self._scores.score(prompts, timeout_s=timeout_s)
+                batch, first, stop = ScoredBatch(quality, cost), 0, len(prompts)
         finally:
             self._triton_seconds[method].observe(time.perf_counter() - start)
-        if quality.shape[1] != len(self._columns.columns) or not (np.isfinite(quality).all() and
-                                                                    np.isfinite(cost).all()):
-            raise PredictorError(f"the predictor returned scores of shape {quality.shape} with "
-                                 f"{int((~np.isfinite(quality)).sum() + (~np.isfinite(cost)).sum())} non-finite "
-                                 f"values; expected {len(self._columns.columns)} finite columns")
-        return self._columns.apply(quality, cost)
+        finite = batch.memo.get(_FINITE_ROWS)
+        if finite is None:
+            quality, cost = batch.quality, batch.expected_cost_usd
+            if quality.shape[1] != len(self._columns.columns):
+                raise PredictorError(f"the predictor returned scores of shape {quality.shape}; expected "
+                                     f"{len(self._columns.columns)} columns")
+            finite = batch.memo[_FINITE_ROWS] = np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
+            batch.memo[_POOL_ORDER] = self._columns.apply(quality, cost)
+        if not finite[first:stop].all():      # only the requests whose own rows are broken fail
+            rows = batch.quality[first:stop], batch.expected_cost_usd[first:stop]
+            raise PredictorError(f"the predictor returned {int(sum((~np.isfinite(r)).sum() for r in rows))} "
+                                 f"non-finite values for {stop - first} prompt(s)")
+        return batch, first
 
     def _fallback(self, constraints: Constraints, policy: Policy, error: Exception) -> pb.RouteDecision | None:
         """The configured fallback model, unscored, if the constraints that need no scores allow it."""
@@ -373,15 +414,20 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
         raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
     if scores is None:
         scores = scores_from_config(config)          # one TritonScores, or a ReplicaSet over several
+    metrics = SelectorMetrics()
+    if hasattr(scores, "register_metrics"):            # per-replica metrics of a ReplicaSet
+        scores.register_metrics(metrics.registry)
+    if config.coalesce:
+        scores = coalescing(scores, config, metrics)
     try:
         columns = match_pool(pool, await _wait_for_predictor(scores, config))
-        metrics = SelectorMetrics()
-        if hasattr(scores, "register_metrics"):        # per-replica metrics of a ReplicaSet
-            scores.register_metrics(metrics.registry)
         service = SelectorService(config, pool, columns, scores, metrics)
         health_servicer = health.aio.HealthServicer()
+        # SO_REUSEPORT only where workers share the port (gRPC sets it by default, which would let a second
+        # selector bind a port in use without an error).
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                                          ("grpc.max_send_message_length", config.max_message_bytes)])
+                                          ("grpc.max_send_message_length", config.max_message_bytes),
+                                          ("grpc.so_reuseport", 1 if config.workers > 1 else 0)])
         add_selector_servicer(service, server, Admission(config, metrics))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -397,6 +443,13 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
     return SelectorServer(server, service, health_servicer, scores, metrics, config), port
 
 
+def coalescing(scores: ScoreSource, config: SelectorConfig, metrics: SelectorMetrics) -> CoalescingScores:
+    """`scores` behind a CoalescingScores that reports its batches and queue waits to `metrics`."""
+    return CoalescingScores(scores, max_rows=config.coalesce_max_rows, max_in_flight=config.coalesce_max_in_flight,
+                            max_queued_rows=config.coalesce_max_queued_rows, on_batch=metrics.observe_batch,
+                            on_wait=metrics.queue_wait_seconds.observe)
+
+
 async def _wait_for_predictor(scores: ScoreSource, config: SelectorConfig):
     deadline = time.monotonic() + config.startup_timeout_s
     while True:
@@ -409,12 +462,25 @@ async def _wait_for_predictor(scores: ScoreSource, config: SelectorConfig):
 
 
 async def serve(config: SelectorConfig | None = None, *,
-                on_started: Callable[[SelectorServer, int], None] | None = None) -> None:
-    """Runs the selector until SIGINT/SIGTERM, then stops it gracefully."""
+                on_started: Callable[[SelectorServer, int], None] | None = None, worker_index: int = 0) -> None:
+    """Runs the selector until SIGINT/SIGTERM, then stops it gracefully. With config.workers > 1, worker 0
+    (the default) also starts and stops workers 1..N-1 on the same port (selector/workers.py)."""
     config = config or SelectorConfig()
     server, port = await create_server(config=config)
     await server.start()
-    log.info("selector listening on %s:%d (predictor %s)", config.host, port, config.triton_url)
+    workers = None
+    if worker_index == 0 and config.workers > 1:
+        from selector.workers import ExtraWorkers
+
+        workers = ExtraWorkers(config)
+        try:
+            await asyncio.to_thread(workers.start, config.startup_timeout_s)
+        except BaseException:
+            await asyncio.to_thread(workers.stop, 0.0)
+            await server.stop(0)
+            raise
+    log.info("selector%s listening on %s:%d (predictor %s%s)", f" worker {worker_index}" if worker_index else "",
+             config.host, port, config.triton_url, f", {config.workers} workers" if workers else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -428,6 +494,22 @@ async def serve(config: SelectorConfig | None = None, *,
             loop.remove_signal_handler(sig)
         log.info("selector stopping")
         await server.stop()
+        if workers is not None:
+            await asyncio.to_thread(workers.stop, config.grace_s)
+
+
+def run_event_loop(main: Coroutine, *, uvloop: bool) -> None:
+    """asyncio.run(main), on uvloop's event loop when `uvloop` is set and the package is installed."""
+    if uvloop:
+        try:
+            import uvloop as uvloop_module
+        except ImportError:
+            log.warning("uvloop is not installed; running on asyncio's own event loop")
+        else:
+            with asyncio.Runner(loop_factory=uvloop_module.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,7 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     add_selector_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config_from_args(args)))
+    config = config_from_args(args)
+    run_event_loop(serve(config), uvloop=config.uvloop)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def fake_report():
 
 def test_goals_compare_the_right_figures_and_say_when_one_is_missing():
     by_text = fake_report()["goals"]
-    assert [g["met"] for g in by_text] == [True, False, True, False, False, None, True, None]
+    assert [g["met"] for g in by_text] == [True, False, True, False, False, None, True, None, None, None]
     assert by_text[2]["measured"] == pytest.approx(1.25)     # 1.0 / 0.8
     assert by_text[3]["measured"] == pytest.approx(0.5)      # 3500 / 7000
     assert by_text[4]["measured"] == 800.0
@@ -286,6 +286,22 @@ def test_breakdown_splits_one_client_latency_and_lists_cpu_per_request():
     b = report.breakdown(r)
     assert b["latency_1_client_ms"]["selector_adds"] == pytest.approx(0.8)      # 1.8 - 1.0
     assert b["cpu_ms_per_request"] == {"selector_route@32": {"selector_ms": 1.2, "total_ms": 2.0}}
+
+
+def test_cpu_goals_and_coalescing_lines_read_the_32_client_selector_run():
+    r = fake_report()
+    r["encoders"]["static"]["targets"]["selector_route"]["closed"].append(
+        {**closed(32, 9.0, 20.0, 900.0), "cpu_per_request": {"selector_ms": 0.4, "tritonserver_ms": 0.1,
+                                                              "python_stub_ms": 0.2, "loadgen_ms": 0.3},
+         "server": {"rows_per_request": 11.5, "mean_batch_size": 11.5},
+         "selector": {"requests_per_call": 11.5, "rows_per_call": 11.5, "queue_wait_ms": 0.62}})
+    goals = {g["goal"].split(",")[0]: g for g in report.evaluate_goals(r)}
+    assert goals["selector CPU per routed prompt"]["measured"] == pytest.approx(0.4)
+    assert goals["selector CPU per routed prompt"]["met"] is True
+    assert goals["server CPU (selector + Triton + stub) per routed prompt"]["measured"] == pytest.approx(0.7)
+    line = next(x for x in report.render_table(r).splitlines() if x.startswith("static  selector_route       32")
+                and "11.50" in x)
+    assert line.split()[3:] == ["11.50", "11.50", "0.620", "11.50", "11.50"]
 
 
 def test_report_table_json_and_plot(tmp_path):

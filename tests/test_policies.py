@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from predictor_service.artifact import default_artifact_path
 from selector.policies import (DENIED, DISABLED, ELIGIBLE, NOT_ALLOWED, POLICIES, TOO_EXPENSIVE, TOO_SLOW,
                                BudgetTooSmall, Constraints, CostCapPolicy, InvalidRequest, NoEligibleModel,
-                               QualityTargetPolicy, TradeoffPolicy, assign_budget, make_policy, require_eligible)
+                               QualityTargetPolicy, TradeoffPolicy, assign_budget, make_policy, rank_rows,
+                               require_eligible)
 from selector.pool import (DEFAULT_POOL_PATH, STAND_IN_P95_LATENCY_MS, Pool, PoolError, PoolMismatchError, PoolModel,
                            ServedPool, blended_usd_per_mtok, load_pool, match_pool, pool_for_models, pool_toml)
 
@@ -137,6 +138,28 @@ def test_cost_cap_takes_the_best_model_within_the_cap_else_the_cheapest(scored, 
         assert within[chosen] and quality[chosen] == quality[within].max()
     else:
         assert cost[chosen] == cost[eligible].min()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), scored=scored_pools(max_models=12), policy=policies(), ties=st.booleans(),
+       n_rows=st.integers(1, 9))
+def test_a_coalesced_batchs_rankings_equal_route_one_prompt_at_a_time(data, scored, policy, ties, n_rows):
+    """rank_rows (a coalesced batch of Routes decided at once) gives every row the exclusion codes and
+    ranking of Route's one-prompt path (exclusions_one, rank), on float32 scores with exact ties."""
+    pool, _, _ = scored
+    n = len(pool)
+    quality = np.array(data.draw(st.lists(st.lists(unit, min_size=n, max_size=n), min_size=n_rows, max_size=n_rows)))
+    cost = np.array(data.draw(st.lists(st.lists(usd, min_size=n, max_size=n), min_size=n_rows, max_size=n_rows)))
+    if ties:
+        quality, cost = np.round(quality, 1), np.round(cost, 3)
+    quality, cost = quality.astype(np.float32), cost.astype(np.float32)
+    constraints = data.draw(constraints_for(pool))
+    codes, rankings = rank_rows(policy, constraints, pool, quality, cost)
+    for i in range(n_rows):
+        one = constraints.exclusions_one(pool, cost[i])
+        assert codes[i] == one
+        assert rankings[i] == policy.rank(quality[i].tolist(), cost[i].tolist(),
+                                          [j for j, code in enumerate(one) if code == ELIGIBLE])
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -37,18 +37,20 @@ class Constraints(_message.Message):
     def __init__(self, allow: _Optional[_Iterable[str]] = ..., deny: _Optional[_Iterable[str]] = ..., max_latency_ms: _Optional[float] = ..., max_cost_usd: _Optional[float] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("prompt", "tradeoff", "quality_target", "cost_cap", "constraints")
+    __slots__ = ("prompt", "tradeoff", "quality_target", "cost_cap", "constraints", "include_scores")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TRADEOFF_FIELD_NUMBER: _ClassVar[int]
     QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     COST_CAP_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SCORES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     tradeoff: Tradeoff
     quality_target: QualityTarget
     cost_cap: CostCap
     constraints: Constraints
-    def __init__(self, prompt: _Optional[str] = ..., tradeoff: _Optional[_Union[Tradeoff, _Mapping]] = ..., quality_target: _Optional[_Union[QualityTarget, _Mapping]] = ..., cost_cap: _Optional[_Union[CostCap, _Mapping]] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ...) -> None: ...
+    include_scores: bool
+    def __init__(self, prompt: _Optional[str] = ..., tradeoff: _Optional[_Union[Tradeoff, _Mapping]] = ..., quality_target: _Optional[_Union[QualityTarget, _Mapping]] = ..., cost_cap: _Optional[_Union[CostCap, _Mapping]] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., include_scores: _Optional[bool] = ...) -> None: ...
 
 class ModelScore(_message.Message):
     __slots__ = ("model", "quality", "expected_cost_usd")
