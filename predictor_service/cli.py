@@ -62,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
     artifact, result = train(train_ds, dev_ds, encoder_name=args.encoder, config=config,
-                             static_table=args.static_table, table_storage=args.table_storage)
+                             static_table=args.static_table, table_storage=args.table_storage,
+                             max_tokens=args.max_tokens, tail_tokens=args.tail_tokens)
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -156,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256,
                    help="hidden width of the merged head, shared by the ensemble members (a multiple of 4)")
     p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="the encoder reads at most this many tokens of a prompt (default 256)")
+    p.add_argument("--tail-tokens", type=int, default=0,
+                   help="of those, how many come from the prompt's end, the rest from its start (default 0: "
+                        "the first max-tokens; few-shot and RAG prompts put the question last)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
     p.add_argument("--static-table", metavar="DIR",

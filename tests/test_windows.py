@@ -1,0 +1,103 @@
+"""Encoder windows: a long prompt keeps its first max_tokens - tail_tokens and last tail_tokens token ids, on
+every tokenizer path (compiled plain ASCII, chunk cache, the tokenizer itself) and in the one-call serving
+path; artifacts record the window and those from before windows keep their first-256 behaviour."""
+
+import json
+import shutil
+import string
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from predictor_service.artifact import Artifact, default_artifact_path, static_encoder_from
+from predictor_service.data import load_dataset
+from predictor_service.encoders import _window, check_window
+from predictor_service.predictor import Predictor
+from predictor_service.training import TrainConfig, train
+from tests.test_predictor import _step_by_step, synthetic_dataset
+
+MAX, TAIL = 48, 20        # small, so that short generated texts already pass the window
+
+
+@pytest.fixture(scope="module")
+def windowed():
+    return static_encoder_from(max_tokens=MAX, tail_tokens=TAIL)
+
+
+def _expected(encoder, text):
+    ids = encoder.tokenizer.encode(text, add_special_tokens=False).ids   # no truncation with a tail
+    return [t for t in _window(ids, MAX, TAIL) if t != encoder._unk_id]
+
+
+@pytest.mark.parametrize("text", [
+    "word " * 400 + "the question at the end?", "naïve café 東京 " * 60 + "tail ünïcode end", "a\x1cb c " * 80,
+    "x\u2028y " * 90 + "last", "(x+1)^2=" * 500 + " tail", "short", "", "[UNK] " * 70 + "end [UNK]",
+    "supercalifragilisticexpialidocious" * 4 + " q" * 60,
+])
+def test_window_keeps_head_and_tail_on_every_path(windowed, text):
+    windowed.clear_caches()
+    expected = _expected(windowed, text)
+    assert windowed._token_ids(text) == expected
+    assert windowed._token_ids(text) == expected            # second time from the chunk cache
+    assert len(expected) <= MAX
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([*string.printable, "the ", "question ", "x" * 101, "é", "東", "[UNK]"]),
+                max_size=300).map("".join))
+def test_window_matches_the_tokenizer_on_any_text(windowed, text):
+    windowed.clear_caches()
+    assert windowed._token_ids(text) == _expected(windowed, text)
+
+
+@pytest.mark.parametrize("max_tokens, tail", [(0, 0), (256, 256), (256, -1), (256, 300)])
+def test_a_window_that_cannot_be_is_refused(max_tokens, tail):
+    with pytest.raises(ValueError, match="window needs"):
+        check_window(max_tokens, tail)
+
+
+@pytest.fixture(scope="module")
+def windowed_predictor(tmp_path_factory):
+    """The default head read through a head + tail window (a manifest edit: same weights, other window)."""
+    folder = tmp_path_factory.mktemp("windowed") / "artifact"
+    shutil.copytree(default_artifact_path(), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(max_tokens=MAX, tail_tokens=TAIL)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return Predictor.load(folder, device="cpu")
+
+
+def test_the_serving_path_reads_the_window(windowed_predictor):
+    predictor = windowed_predictor
+    assert predictor.encoder.tail_tokens == TAIL and predictor.encoder.max_tokens == MAX
+    head = "Context: " + "the court ruled on the contract " * 60
+    texts = [head + "Question: integrate x^2 from 0 to 3.", head + "Question: which enzyme splits starch?",
+             head + "Question: intégrer x² de 0 à 3 (non-ASCII)", "a short plain prompt"]
+    quality, cost = predictor.predict(texts)
+    expected_quality, expected_cost = _step_by_step(predictor, texts)
+    np.testing.assert_array_equal(quality, expected_quality)       # one compiled call == step by step
+    np.testing.assert_array_equal(cost, expected_cost)
+    assert not np.allclose(quality[0], quality[1])                 # the question past the head is read
+    head_only = Predictor.load(default_artifact_path(), device="cpu")
+    q_head, _ = head_only.predict(texts[:2])
+    np.testing.assert_array_equal(q_head[0], q_head[1])            # first 256 tokens alone: the same
+
+
+def test_artifacts_from_before_windows_read_the_first_256_tokens():
+    raw = json.loads((default_artifact_path() / "manifest.json").read_text())
+    assert "tail_tokens" not in raw
+    artifact = Artifact.load(default_artifact_path())
+    encoder = artifact.load_encoder()
+    assert (artifact.manifest.tail_tokens, encoder.tail_tokens, encoder.max_tokens) == (0, 0, 256)
+
+
+def test_train_records_the_window_and_it_round_trips(tmp_path):
+    train_ds = load_dataset(synthetic_dataset(tmp_path / "train", n=120))
+    artifact, _ = train(train_ds, None, config=TrainConfig(hidden=16, max_epochs=5, patience=5),
+                        show_progress=False, max_tokens=64, tail_tokens=16)
+    artifact.save(tmp_path / "art")
+    loaded = Artifact.load(tmp_path / "art")
+    assert (loaded.manifest.max_tokens, loaded.manifest.tail_tokens) == (64, 16)
+    assert loaded.load_encoder().window == "48+16"
