@@ -209,7 +209,8 @@ class StaticEncoder:
         else:
             ids, cache, chunks = [], self._chunk_ids, text.split()
             # Windows of max_tokens chunks: nearly every chunk gives >= 1 token, so one window usually
-            # suffices, and a 64 KiB prompt never tokenizes past what truncation keeps.
+            # suffices, and a 256 KiB prompt never tokenizes past what truncation keeps (with a tail, every
+            # window is read: the tail is the end of the prompt).
             for start in range(0, len(chunks), self.max_tokens):
                 window = chunks[start:start + self.max_tokens]
                 try:

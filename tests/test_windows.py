@@ -101,3 +101,24 @@ def test_train_records_the_window_and_it_round_trips(tmp_path):
     loaded = Artifact.load(tmp_path / "art")
     assert (loaded.manifest.max_tokens, loaded.manifest.tail_tokens) == (64, 16)
     assert loaded.load_encoder().window == "48+16"
+
+
+def test_the_prompt_size_limit_is_configurable():
+    from predictor_service.limits import DEFAULT_MAX_PROMPT_BYTES, max_prompt_bytes_from
+
+    assert DEFAULT_MAX_PROMPT_BYTES == 256 * 1024
+    assert max_prompt_bytes_from({}) == DEFAULT_MAX_PROMPT_BYTES
+    assert max_prompt_bytes_from({"ROUTOO_MAX_PROMPT_BYTES": "1048576"}) == 1 << 20
+    for bad in ("0", "-3", "lots", "1.5"):
+        with pytest.raises(ValueError, match="ROUTOO_MAX_PROMPT_BYTES must be a positive whole number"):
+            max_prompt_bytes_from({"ROUTOO_MAX_PROMPT_BYTES": bad})
+
+
+def test_a_prompt_of_the_full_size_is_scored_in_its_window(windowed_predictor):
+    from predictor_service.limits import MAX_PROMPT_BYTES
+
+    text = ("context words " * (MAX_PROMPT_BYTES // 14))[: MAX_PROMPT_BYTES - 40] + " Question: why?"
+    assert len(text.encode()) <= MAX_PROMPT_BYTES
+    quality, _ = windowed_predictor.predict([text])
+    expected, _ = _step_by_step(windowed_predictor, [text])
+    np.testing.assert_array_equal(quality, expected)
