@@ -250,8 +250,8 @@ class StaticEncoder:
 
 def check_window(max_tokens: int, tail_tokens: int) -> None:
     if not (isinstance(max_tokens, int) and isinstance(tail_tokens, int)) or max_tokens < 1 \
-            or not 0 <= tail_tokens < max_tokens:
-        raise ValueError(f"a window needs max_tokens >= 1 and 0 <= tail_tokens < max_tokens, got max_tokens "
+            or not 0 <= tail_tokens <= max_tokens:
+        raise ValueError(f"a window needs max_tokens >= 1 and 0 <= tail_tokens <= max_tokens, got max_tokens "
                          f"{max_tokens!r}, tail_tokens {tail_tokens!r}")
 
 

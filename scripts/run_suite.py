@@ -2,11 +2,12 @@
 kNN and the told-category router on every set, AUC with bootstrap CIs and gap recovered.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/make_suite.py --out /tmp/suite
-    PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite --out-json docs/suite.json
+    PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite \
+        --sets fewshot-5,long-rag,heldout-cats,pool-2,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
 
-Per set: `routoo train`'s recipe (training.train, static encoder) once per encoder window in --windows; the
-window kept is the one with the best *out-of-fold train* frontier AUC (oof_routing; the test side is never
-read to choose it), and the head-only 256 window is reported beside it. kNN, TF-IDF + LR and the
+Per set: `routoo train`'s default recipe (static encoder, --window auto: recipe.train_choosing_window, which
+keeps the window with the best *out-of-fold train* frontier AUC; the test side is never read to choose
+it), with the head-only 256 window reported beside it where another one was kept. kNN, TF-IDF + LR and the
 told-category router (per-model logistic regression on the category one-hot, as `routoo eval-ceiling`'s)
 decide with the kept artifact's predicted costs; every frontier, CI and gap is `routoo eval`'s
 (evaluation.evaluate_pool, full pool). On heldout-cats the told category is all zeros on the test side
@@ -30,41 +31,29 @@ from predictor_service.encoders import window_name
 from predictor_service.eval_config import EvalConfig
 from predictor_service.evaluation import (RouterPredictions, artifact_predictions, choose_knn_k, evaluate_pool,
                                           knn_quality, no_prompt_router, oracle_router)
-from predictor_service.oof_routing import oof_frontier
-from predictor_service.training import train
+from predictor_service.recipe import HEAD_ONLY, train_choosing_window
 
 SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
-HEAD_ONLY = (256, 0)
 
 
-def parse_window(text: str) -> tuple[int, int]:
-    """"256" -> (256, 0); "128+128" -> (256, 128): head + tail tokens."""
-    head, _, tail = text.partition("+")
-    return int(head) + int(tail or 0), int(tail or 0)
-
-
-def run_set(folder: Path, windows: list[tuple[int, int]], config: EvalConfig) -> dict:
+def run_set(folder: Path, config: EvalConfig) -> dict:
     started = time.perf_counter()
-    train_ds, test_ds = load_dataset(folder / "train"), load_dataset(folder / "test")
+    test_folder = folder / "test" if (folder / "test").is_dir() else folder / "dev"   # mmlu-pro itself: dev
+    train_ds, test_ds = load_dataset(folder / "train"), load_dataset(test_folder)
     test_ds = test_ds.select_models(train_ds.model_names)
     names = train_ds.model_names
-    candidates = {}
-    for max_tokens, tail in windows:
-        artifact, result = train(train_ds, None, show_progress=False, max_tokens=max_tokens, tail_tokens=tail)
-        oof = oof_frontier(result["oof_quality"], train_ds.quality, train_ds.cost_usd, names, config)
-        oof["auroc"] = result["oof"]["auroc_mean"]
-        oof["log_loss"] = result["oof"]["log_loss"]
-        candidates[window_name(max_tokens, tail)] = (artifact, oof)
-        print(f"  {folder.name}: window {window_name(max_tokens, tail)}: out-of-fold frontier AUC "
-              f"{oof['auc']:.4f} (gap {oof['gap_recovered']:.3f}), AUROC {oof['auroc']:.4f}", flush=True)
-    kept = max(candidates, key=lambda w: candidates[w][1]["auc"])
-    artifact = candidates[kept][0]
+    artifact, result = train_choosing_window(train_ds, None, show_progress=False)
+    choice, candidates = result["window_choice"], result["candidate_artifacts"]
+    kept = choice["kept"]
+    for name, row in choice["candidates"].items():
+        print(f"  {folder.name}: window {name}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f} "
+              f"(gap {row['oof_gap_recovered']:.3f}), AUROC {row['oof_auroc']:.4f}", flush=True)
     quality, cost, test_x = artifact_predictions(artifact, test_ds.texts)
     _, train_cost_pred, train_x = artifact_predictions(artifact, train_ds.texts)
     routers = [RouterPredictions(f"routoo (window {kept}, chosen by CV)", quality, cost)]
     head_only = window_name(*HEAD_ONLY)
     if head_only in candidates and head_only != kept:
-        q0, _, _ = artifact_predictions(candidates[head_only][0], test_ds.texts)
+        q0, _, _ = artifact_predictions(candidates[head_only], test_ds.texts)
         routers.append(RouterPredictions(f"routoo (window {head_only})", q0, cost))
     no_prompt = no_prompt_router(train_ds.quality, train_ds.cost_usd, len(test_ds))
     k, _ = choose_knn_k(train_x, train_ds.quality, train_ds.cost_usd, train_cost_pred, config, names)
@@ -80,7 +69,7 @@ def run_set(folder: Path, windows: list[tuple[int, int]], config: EvalConfig) ->
                                                               "gap_recovered_points", "routoo_minus_auc_ci95")}
             for name, row in res.summary.items() if name.endswith("/ tradeoff")}
     return {"set": folder.name, "n_train": len(train_ds), "n_test": len(test_ds), "n_models": len(names),
-            "window_kept": kept, "oof_by_window": {w: c[1] for w, c in candidates.items()}, "routers": rows,
+            "window_kept": kept, "window_choice": choice, "routers": rows,
             "seconds": round(time.perf_counter() - started)}
 
 
@@ -119,17 +108,16 @@ def format_table(results: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="folder scripts/make_suite.py wrote")
-    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated (default {','.join(SETS)})")
-    ap.add_argument("--windows", default="256,128+128",
-                    help="encoder windows to choose among by out-of-fold train AUC: HEAD or HEAD+TAIL tokens")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated set names under --suite, or "
+                    f"dataset folders with train/ and test/ or dev/ (default {','.join(SETS)})")
     ap.add_argument("--bootstrap", type=int, default=EvalConfig().bootstrap)
     ap.add_argument("--out-json", help="write every figure as JSON")
     args = ap.parse_args()
-    windows = [parse_window(w) for w in args.windows.split(",") if w.strip()]
     config = replace(EvalConfig(), bootstrap=args.bootstrap)
     results = []
     for name in [s for s in args.sets.split(",") if s.strip()]:
-        results.append(run_set(Path(args.suite) / name, windows, config))
+        folder = Path(name) if Path(name, "train").is_dir() else Path(args.suite) / name   # a path, or a set
+        results.append(run_set(folder, config))
         print(f"{name}: done in {results[-1]['seconds']} s", flush=True)
         if args.out_json:
             Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")

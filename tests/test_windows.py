@@ -52,7 +52,7 @@ def test_window_matches_the_tokenizer_on_any_text(windowed, text):
     assert windowed._token_ids(text) == _expected(windowed, text)
 
 
-@pytest.mark.parametrize("max_tokens, tail", [(0, 0), (256, 256), (256, -1), (256, 300)])
+@pytest.mark.parametrize("max_tokens, tail", [(0, 0), (256, -1), (256, 300)])
 def test_a_window_that_cannot_be_is_refused(max_tokens, tail):
     with pytest.raises(ValueError, match="window needs"):
         check_window(max_tokens, tail)
@@ -122,3 +122,51 @@ def test_a_prompt_of_the_full_size_is_scored_in_its_window(windowed_predictor):
     quality, _ = windowed_predictor.predict([text])
     expected, _ = _step_by_step(windowed_predictor, [text])
     np.testing.assert_array_equal(quality, expected)
+
+
+def test_a_tail_only_window_keeps_the_last_tokens():
+    encoder = static_encoder_from(max_tokens=32, tail_tokens=32)
+    for text in ("word " * 100 + "the very end", "ünï " * 80 + "end of it", "short"):
+        ids = encoder.tokenizer.encode(text, add_special_tokens=False).ids
+        assert encoder._token_ids(text) == [t for t in ids[-32:] if t != encoder._unk_id]
+
+
+def _question_last_dataset(folder, n=150, seed=0):
+    """60 topic words come after 300 tokens of the same filler: only a window with a tail can see them."""
+    from tests.test_data import write_dataset
+    from tests.test_predictor import TOPICS
+
+    rng = np.random.default_rng(seed)
+    prompts, scores, costs = [], [], []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        text = "Examples follow. " + "filler " * 300 + "Question: " + " ".join(rng.choice(TOPICS[topic].split(), 60))
+        prompts.append({"id": f"p{i}", "text": text, "category": ""})
+        scores.append([f"p{i}", int(topic == "math"), int(topic == "law"), int(rng.integers(0, 2))])
+        costs.append([f"p{i}", 1e-4, 1e-4, 3e-4])      # the coin is the dearest: routing pays
+    return write_dataset(folder, prompts, ["math_whiz", "lawyer", "coin"], scores, costs)
+
+
+def test_auto_window_keeps_a_tail_where_the_question_is_last_and_records_why(tmp_path, capsys):
+    from predictor_service.cli import main as routoo
+
+    data = _question_last_dataset(tmp_path / "train")
+    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), "--hidden", "16",
+                   "--max-epochs", "40", "--skip-tfidf"]) == 0
+    choice = Artifact.load(tmp_path / "art").manifest.training["window_choice"]
+    assert set(choice["candidates"]) == {"256", "64+192", "0+256"} and choice["long_prompt_share"] == 1.0
+    assert choice["kept"] != "256"
+    assert (choice["candidates"][choice["kept"]]["oof_frontier_auc"]
+            >= choice["candidates"]["256"]["oof_frontier_auc"] + choice["margin_over_head_only"])
+    assert f"encoder window: {choice['kept']}, chosen by out-of-fold" in capsys.readouterr().out
+
+
+def test_auto_window_trains_once_where_no_prompt_is_long(tmp_path):
+    from predictor_service.recipe import train_choosing_window
+
+    train_ds = load_dataset(synthetic_dataset(tmp_path / "train", n=90))
+    artifact, _ = train_choosing_window(train_ds, None, config=TrainConfig(hidden=16, max_epochs=5, patience=5),
+                                        show_progress=False)
+    choice = artifact.manifest.training["window_choice"]
+    assert list(choice["candidates"]) == ["256"] and choice["kept"] == "256" and "only 256 was trained" in choice["note"]
+    assert artifact.manifest.tail_tokens == 0
