@@ -170,3 +170,22 @@ def test_auto_window_trains_once_where_no_prompt_is_long(tmp_path):
     choice = artifact.manifest.training["window_choice"]
     assert list(choice["candidates"]) == ["256"] and choice["kept"] == "256" and "only 256 was trained" in choice["note"]
     assert artifact.manifest.tail_tokens == 0
+
+
+def test_minilm_reads_the_same_window(monkeypatch):
+    import torch
+
+    from predictor_service.encoders import MiniLMEncoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = MiniLMEncoder(max_tokens=64, tail_tokens=24)
+    text = "Examples: " + "the court ruled on the contract. " * 40 + "Question: which enzyme splits starch?"
+    ids = encoder.tokenizer(text, truncation=False, verbose=False)["input_ids"]
+    window = _window(ids, 64, 24)
+    assert len(ids) > 64 and window[0] == ids[0] and window[-1] == ids[-1]   # [CLS] ... [SEP]
+    with torch.inference_mode():
+        hidden = encoder.model(input_ids=torch.tensor([window])).last_hidden_state.mean(1)
+    expected = torch.nn.functional.normalize(hidden, dim=-1).numpy()
+    np.testing.assert_allclose(encoder.encode([text]), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="minilm reads at most 512 tokens"):
+        MiniLMEncoder(max_tokens=1024, tail_tokens=512)
