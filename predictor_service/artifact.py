@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from predictor_service.encoder_files import (ENCODER_DIR, TABLE_FILE, TABLE_STORAGES, TOKENIZER_FILE,
                                              EncoderFilesError, check_minilm_source, minilm_source)
-from predictor_service.encoders import MAX_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
+from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
 from predictor_service.head import HeadWeights
 
 FORMAT_VERSION = 2
@@ -41,7 +41,7 @@ class Manifest:
     encoder: str                                   # "static" | "minilm"
     dim: int
     hidden: int
-    max_tokens: int
+    max_tokens: int                                # the encoder's window: at most max_tokens ids a prompt,
     model_names: list[str]                         # output column order
     model_prices: list[list[float | None]]         # [input_usd_per_mtok, output_usd_per_mtok] per model
     inv_temperature: float = 1.0
@@ -52,6 +52,9 @@ class Manifest:
     training: dict = field(default_factory=dict)   # data digests, hyper-parameters, epochs, seed
     dev_metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # ... tail_tokens of them from its end, the rest from its start (encoders.TAIL_TOKENS); manifests from
+    # before windows lack the field and keep their first-max_tokens behaviour.
+    tail_tokens: int = TAIL_TOKENS
 
 
 @dataclass
@@ -118,7 +121,8 @@ class Artifact:
             if self.static_encoder is None:
                 folder = self.source / ENCODER_DIR
                 try:
-                    encoder = StaticEncoder.from_folder(folder, max_tokens=m.max_tokens)
+                    encoder = StaticEncoder.from_folder(folder, max_tokens=m.max_tokens,
+                                                        tail_tokens=m.tail_tokens)
                 except EncoderFilesError as e:
                     raise ArtifactError(f"{folder}: {e}") from e
                 wrong = [what for what, here, recorded in (
@@ -136,7 +140,7 @@ class Artifact:
                 check_minilm_source(m.encoder_files, minilm_path())
             except EncoderFilesError as e:
                 raise ArtifactError(f"{self.source or 'artifact'}: {e}") from e
-            return MiniLMEncoder(max_tokens=m.max_tokens, device=device)
+            return MiniLMEncoder(max_tokens=m.max_tokens, tail_tokens=m.tail_tokens, device=device)
         raise ArtifactError(f"unknown encoder {m.encoder!r} in the manifest; this Routoo knows static, minilm")
 
 
@@ -149,7 +153,7 @@ def encoder_record(encoder: StaticEncoder | MiniLMEncoder) -> tuple[str | None, 
 
 
 def static_encoder_from(source: str | Path | None = None, *, storage: str | None = None,
-                        max_tokens: int = MAX_TOKENS) -> StaticEncoder:
+                        max_tokens: int = MAX_TOKENS, tail_tokens: int = TAIL_TOKENS) -> StaticEncoder:
     """The static table to train on: an artifact folder's (default: the committed default artifact's, the
     same bits on every machine), or an encoder / model2vec folder such as `routoo prepare` writes.
     storage rounds it to fp32, fp16 or int8 first, so that the head is trained on exactly what it stores."""
@@ -161,24 +165,27 @@ def static_encoder_from(source: str | Path | None = None, *, storage: str | None
         encoder = artifact.load_encoder()
     else:
         try:
-            encoder = StaticEncoder.from_folder(folder, max_tokens=max_tokens)
+            encoder = StaticEncoder.from_folder(folder, max_tokens=max_tokens, tail_tokens=tail_tokens)
         except EncoderFilesError as e:
             raise ArtifactError(str(e)) from e
-    if max_tokens != encoder.max_tokens or (storage is not None and storage != encoder.table_storage):
+    if (max_tokens, tail_tokens) != (encoder.max_tokens, encoder.tail_tokens) or \
+            (storage is not None and storage != encoder.table_storage):
         if storage is not None and storage not in TABLE_STORAGES:
             raise ArtifactError(f"unknown table storage {storage!r}; choose one of {list(TABLE_STORAGES)}")
-        encoder = encoder.rounded(storage or encoder.table_storage, max_tokens=max_tokens)
+        encoder = encoder.rounded(storage or encoder.table_storage, max_tokens=max_tokens, tail_tokens=tail_tokens)
     return encoder
 
 
 def training_encoder(name: str, *, static_table: str | Path | None = None, table_storage: str | None = None,
-                     device: str = "cpu") -> StaticEncoder | MiniLMEncoder:
+                     device: str = "cpu", max_tokens: int = MAX_TOKENS,
+                     tail_tokens: int = TAIL_TOKENS) -> StaticEncoder | MiniLMEncoder:
     """The encoder a new head is trained on: `static` from static_table (static_encoder_from), or `minilm`
     from the wheel."""
     if name == "static":
-        return static_encoder_from(static_table, storage=table_storage)
+        return static_encoder_from(static_table, storage=table_storage, max_tokens=max_tokens,
+                                   tail_tokens=tail_tokens)
     if name == "minilm":
-        return MiniLMEncoder(device=device)
+        return MiniLMEncoder(device=device, max_tokens=max_tokens, tail_tokens=tail_tokens)
     raise ValueError(f"unknown encoder {name!r}; choose one of ['minilm', 'static']")
 
 

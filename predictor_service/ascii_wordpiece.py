@@ -120,9 +120,39 @@ def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slot
 
 
 @compiled()
-def _plain_ascii_ids(data, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
-    out = np.empty(max_tokens + 128, np.int64)
-    n = plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest)
+def window_buffer_size(size, max_tokens):
+    """Length of the `out` buffer plain_ascii_window_into needs for a text of `size` bytes: every token
+    consumes at least one byte, so a whole text never has more tokens than bytes."""
+    return max(size, max_tokens) + 128
+
+
+@compiled()
+def plain_ascii_window_into(data, out, max_tokens, tail_tokens, drop_unk, unk_id, max_word, slots, keys,
+                            longest):
+    """Like plain_ascii_ids_into, but a text longer than max_tokens keeps its first max_tokens - tail_tokens
+    and its last tail_tokens ids (the window is cut before [UNK]s are dropped, as truncation is); out must
+    be window_buffer_size(len(data), max_tokens) long. tail_tokens = 0 is plain_ascii_ids_into itself."""
+    if tail_tokens == 0:
+        return plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest)
+    n = plain_ascii_ids_into(data, out, len(data) + 1, False, unk_id, max_word, slots, keys, longest)
+    if n > max_tokens:
+        head = max_tokens - tail_tokens
+        for j in range(tail_tokens):
+            out[head + j] = out[n - tail_tokens + j]
+        n = max_tokens
+    kept = 0
+    for j in range(n):
+        if not drop_unk or out[j] != unk_id:
+            out[kept] = out[j]
+            kept += 1
+    return kept
+
+
+@compiled()
+def _plain_ascii_ids(data, max_tokens, tail_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
+    out = np.empty(window_buffer_size(len(data), max_tokens) if tail_tokens else max_tokens + 128, np.int64)
+    n = plain_ascii_window_into(data, out, max_tokens, tail_tokens, drop_unk, unk_id, max_word, slots, keys,
+                                longest)
     return out[:n].copy()
 
 
@@ -148,7 +178,7 @@ class PlainAsciiWordPiece:
     """The compiled tokenizer for one WordPiece vocabulary."""
 
     def __init__(self, vocab: dict[str, int], *, unk_id: int, max_word_chars: int, max_tokens: int,
-                 prefix: str = "##"):
+                 tail_tokens: int = 0, prefix: str = "##"):
         pieces = {}
         for token, token_id in vocab.items():
             if token.isascii():
@@ -158,6 +188,7 @@ class PlainAsciiWordPiece:
         # Arrays, not a tuple of them: numba types a tuple argument on every call (~20 us).
         self.table = _table(pieces)   # (slots, keys, longest)
         self.unk_id, self.max_word_chars, self.max_tokens = unk_id, max_word_chars, max_tokens
+        self.tail_tokens = tail_tokens   # of the max_tokens a long text keeps, how many come from its end
         self.ids(b"warm up")   # compile (or load the compiled code) now, not in the first request
 
     @staticmethod
@@ -168,6 +199,9 @@ class PlainAsciiWordPiece:
 
     def ids(self, text: bytes, *, drop_unk: bool = True) -> np.ndarray:
         """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token), cut at
-        max_tokens. drop_unk=False keeps [UNK]s, as a chunk's cached ids must: a prompt's ids are truncated
-        before its [UNK]s go."""
-        return _plain_ascii_ids(text, self.max_tokens, drop_unk, self.unk_id, self.max_word_chars, *self.table)
+        max_tokens (head and tail_tokens of tail). drop_unk=False keeps [UNK]s and every id (max_tokens does
+        not apply), as a chunk's cached ids must: a prompt's ids are truncated before its [UNK]s go."""
+        if not drop_unk:
+            return _plain_ascii_ids(text, len(text) + 1, 0, False, self.unk_id, self.max_word_chars, *self.table)
+        return _plain_ascii_ids(text, self.max_tokens, self.tail_tokens, drop_unk, self.unk_id,
+                                self.max_word_chars, *self.table)

@@ -50,6 +50,20 @@ def _print_metrics_table(rows: dict[str, dict]) -> None:
         print(f"{name:<28}{m['log_loss']:>10.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
 
 
+def _window_arg(value: str):
+    """"auto", "256" -> (256, 0) or "64+192" -> (256, 192): (max_tokens, tail_tokens)."""
+    if value == "auto":
+        return value
+    head, plus, tail = value.partition("+")
+    try:
+        window = (int(head) + int(tail or 0), int(tail or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window must be auto, HEAD or HEAD+TAIL token counts, got {value!r}")
+    if window[0] < 1 or min(int(head), window[1]) < 0:
+        raise argparse.ArgumentTypeError(f"--window needs at least one token and no negative count, got {value!r}")
+    return window
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from predictor_service import baselines
     from predictor_service.data import load_dataset
@@ -62,8 +76,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dev_ds is not None:
         print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
-    artifact, result = train(train_ds, dev_ds, encoder_name=args.encoder, config=config,
-                             static_table=args.static_table, table_storage=args.table_storage)
+    kwargs = dict(encoder_name=args.encoder, config=config, static_table=args.static_table,
+                  table_storage=args.table_storage)
+    if args.window == "auto":
+        from predictor_service.recipe import train_choosing_window
+
+        artifact, result = train_choosing_window(train_ds, dev_ds, **kwargs)
+        choice = result["window_choice"]
+        print(f"encoder window: {choice['kept']}, chosen by {choice['by']}"
+              + (f"; {choice['note']}" if "note" in choice else ""))
+        for name, row in choice["candidates"].items():
+            print(f"  window {name:>7}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f}, gap recovered "
+                  f"{row['oof_gap_recovered']:.3f}, AUROC {row['oof_auroc']:.4f}, log loss {row['oof_log_loss']:.4f}")
+    else:
+        artifact, result = train(train_ds, dev_ds, max_tokens=args.window[0], tail_tokens=args.window[1],
+                                 **kwargs)
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -157,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256,
                    help="hidden width of the merged head, shared by the ensemble members (a multiple of 4)")
     p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--window", type=_window_arg, default="auto",
+                   help="tokens of a long prompt the encoder reads: HEAD (the first HEAD), HEAD+TAIL (the first "
+                        "HEAD and the last TAIL; few-shot and RAG prompts put the question last), or auto "
+                        "(default: the best of 256, 64+192 and 0+256 by out-of-fold train frontier AUC, "
+                        "trained only where prompts pass 256 tokens; the choice is in the manifest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
     p.add_argument("--static-table", metavar="DIR",

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIMS = 256          # model2vec's PCA width: 256 keeps 98% of the table's variance at 2/3 the size
 MAX_TOKENS = 256           # longest MMLU-Pro prompt is ~1,100 tokens; the first 256 carry question + options
+# Of the max_tokens a longer prompt keeps, how many come from its end (the rest from its start). 0 = the
+# first max_tokens only, what every artifact before windows did and what a manifest without the field means.
+TAIL_TOKENS = 0
 # Padded tokens (rows x longest) per MiniLM forward pass. On the CPU a pass's activations must stay in
 # cache: 64 dev prompts cost 94 ms each at 4096, 73-76 at 512-768, 84-92 one at a time (1 thread, 2 cores).
 # A GPU wants large passes.
@@ -73,7 +76,8 @@ class StaticEncoder:
     name = "static"
 
     def __init__(self, table: np.ndarray, tokenizer, *, max_tokens: int = MAX_TOKENS,
-                 stored: dict[str, np.ndarray] | None = None, tokenizer_json: str | None = None):
+                 tail_tokens: int = TAIL_TOKENS, stored: dict[str, np.ndarray] | None = None,
+                 tokenizer_json: str | None = None):
         """stored: the tensors the table was decoded from (encoder_files), written back as they are by save()
         so that a table is never rounded twice; None stores the fp32 table. tokenizer_json: the file the
         tokenizer was read from, stored and digested as it is (default: the tokenizer's own JSON)."""
@@ -83,9 +87,13 @@ class StaticEncoder:
         # The tokenizer as it was handed over, before truncation is set: what an artifact stores.
         self.tokenizer_json = tokenizer_json if tokenizer_json is not None else tokenizer.to_str()
         self.tokenizer_digest = sha256_bytes(self.tokenizer_json.encode("utf-8"))
+        check_window(max_tokens, tail_tokens)
         self.tokenizer = tokenizer
-        self.tokenizer.enable_truncation(max_tokens)
-        self.max_tokens = max_tokens
+        if tail_tokens:
+            self.tokenizer.no_truncation()     # the window is cut from the whole prompt's ids (_window)
+        else:
+            self.tokenizer.enable_truncation(max_tokens)
+        self.max_tokens, self.tail_tokens = max_tokens, tail_tokens
         self.dim = int(self.table.shape[1])
         self.table_digest = table_digest(self.table.numpy())
         if tokenizer.get_vocab_size(with_added_tokens=True) > self.table.shape[0]:
@@ -108,33 +116,38 @@ class StaticEncoder:
         from predictor_service.ascii_wordpiece import PlainAsciiWordPiece   # numba: only for this encoder
 
         self._plain = PlainAsciiWordPiece(
-            spec["model"]["vocab"], unk_id=self._unk_id, max_tokens=max_tokens,
+            spec["model"]["vocab"], unk_id=self._unk_id, max_tokens=max_tokens, tail_tokens=tail_tokens,
             max_word_chars=int(spec["model"].get("max_input_chars_per_word", 100)),
             prefix=spec["model"].get("continuing_subword_prefix") or "##")
 
     @classmethod
-    def load(cls, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
+    def load(cls, *, max_tokens: int = MAX_TOKENS, tail_tokens: int = TAIL_TOKENS) -> "StaticEncoder":
         """The table `routoo prepare` distils on this machine (for training new tables; its bits depend on
         the CPU). Serving and training read a table from an artifact instead (from_folder)."""
-        return cls.from_folder(build_static_table(), max_tokens=max_tokens)
+        return cls.from_folder(build_static_table(), max_tokens=max_tokens, tail_tokens=tail_tokens)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, *, max_tokens: int = MAX_TOKENS) -> "StaticEncoder":
+    def from_folder(cls, folder: str | Path, *, max_tokens: int = MAX_TOKENS,
+                    tail_tokens: int = TAIL_TOKENS) -> "StaticEncoder":
         """From an artifact's encoder folder or a model2vec model folder; the table is decoded exactly."""
         from tokenizers import Tokenizer
 
         stored, tokenizer_json = read_static_files(Path(folder))
         table, _ = decode_table(stored)
         tokenizer = Tokenizer.from_str(tokenizer_json)
-        return cls(table, tokenizer, max_tokens=max_tokens, stored=stored, tokenizer_json=tokenizer_json)
+        return cls(table, tokenizer, max_tokens=max_tokens, tail_tokens=tail_tokens, stored=stored,
+                   tokenizer_json=tokenizer_json)
 
-    def rounded(self, storage: str, *, max_tokens: int | None = None) -> "StaticEncoder":
-        """The same encoder with its table rounded to `storage` (fp32, fp16 or int8), as it will be stored."""
+    def rounded(self, storage: str, *, max_tokens: int | None = None,
+                tail_tokens: int | None = None) -> "StaticEncoder":
+        """The same encoder with its table rounded to `storage` (fp32, fp16 or int8), as it will be stored,
+        and with another window if max_tokens / tail_tokens are given."""
         from tokenizers import Tokenizer
 
         stored = self._stored if storage == self.table_storage else encode_table(self.table.numpy(), storage)
         return StaticEncoder(decode_table(stored)[0], Tokenizer.from_str(self.tokenizer_json),
-                             max_tokens=max_tokens or self.max_tokens, stored=stored,
+                             max_tokens=max_tokens or self.max_tokens,
+                             tail_tokens=self.tail_tokens if tail_tokens is None else tail_tokens, stored=stored,
                              tokenizer_json=self.tokenizer_json)
 
     def save(self, folder: str | Path) -> None:
@@ -150,8 +163,13 @@ class StaticEncoder:
         flat = ids[0] if len(ids) == 1 else np.concatenate(ids) if ids else np.zeros(0, np.int64)
         return TokenBatch(torch.from_numpy(flat), torch.from_numpy(offsets))
 
+    @property
+    def window(self) -> str:
+        """The window as text, for cache keys and reports: "256" (head only) or "192+64" (head + tail)."""
+        return window_name(self.max_tokens, self.tail_tokens)
+
     def _token_ids(self, text: str) -> list[int]:
-        """The tokenizer's ids for `text`, truncated to max_tokens, [UNK] dropped."""
+        """The tokenizer's ids for `text`, cut to the window, [UNK] dropped."""
         return self._token_array(text).tolist()
 
     def _token_array(self, text: str) -> np.ndarray:
@@ -186,11 +204,13 @@ class StaticEncoder:
         with a character that Python and BERT disagree on as whitespace take the tokenizer itself.
         """
         if _SPLIT_DISAGREES.search(text):
-            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            ids = _window(self.tokenizer.encode(text, add_special_tokens=False).ids, self.max_tokens,
+                          self.tail_tokens)
         else:
             ids, cache, chunks = [], self._chunk_ids, text.split()
             # Windows of max_tokens chunks: nearly every chunk gives >= 1 token, so one window usually
-            # suffices, and a 64 KiB prompt never tokenizes past what truncation keeps.
+            # suffices, and a 256 KiB prompt never tokenizes past what truncation keeps (with a tail, every
+            # window is read: the tail is the end of the prompt).
             for start in range(0, len(chunks), self.max_tokens):
                 window = chunks[start:start + self.max_tokens]
                 try:
@@ -201,9 +221,9 @@ class StaticEncoder:
                     fresh = self._tokenize_chunks([c for c in dict.fromkeys(window) if c not in cache])
                     pieces = [fresh[c] if c in fresh else cache[c] for c in window]
                 ids.extend(itertools.chain.from_iterable(pieces))
-                if len(ids) >= self.max_tokens:
+                if len(ids) >= self.max_tokens and not self.tail_tokens:
                     break
-            ids = ids[: self.max_tokens]
+            ids = _window(ids, self.max_tokens, self.tail_tokens)
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
     def _tokenize_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
@@ -228,10 +248,31 @@ class StaticEncoder:
         return static_embed(tokens.token_ids, tokens.offsets, self.table).numpy()
 
 
+def check_window(max_tokens: int, tail_tokens: int) -> None:
+    if not (isinstance(max_tokens, int) and isinstance(tail_tokens, int)) or max_tokens < 1 \
+            or not 0 <= tail_tokens <= max_tokens:
+        raise ValueError(f"a window needs max_tokens >= 1 and 0 <= tail_tokens <= max_tokens, got max_tokens "
+                         f"{max_tokens!r}, tail_tokens {tail_tokens!r}")
+
+
+def window_name(max_tokens: int, tail_tokens: int) -> str:
+    return f"{max_tokens - tail_tokens}+{tail_tokens}" if tail_tokens else str(max_tokens)
+
+
+def _window(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int]:
+    """The first max_tokens - tail_tokens and the last tail_tokens of ids, when there are more than
+    max_tokens; all of them otherwise."""
+    if len(ids) <= max_tokens:
+        return ids
+    if not tail_tokens:
+        return ids[:max_tokens]
+    return ids[:max_tokens - tail_tokens] + ids[len(ids) - tail_tokens:]
+
+
 class MiniLMEncoder:
     name = "minilm"
 
-    def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = 64,
+    def __init__(self, *, max_tokens: int = MAX_TOKENS, tail_tokens: int = TAIL_TOKENS, batch_size: int = 64,
                  device: str | torch.device = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
@@ -239,17 +280,29 @@ class MiniLMEncoder:
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
-        self.max_tokens = max_tokens
+        check_window(max_tokens, tail_tokens)
+        if max_tokens > self.model.config.max_position_embeddings:
+            raise ValueError(f"minilm reads at most {self.model.config.max_position_embeddings} tokens, "
+                             f"max_tokens is {max_tokens}")
+        self.max_tokens, self.tail_tokens = max_tokens, tail_tokens
         self.batch_size = batch_size
         self.token_budget = PADDED_TOKEN_BUDGET.get(self.device.type, PADDED_TOKEN_BUDGET["cpu"])
         self.dim = int(self.model.config.hidden_size)
         self.table_digest = None
 
+    @property
+    def window(self) -> str:
+        return window_name(self.max_tokens, self.tail_tokens)
+
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, 384) float32: mean of the last hidden states over real tokens, L2-normalised."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        input_ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
+        if self.tail_tokens:   # [CLS] stays first and [SEP] last: they are in the head and the tail
+            input_ids = [_window(ids, self.max_tokens, self.tail_tokens) for ids in
+                         self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+        else:
+            input_ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
         for rows in self._length_batches([len(ids) for ids in input_ids]):
             batch = self.tokenizer.pad({"input_ids": [input_ids[i] for i in rows]}, return_tensors="pt")
             batch = {name: t.to(self.device) for name, t in batch.items()}

@@ -18,18 +18,22 @@ from kernels import cpu_static_predictor
 from kernels._numba import compiled
 from kernels.cpu_static_predictor import FoldedStaticPredictor, score_tokens
 from predictor_service import ascii_wordpiece
-from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_ids_into
+from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window_into, window_buffer_size
 
 
 @compiled(boundscheck=False, depends_on=(cpu_static_predictor, ascii_wordpiece))
-def _score_plain_ascii(data, row, out, max_tokens, unk_id, max_word, slots, keys, longest,
+def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
                        table, b1, out_wt, out_b, cost_len_coef):
     """Scores the text `data` (bytes) into out[0, row] (quality) and out[1, row] (expected cost) if it is
     plain ASCII; returns whether it was."""
     if not is_plain_ascii(data):
         return False
-    tokens = np.empty(max_tokens + 128, np.int64)
-    n = plain_ascii_ids_into(data, tokens, max_tokens, True, unk_id, max_word, slots, keys, longest)
+    if tail_tokens == 0:
+        tokens = np.empty(max_tokens + 128, np.int64)
+    else:
+        tokens = np.empty(window_buffer_size(len(data), max_tokens), np.int64)
+    n = plain_ascii_window_into(data, tokens, max_tokens, tail_tokens, True, unk_id, max_word, slots, keys,
+                                longest)
     log_len = np.float32(math.log1p(len(data)))   # as head.log_lengths_numpy; one byte a character here
     score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, out[0, row], out[1, row])
     return True
@@ -41,7 +45,7 @@ class PlainFastPath:
     def __init__(self, encoder, predictor: FoldedStaticPredictor):
         self._encoder = encoder
         plain = encoder.plain_tokenizer
-        self._args = (plain.max_tokens, plain.unk_id, plain.max_word_chars, *plain.table,
+        self._args = (plain.max_tokens, plain.tail_tokens, plain.unk_id, plain.max_word_chars, *plain.table,
                       predictor.table, predictor.b1, predictor.out_wt, predictor.out_b, predictor.cost_len_coef)
         self.score("warm up", np.empty((2, 1, predictor.n_models), np.float32), 0)   # compile or load now
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from predictor_service.artifact import Artifact, Manifest, encoder_record, training_encoder
 from predictor_service.data import RoutingDataset
-from predictor_service.encoders import StaticEncoder, cache_dir
+from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, StaticEncoder, cache_dir
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
 from predictor_service.metrics import log_loss, quality_metrics
 from predictor_service.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
@@ -72,7 +72,7 @@ def embed_cached(encoder, texts: list[str], *, show_progress: bool = True) -> np
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")
-    key = f"{encoder.name}-{encoder.max_tokens}-{(encoder.table_digest or 'minilm')[:12]}-{h.hexdigest()[:16]}"
+    key = f"{encoder.name}-{encoder.window}-{(encoder.table_digest or 'minilm')[:12]}-{h.hexdigest()[:16]}"
     path = cache_dir() / "embeddings" / f"{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -203,10 +203,12 @@ def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
 
 def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_name: str = "static",
           config: TrainConfig | None = None, show_progress: bool = True,
-          static_table: str | Path | None = None, table_storage: str | None = None) -> tuple[Artifact, dict]:
+          static_table: str | Path | None = None, table_storage: str | None = None,
+          max_tokens: int = MAX_TOKENS, tail_tokens: int = TAIL_TOKENS) -> tuple[Artifact, dict]:
     """Trains an artifact by the recipe above. `dev_ds` is only scored for the report, never fitted on.
     static_table / table_storage: where the static table comes from (default: the committed default
     artifact's, the same bits on every machine) and how the artifact stores it (artifact.static_encoder_from).
+    max_tokens / tail_tokens: the encoder's window (encoders.TAIL_TOKENS), recorded in the manifest.
     Returns the artifact and metrics: "head" (dev if given, else out-of-fold train), "oof", "x_dev"."""
     config = config or TrainConfig()
     if dev_ds is not None and dev_ds.model_names != train_ds.model_names:
@@ -219,7 +221,8 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     prices = [[m.input_usd_per_mtok, m.output_usd_per_mtok] for m in train_ds.pool]
     cost_usd, costs_from_prices = fill_unknown_costs(train_ds.texts, train_ds.cost_usd, prices,
                                                      train_ds.model_names)
-    encoder = training_encoder(encoder_name, static_table=static_table, table_storage=table_storage)
+    encoder = training_encoder(encoder_name, static_table=static_table, table_storage=table_storage,
+                               max_tokens=max_tokens, tail_tokens=tail_tokens)
     x_all = embed_cached(encoder, train_ds.texts, show_progress=show_progress)
     ll_all = log_lengths(train_ds.texts).numpy()
     quality = train_ds.quality
@@ -255,7 +258,8 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     if oof["log_loss"] >= oof_raw["log_loss"]:
         inv_t, oof = 1.0, oof_raw
     dev_metrics: dict = {"inv_temperature": inv_t, "oof_train": _summary(oof)}
-    result: dict = {"oof": oof, "head": oof, "x_dev": None}
+    result: dict = {"oof": oof, "head": oof, "x_dev": None,
+                    "oof_quality": 1 / (1 + np.exp(-oof_logits * inv_t))}   # for recipe choice by CV
     if dev_ds is not None:
         x_dev = embed_cached(encoder, dev_ds.texts, show_progress=show_progress)
         ll_dev = log_lengths(dev_ds.texts).numpy()
@@ -269,6 +273,7 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     table_digest, encoder_files = encoder_record(encoder)
     manifest = Manifest(
         encoder=encoder.name, dim=encoder.dim, hidden=hidden, max_tokens=encoder.max_tokens,
+        tail_tokens=encoder.tail_tokens,
         model_names=train_ds.model_names,
         model_prices=prices,
         inv_temperature=inv_t, encoder_table_digest=table_digest, encoder_files=encoder_files,

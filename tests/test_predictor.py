@@ -14,6 +14,7 @@ from predictor_service.artifact import Artifact, ArtifactError, default_artifact
 from predictor_service.cli import main as routoo
 from predictor_service.data import load_dataset, read_prompts
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder
+from predictor_service.limits import MAX_PROMPT_BYTES
 from predictor_service.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 from predictor_service.price_costs import input_tokens, typical_output_tokens
@@ -225,7 +226,7 @@ def test_a_mixed_batch_takes_both_cpu_paths_and_keeps_each_answer(cpu_predictor)
     np.testing.assert_array_equal(cost, expected_cost)
 
 
-@pytest.mark.parametrize("text, message", [("", "empty"), ("   \n", "empty"), ("x" * 70_000, "over the limit")])
+@pytest.mark.parametrize("text, message", [("", "empty"), ("   \n", "empty"), ("x" * (MAX_PROMPT_BYTES + 1), "over the limit")])
 def test_check_prompt_rejects_without_echoing_text(text, message):
     with pytest.raises(PromptError, match=message) as info:
         check_prompt(text)

@@ -184,10 +184,10 @@ def route(prompt="A fine prompt", **kwargs):
 
 BAD_INPUTS = [
     # (method, request, status, text the message must contain)
-    (*route(""), grpc.StatusCode.INVALID_ARGUMENT, "prompt: must be 1 to 65536 bytes"),
-    (*route("   \n\t"), grpc.StatusCode.INVALID_ARGUMENT, "prompt: must be 1 to 65536 bytes"),
-    (*route("x" * (MAX_PROMPT_BYTES + 1)), grpc.StatusCode.INVALID_ARGUMENT, "got 65537 bytes"),
-    (*route("é" * (MAX_PROMPT_BYTES // 2 + 1)), grpc.StatusCode.INVALID_ARGUMENT, "prompt: must be 1 to 65536 bytes"),
+    (*route(""), grpc.StatusCode.INVALID_ARGUMENT, f"prompt: must be 1 to {MAX_PROMPT_BYTES} bytes"),
+    (*route("   \n\t"), grpc.StatusCode.INVALID_ARGUMENT, f"prompt: must be 1 to {MAX_PROMPT_BYTES} bytes"),
+    (*route("x" * (MAX_PROMPT_BYTES + 1)), grpc.StatusCode.INVALID_ARGUMENT, f"got {MAX_PROMPT_BYTES + 1} bytes"),
+    (*route("é" * (MAX_PROMPT_BYTES // 2 + 1)), grpc.StatusCode.INVALID_ARGUMENT, f"prompt: must be 1 to {MAX_PROMPT_BYTES} bytes"),
     (*route(quality_per_usd=-1.0), grpc.StatusCode.INVALID_ARGUMENT, "tradeoff.quality_per_usd: lambda must be a finite number >= 0"),
     (*route(quality_per_usd=math.nan), grpc.StatusCode.INVALID_ARGUMENT, "tradeoff.quality_per_usd"),
     (*route(quality_target=-0.01), grpc.StatusCode.INVALID_ARGUMENT, "quality_target.tau: tau must be in [0, 1]"),
@@ -209,7 +209,7 @@ BAD_INPUTS = [
     ("RouteBatch", pb.RouteBatchRequest(prompts=[], total_budget_usd=1), grpc.StatusCode.INVALID_ARGUMENT,
      "prompts: must hold at least one prompt"),
     ("RouteBatch", pb.RouteBatchRequest(prompts=["fine", ""], total_budget_usd=1), grpc.StatusCode.INVALID_ARGUMENT,
-     "prompts[1]: must be 1 to 65536 bytes"),
+     f"prompts[1]: must be 1 to {MAX_PROMPT_BYTES} bytes"),
     ("RouteBatch", pb.RouteBatchRequest(prompts=["a", "b"], total_budget_usd=0), grpc.StatusCode.FAILED_PRECONDITION,
      "total_budget_usd: 0 is below $"),
     ("RouteBatch", pb.RouteBatchRequest(prompts=["a"], total_budget_usd=1,
@@ -217,7 +217,7 @@ BAD_INPUTS = [
      grpc.StatusCode.FAILED_PRECONDITION, "constraints.max_latency_ms=1 excludes 32"),
     ("Score", pb.ScoreRequest(prompts=[]), grpc.StatusCode.INVALID_ARGUMENT, "prompts: must hold at least one prompt"),
     ("Score", pb.ScoreRequest(prompts=["ok", "y" * (MAX_PROMPT_BYTES + 1)]), grpc.StatusCode.INVALID_ARGUMENT,
-     "prompts[1]: must be 1 to 65536 bytes of UTF-8 text, got 65537 bytes"),
+     f"prompts[1]: must be 1 to {MAX_PROMPT_BYTES} bytes of UTF-8 text, got {MAX_PROMPT_BYTES + 1} bytes"),
 ]
 
 

@@ -1,0 +1,129 @@
+"""Runs the generalisation suite (scripts/make_suite.py) and writes one table: Routoo against TF-IDF + LR,
+kNN and the told-category router on every set, AUC with bootstrap CIs and gap recovered.
+
+    PYTHONPATH=$PWD .venv/bin/python scripts/make_suite.py --out /tmp/suite
+    PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite \
+        --sets fewshot-5,long-rag,heldout-cats,pool-2,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
+
+Per set: `routoo train`'s default recipe (static encoder, --window auto: recipe.train_choosing_window, which
+keeps the window with the best *out-of-fold train* frontier AUC; the test side is never read to choose
+it), with the head-only 256 window reported beside it where another one was kept. kNN, TF-IDF + LR and the
+told-category router (per-model logistic regression on the category one-hot, as `routoo eval-ceiling`'s)
+decide with the kept artifact's predicted costs; every frontier, CI and gap is `routoo eval`'s
+(evaluation.evaluate_pool, full pool). On heldout-cats the told category is all zeros on the test side
+(those categories were never in train), so that router is the no-prompt one there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from predictor_service import baselines
+from predictor_service.ceiling import _categories
+from predictor_service.data import load_dataset
+from predictor_service.encoders import window_name
+from predictor_service.eval_config import EvalConfig
+from predictor_service.evaluation import (RouterPredictions, artifact_predictions, choose_knn_k, evaluate_pool,
+                                          knn_quality, no_prompt_router, oracle_router)
+from predictor_service.recipe import HEAD_ONLY, train_choosing_window
+
+SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
+
+
+def run_set(folder: Path, config: EvalConfig) -> dict:
+    started = time.perf_counter()
+    test_folder = folder / "test" if (folder / "test").is_dir() else folder / "dev"   # mmlu-pro itself: dev
+    train_ds, test_ds = load_dataset(folder / "train"), load_dataset(test_folder)
+    test_ds = test_ds.select_models(train_ds.model_names)
+    names = train_ds.model_names
+    artifact, result = train_choosing_window(train_ds, None, show_progress=False)
+    choice, candidates = result["window_choice"], result["candidate_artifacts"]
+    kept = choice["kept"]
+    for name, row in choice["candidates"].items():
+        print(f"  {folder.name}: window {name}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f} "
+              f"(gap {row['oof_gap_recovered']:.3f}), AUROC {row['oof_auroc']:.4f}", flush=True)
+    quality, cost, test_x = artifact_predictions(artifact, test_ds.texts)
+    _, train_cost_pred, train_x = artifact_predictions(artifact, train_ds.texts)
+    routers = [RouterPredictions(f"routoo (window {kept}, chosen by CV)", quality, cost)]
+    head_only = window_name(*HEAD_ONLY)
+    if head_only in candidates and head_only != kept:
+        q0, _, _ = artifact_predictions(candidates[head_only], test_ds.texts)
+        routers.append(RouterPredictions(f"routoo (window {head_only})", q0, cost))
+    no_prompt = no_prompt_router(train_ds.quality, train_ds.cost_usd, len(test_ds))
+    k, _ = choose_knn_k(train_x, train_ds.quality, train_ds.cost_usd, train_cost_pred, config, names)
+    routers += [no_prompt,
+                RouterPredictions(f"kNN-{k}", knn_quality(train_x, train_ds.quality, test_x, k), cost),
+                RouterPredictions("TF-IDF + LR", baselines.tfidf_logistic(train_ds.texts, train_ds.quality,
+                                                                          test_ds.texts), cost),
+                RouterPredictions("told category", baselines.per_model_logistic(
+                    _categories(train_ds, train_ds), train_ds.quality, _categories(train_ds, test_ds)), cost)]
+    res = evaluate_pool(folder.name, names, routers, oracle_router(test_ds.quality, test_ds.cost_usd),
+                        test_ds.quality, test_ds.cost_usd, config, no_prompt=no_prompt.name, show_progress=False)
+    rows = {name.split(" / ")[0]: {key: row.get(key) for key in ("auc", "auc_ci95", "gap_recovered", "auc_points",
+                                                              "gap_recovered_points", "routoo_minus_auc_ci95")}
+            for name, row in res.summary.items() if name.endswith("/ tradeoff")}
+    return {"set": folder.name, "n_train": len(train_ds), "n_test": len(test_ds), "n_models": len(names),
+            "window_kept": kept, "window_choice": choice, "routers": rows,
+            "seconds": round(time.perf_counter() - started)}
+
+
+def format_table(results: list[dict]) -> str:
+    cols = ["routoo", "routoo (256)", "TF-IDF + LR", "kNN", "told category", "no-prompt (per-model mean)", "oracle"]
+    lines = ["| set (train / test prompts, models) | window (CV) | Routoo AUC [95% CI] / gap | Routoo, 256 head "
+             "| TF-IDF + LR | kNN | told category | no-prompt | oracle | Routoo - TF-IDF [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        by = {}
+        for name, row in r["routers"].items():
+            key = ("routoo" if "chosen by CV" in name else "routoo (256)" if name.startswith("routoo")
+                   else "kNN" if name.startswith("kNN") else name)
+            by[key] = row
+        cells = []
+        for c in cols:
+            row = by.get(c)
+            if row is None:
+                cells.append("= Routoo" if c == "routoo (256)" else "-")
+            elif c == "routoo":
+                lo, hi = row["auc_ci95"]
+                cells.append(f"{row['auc']:.4f} [{lo:.4f}, {hi:.4f}] / {row['gap_recovered']:.3f}")
+            elif c in ("oracle", "no-prompt (per-model mean)"):
+                cells.append(f"{row['auc']:.4f}")
+            else:
+                cells.append(f"{row['auc']:.4f} / {row['gap_recovered']:.3f}")
+        lo, hi = by["TF-IDF + LR"]["routoo_minus_auc_ci95"]
+        lines.append(f"| {r['set']} ({r['n_train']} / {r['n_test']}, {r['n_models']}) | {r['window_kept']} | "
+                     + " | ".join(cells) + f" | [{lo:+.4f}, {hi:+.4f}] |")
+    gaps = [(r["routers"][next(n for n in r["routers"] if "chosen by CV" in n)]["auc"]
+             - r["routers"]["TF-IDF + LR"]["auc"]) for r in results]
+    lines.append(f"\nmean Routoo - TF-IDF AUC over the {len(results)} sets: {np.mean(gaps):+.4f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", required=True, help="folder scripts/make_suite.py wrote")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated set names under --suite, or "
+                    f"dataset folders with train/ and test/ or dev/ (default {','.join(SETS)})")
+    ap.add_argument("--bootstrap", type=int, default=EvalConfig().bootstrap)
+    ap.add_argument("--out-json", help="write every figure as JSON")
+    args = ap.parse_args()
+    config = replace(EvalConfig(), bootstrap=args.bootstrap)
+    results = []
+    for name in [s for s in args.sets.split(",") if s.strip()]:
+        folder = Path(name) if Path(name, "train").is_dir() else Path(args.suite) / name   # a path, or a set
+        results.append(run_set(folder, config))
+        print(f"{name}: done in {results[-1]['seconds']} s", flush=True)
+        if args.out_json:
+            Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
