@@ -58,7 +58,9 @@ class SelectorThread:
         self.server, port = self.call(create_server("127.0.0.1:0", config=config))
         self.call(self.server.start())
         self.address = f"127.0.0.1:{port}"
-        self.replicas = self.server._scores               # the ReplicaSet create_server built
+        scores = self.server._scores
+        # The ReplicaSet create_server built, under the coalescer that wraps it by default.
+        self.replicas = getattr(scores, "inner", scores)
 
     def call(self, coroutine, timeout: float = 120.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
