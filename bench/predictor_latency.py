@@ -11,14 +11,13 @@ tokenizer's chunk cache); `cold_p50_ms_per_prompt` is batch 1 on a fresh predict
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.report import git_revision, machine_info
+from bench.report import write_results
 from bench.targets import ensure_artifact, load_prompts
 from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import Predictor
@@ -66,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{encoder:<7} batch {batch:>3}: p50 {row['p50_ms_per_prompt']:.3f} ms/prompt, "
                   f"p99 {row['p99_ms_per_prompt']:.3f}, {row['prompts_per_s']:.0f} prompts/s", flush=True)
-    report = {"machine": machine_info(), "git": git_revision(), "torch_threads": args.threads,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, rows, torch_threads=args.threads)
     return 0
 
 

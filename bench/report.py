@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,18 @@ def write_json(report: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_results(path: Path, results: list[dict], **settings) -> Path:
+    """A micro-benchmark's JSON (bench.predictor_latency, bench.window_latency): machine, git revision, its
+    settings, local date and result rows, in that order; prints where it went."""
+    report = {"machine": machine_info(), "git": git_revision(), **settings,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
     return path
 
 

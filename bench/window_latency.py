@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.predictor_latency import measure
-from bench.report import git_revision, machine_info
+from bench.report import write_results
 from bench.targets import load_prompts
 from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import Predictor
@@ -98,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"p50 {p50:.3f} ms wall, {cpu:.3f} ms CPU = {cpu * 1000 / n:.4f} ms CPU per 1,000 tokens",
                       flush=True)
             rows.append(row)
-    report = {"machine": machine_info(), "git": git_revision(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, rows)
     return 0
 
 

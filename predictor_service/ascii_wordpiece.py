@@ -79,6 +79,18 @@ def _wordpiece(data, start, end, out, n, unk_id, max_word, slots, keys, longest)
 
 
 @compiled()
+def _compact(out, n, drop_unk, unk_id):
+    """Moves the first n ids of out, less every [UNK] if drop_unk, to its front, in order; returns their
+    count."""
+    kept = 0
+    for j in range(n):
+        if not drop_unk or out[j] != unk_id:
+            out[kept] = out[j]
+            kept += 1
+    return kept
+
+
+@compiled()
 def is_plain_ascii(data):
     """Whether every byte is printable ASCII, a space, a tab or a newline (the text this tokenizer covers,
     given no added token in it)."""
@@ -111,12 +123,7 @@ def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slot
         n = _wordpiece(lowered, i, j, out, n, unk_id, max_word, slots, keys, longest)
         i = j
     n = min(n, max_tokens)
-    kept = 0
-    for j in range(n):
-        if not drop_unk or out[j] != unk_id:
-            out[kept] = out[j]
-            kept += 1
-    return kept
+    return _compact(out, n, drop_unk, unk_id)
 
 
 @compiled()
@@ -140,12 +147,7 @@ def plain_ascii_window_into(data, out, max_tokens, tail_tokens, drop_unk, unk_id
         for j in range(tail_tokens):
             out[head + j] = out[n - tail_tokens + j]
         n = max_tokens
-    kept = 0
-    for j in range(n):
-        if not drop_unk or out[j] != unk_id:
-            out[kept] = out[j]
-            kept += 1
-    return kept
+    return _compact(out, n, drop_unk, unk_id)
 
 
 @compiled()

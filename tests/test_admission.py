@@ -3,12 +3,10 @@ undecodable bytes get INVALID_ARGUMENT and are counted, long error messages are 
 requests past the bytes-in-flight budget get RESOURCE_EXHAUSTED, 16 big RouteBatches keep the real selector
 process under its stated memory bound, and a burst of failing requests writes a bounded number of lines."""
 
-import asyncio
 import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from selector.config import MIB, SelectorConfig
 from selector.log_limits import AggregatedLog
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
-from selector.server import create_server
+from tests.fixtures_selector import SelectorThread
 from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
 
 ROUTE = "/routoo.selector.v1.Selector/Route"
@@ -31,39 +29,13 @@ ROUTE_BATCH = "/routoo.selector.v1.Selector/RouteBatch"
 BIG_PROMPT = ("What does entropy have to do with heat, and how does the second law constrain engines? " * 34)[:3000]
 
 
-class Selector:
-    """create_server + start on an event loop of its own thread; stopped by close()."""
-
-    def __init__(self, config: SelectorConfig):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, port = self.call(create_server("127.0.0.1:0", config=config))
-        self.call(self.server.start())
-        self.address = f"127.0.0.1:{port}"
-        self.channel = grpc.insecure_channel(self.address, options=[
-            ("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)])
-        self.stub = pb_grpc.SelectorStub(self.channel)
-
-    def call(self, coroutine, timeout: float = 120.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def metric(self, name: str, labels: dict | None = None) -> float:
-        return self.server.metrics.registry.get_sample_value(name, labels or {}) or 0.0
-
-    def close(self) -> None:
-        self.channel.close()
-        self.call(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def selector(triton_server):  # noqa: F811
-    running = Selector(SelectorConfig(port=0, triton_url=triton_server.grpc_url, health_poll_s=0.2,
-                                      max_in_flight_bytes=8 * MIB, big_request_bytes=1 * MIB,
-                                      max_concurrent_big_requests=1, log_interval_s=60.0))
+    running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, health_poll_s=0.2,
+                                            max_in_flight_bytes=8 * MIB, big_request_bytes=1 * MIB,
+                                            max_concurrent_big_requests=1, log_interval_s=60.0),
+                             channel_options=[("grpc.max_send_message_length", 64 * MIB),
+                                              ("grpc.max_receive_message_length", 64 * MIB)])
     yield running
     running.close()
 

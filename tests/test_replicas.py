@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +22,9 @@ from selector.config import SelectorConfig
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.replicas import ReplicaSet, scores_from_config
-from selector.server import create_server
 from selector.targets import Target, parse_targets
 from selector.triton_scores import PredictorUnavailable, TritonScores
+from tests import fixtures_selector
 
 PROMPTS = [f"Question {i}: how does {topic} relate to {other}?"
            for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant"] * 4,
@@ -48,32 +47,18 @@ def tritons():
             server.cleanup()
 
 
-class SelectorThread:
-    """create_server + start on an event loop of its own, in a daemon thread."""
+class SelectorThread(fixtures_selector.SelectorThread):
+    """The shared harness, plus the ReplicaSet it serves from and its /metrics page."""
 
     def __init__(self, config: SelectorConfig):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, port = self.call(create_server("127.0.0.1:0", config=config))
-        self.call(self.server.start())
-        self.address = f"127.0.0.1:{port}"
+        super().__init__(config)
         scores = self.server._scores
         # The ReplicaSet create_server built, under the coalescer that wraps it by default.
         self.replicas = getattr(scores, "inner", scores)
 
-    def call(self, coroutine, timeout: float = 120.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
     def metrics(self) -> dict[tuple, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=5) as r:
             return _samples(r.read().decode())
-
-    def close(self) -> None:
-        self.call(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def _samples(text: str) -> dict[tuple, float]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from predictor_service.artifact import default_artifact_path
@@ -34,43 +34,15 @@ from selector.policies import TradeoffPolicy
 from selector.pool import DEFAULT_POOL_PATH, PoolMismatchError, ServedPool, load_pool
 from selector.proto import generate
 from selector.proto import selector_pb2 as pb
-from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.server import SERVICE_NAME, _ScoresWire, create_server
 from selector.triton_scores import PredictorUnavailable
+from tests.fixtures_selector import SelectorThread  # also imported from here by other test modules
 from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
 
 PROMPTS = [f"Question {i}: what does {topic} have to do with {other}?"
            for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant", "mitosis"] * 4,
                                                   ["heat", "contracts", "sorting", "duty", "cancer"] * 4))]
 CANARY = "ocelot-canary-5521"      # a word that must never reach a log
-
-
-class SelectorThread:
-    """A selector (create_server + start) on its own event loop in a daemon thread, on a free port."""
-
-    def __init__(self, config: SelectorConfig, scores=None):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = self.call(create_server("127.0.0.1:0", config=config, scores=scores))
-        self.call(self.server.start())
-        self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = pb_grpc.SelectorStub(self.channel)
-
-    def call(self, coroutine, timeout: float = 120.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def health(self, service: str = SERVICE_NAME) -> int:
-        return health_pb2_grpc.HealthStub(self.channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-    def close(self) -> None:
-        self.channel.close()
-        self.call(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
