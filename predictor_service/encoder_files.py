@@ -69,21 +69,30 @@ def encode_table(table: np.ndarray, storage: str) -> dict[str, np.ndarray]:
     raise EncoderFilesError(f"unknown table storage {storage!r}; choose one of {list(TABLE_STORAGES)}")
 
 
-def decode_table(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """(table (vocab, dim) fp32, storage) from stored tensors; exact, the same bits on every machine."""
+def stored_storage(tensors: dict[str, np.ndarray]) -> str:
+    """The storage ("fp32", "fp16" or "int8") of stored table tensors, checked, without decoding them."""
     if "embeddings_int8" in tensors:
         q, scale = tensors["embeddings_int8"], tensors.get("row_scale")
         if scale is None or q.dtype != np.int8 or scale.shape != (q.shape[0],):
             raise EncoderFilesError("an int8 table needs 'embeddings_int8' (vocab, dim) int8 and 'row_scale' "
                                     "(vocab,) fp32")
-        return q.astype(np.float32) * scale.astype(np.float32)[:, None], "int8"
+        return "int8"
     table = tensors.get("embeddings")
     if table is None or table.ndim != 2:
         raise EncoderFilesError(f"no 2-d 'embeddings' tensor (has {sorted(tensors)})")
     storage = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}.get(table.dtype)
     if storage is None:
         raise EncoderFilesError(f"embeddings of dtype {table.dtype}; fp32, fp16 or int8 expected")
-    return np.ascontiguousarray(table, dtype=np.float32), storage
+    return storage
+
+
+def decode_table(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """(table (vocab, dim) fp32, storage) from stored tensors; exact, the same bits on every machine."""
+    storage = stored_storage(tensors)
+    if storage == "int8":
+        q, scale = tensors["embeddings_int8"], tensors["row_scale"]
+        return q.astype(np.float32) * scale.astype(np.float32)[:, None], storage
+    return np.ascontiguousarray(tensors["embeddings"], dtype=np.float32), storage
 
 
 def write_static_files(folder: Path, stored: dict[str, np.ndarray], tokenizer_json: str) -> None:

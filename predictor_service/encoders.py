@@ -25,7 +25,7 @@ import torch
 
 from kernels.static_embed import static_embed
 from predictor_service.encoder_files import (decode_table, encode_table, read_static_files, sha256_bytes,
-                                             table_digest, write_static_files)
+                                             stored_storage, table_digest, write_static_files)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class StaticEncoder:
         tokenizer was read from, stored and digested as it is (default: the tokenizer's own JSON)."""
         self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))  # (vocab, dim)
         self._stored = stored if stored is not None else encode_table(self.table.numpy(), "fp32")
-        self.table_storage = decode_table(self._stored)[1] if stored is not None else "fp32"
+        self.table_storage = stored_storage(self._stored)
         # The tokenizer as it was handed over, before truncation is set: what an artifact stores.
         self.tokenizer_json = tokenizer_json if tokenizer_json is not None else tokenizer.to_str()
         self.tokenizer_digest = sha256_bytes(self.tokenizer_json.encode("utf-8"))

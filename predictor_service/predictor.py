@@ -69,7 +69,6 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":
         artifact = Artifact.load(folder)
-        manifest = artifact.manifest
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         # MiniLM runs where the head runs; the static table is moved there by __init__.
