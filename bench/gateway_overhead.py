@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         started.append(upstream)
         assert upstream.stdout.readline().strip() == "ready"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "predictor_service.cli", "serve", "--pool", str(pool_path),
+            [sys.executable, "-m", "cli.main", "serve", "--pool", str(pool_path),
              "--selector-port", str(selector_port), "--gateway-port", str(gateway_port),
              "--triton-grpc-port", str(triton_ports[0]), "--triton-http-port", str(triton_ports[1]),
              "--triton-metrics-port", str(triton_ports[2])],

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics")}
     run_dir = Path(tempfile.mkdtemp(prefix="routoo-soak-"))
     log_path = run_dir / "serve.log"
-    command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
+    command = [sys.executable, "-m", "cli.main", "serve", "--selector-port", str(ports["selector"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
                "--triton-metrics-port", str(ports["metrics"]), "--max-restarts", "1000"]
     report = report_mod.new_report({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})

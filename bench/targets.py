@@ -74,8 +74,8 @@ def ensure_artifact(encoder: str, *, data_root: Path = DATA_ROOT, show_progress:
     if not (train_dir / "prompts.jsonl").is_file():
         raise TargetUnavailable(f"no {encoder} artifact in {folder} and no training data in {train_dir} to "
                                 f"train one; skipping the {encoder} encoder")
-    from predictor_service.data import load_dataset
-    from predictor_service.training import train
+    from training.data import load_dataset
+    from training.fit import train
 
     log.warning("training a %s artifact into %s (once; minutes on 2 cores)", encoder, folder)
     dev = load_dataset(dev_dir) if (dev_dir / "prompts.jsonl").is_file() else None
@@ -98,7 +98,7 @@ def load_prompts(path: Path | None, *, limit: int = 2000, seed: int = 0) -> list
     Without the data set, a fixed synthetic set of MMLU-sized prompts (~600 characters) stands in and the
     run says so.
     """
-    from predictor_service.data import read_prompts
+    from training.data import read_prompts
 
     path = path or default_prompts_path()
     rng = np.random.default_rng(seed)

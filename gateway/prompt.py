@@ -14,7 +14,7 @@ holds the question, and a long paste should still be routed rather than refused.
 
 from __future__ import annotations
 
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 
 PROMPT_RULES = {"last_user", "system_and_last_user"}
 

@@ -19,7 +19,7 @@ from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder
 from predictor_service.head import log_lengths, log_lengths_numpy
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 
 
 

@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictor_service.artifact import MANIFEST, Artifact, ArtifactError, default_artifact_path
+from predictor_service.artifact import Artifact, default_artifact_path
 from predictor_service.supervision import spawn_group, stop_group
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,6 @@ DEFAULT_MODELS = ("routoo_predictor", "echo_floor")
 POOL_LABELS = "pool_models.txt"
 SERVED_ARTIFACT = "artifact"         # the artifact's folder inside a portable repository's version folder      # one name a line, the QUALITY output's classification labels
 # Where `make train-default` reads its data; used only when the default artifact is missing.
-DEFAULT_TRAIN_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "train"
-DEFAULT_DEV_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu-pro" / "dev"
 
 
 class TritonServerError(RuntimeError):
@@ -104,28 +102,11 @@ class TritonDist:
 
 
 def ensure_artifact(path: str | Path | None) -> Path:
-    """The artifact folder to serve; trains the default one first if it is missing altogether (a checkout
-    without it), on a table distilled here. An artifact that is there but unusable is an error, never
-    silently replaced."""
+    """The artifact folder to serve (default: the committed default artifact), checked by loading it. A
+    missing or unusable artifact is an error naming the folder, never silently replaced: training belongs
+    to training/ (`make train-default` rebuilds the default one), not to the launcher."""
     folder = Path(path) if path is not None else default_artifact_path()
-    try:
-        Artifact.load(folder)
-        return folder
-    except ArtifactError:
-        if (folder / MANIFEST).exists() or (path is not None and folder.resolve() != default_artifact_path().resolve()):
-            raise
-    if not DEFAULT_TRAIN_DATA.is_dir():
-        raise ArtifactError(f"no artifact at {folder} and no training data at {DEFAULT_TRAIN_DATA} to train "
-                            "one; pass --artifact or run `make train-default`")
-    from predictor_service.data import load_dataset
-    from predictor_service.encoders import build_static_table
-    from predictor_service.training import TrainConfig, train
-
-    log.warning("no artifact at %s; training the default (static encoder) from %s", folder, DEFAULT_TRAIN_DATA)
-    dev = load_dataset(DEFAULT_DEV_DATA) if DEFAULT_DEV_DATA.is_dir() else None
-    artifact, _ = train(load_dataset(DEFAULT_TRAIN_DATA), dev, encoder_name="static", config=TrainConfig(),
-                        static_table=build_static_table())
-    artifact.save(folder)
+    Artifact.load(folder)
     return folder
 
 

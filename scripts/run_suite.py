@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor_service import baselines
-from predictor_service.ceiling import _categories
-from predictor_service.data import load_dataset
+from training import baselines
+from evals.ceiling import _categories
+from training.data import load_dataset
 from predictor_service.encoders import window_name
-from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (RouterPredictions, artifact_predictions, choose_knn_k, evaluate_pool,
+from evals.config import EvalConfig
+from evals.harness import (RouterPredictions, artifact_predictions, choose_knn_k, evaluate_pool,
                                           knn_quality, no_prompt_router, oracle_router)
-from predictor_service.recipe import HEAD_ONLY, train_choosing_window
+from evals.recipe import HEAD_ONLY, train_choosing_window
 
 SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
 

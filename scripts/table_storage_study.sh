@@ -33,9 +33,9 @@ for storage in ("fp32", "fp16", "int8"):
 
 # The rounding alone, without retraining: the fp32 head scored on dev with its table rounded.
 from predictor_service.artifact import Artifact
-from predictor_service.data import load_dataset
+from training.data import load_dataset
 from predictor_service.head import log_lengths, reference_score
-from predictor_service.metrics import quality_metrics
+from training.metrics import quality_metrics
 import numpy as np
 import os
 artifact = Artifact.load(out / "fp32")

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 from selector.targets import parse_targets
 
 KIB = 1024

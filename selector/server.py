@@ -1,4 +1,4 @@
-"""The selector's gRPC server (grpc.aio), shaped as grpc's Python examples: create_server(), serve(), main().
+"""The selector's gRPC server (grpc.aio), shaped as grpc's Python examples: create_server(), serve(); its command is cli/selector.py.
 
 Each RPC validates its request, asks the predictor in Triton for the prompt's per-model quality and expected
 cost, and lets a policy (or the budgeted assignment) decide. Errors are answered per request with the
@@ -7,7 +7,6 @@ status codes of the API (selector.proto); the server keeps serving. Prompt text 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import math
@@ -24,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from selector.admission import Admission, add_selector_servicer, materialise, short_message
 from selector.coalescer import CoalescingScores, Overloaded, ScoredBatch
-from selector.config import SelectorConfig, add_selector_arguments, config_from_args
+from selector.config import SelectorConfig
 from selector.log_limits import AggregatedLog
 from selector.metrics import SelectorMetrics
 from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
@@ -512,14 +511,9 @@ def run_event_loop(main: Coroutine, *, uvloop: bool) -> None:
     asyncio.run(main)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m selector.server", description=__doc__.split("\n")[0])
-    add_selector_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
-    run_event_loop(serve(config), uvloop=config.uvloop)
-
-
+# `python -m selector.server` is an entry point, not an import: the command itself (its flags) lives in the
+# CLI package with every other command, and nothing in selector/ imports cli/.
 if __name__ == "__main__":
+    from cli.selector import main
+
     main()

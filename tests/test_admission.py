@@ -207,7 +207,7 @@ def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):  # noqa:
 
 
 def test_a_content_free_prompt_is_flagged_and_minus_zero_is_shown_as_zero(selector):
-    from selector.commands import format_decision
+    from cli.services import format_decision
 
     for prompt in ("\u200b\u200d\u2060", "\U0001F600\U0001F680 !?", "\u0301\u0308\u0327"):
         decision = selector.stub.Route(make_route_request(prompt), timeout=30)

@@ -19,12 +19,12 @@ from safetensors.numpy import load_file, save_file
 
 from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError, Manifest, default_artifact_path
-from predictor_service.data import load_dataset
+from training.data import load_dataset
 from predictor_service.encoder_files import ENCODER_DIR, TABLE_FILE, decode_table, encode_table
 from predictor_service.head import log_lengths, reference_score
 from predictor_service.onnx_export import export_static_predictor
 from predictor_service.predictor import Predictor
-from predictor_service.training import TrainConfig, train
+from training.fit import TrainConfig, train
 from tests.test_predictor import synthetic_dataset
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "default_artifact_scores.json").read_text())
@@ -185,7 +185,7 @@ def test_minilm_artifact_refuses_another_wheel(tmp_path):
 
 def test_written_repository_carries_its_artifact(tmp_path):
     """`routoo serve-predictor --write-repository` writes a repository that can be moved as it is."""
-    from predictor_service.cli import main as routoo
+    from cli.main import main as routoo
 
     assert routoo(["serve-predictor", "--write-repository", str(tmp_path / "repo")]) == 0
     moved = tmp_path / "elsewhere" / "model_repository"

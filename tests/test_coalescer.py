@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 from selector.client import make_route_request
 from selector.coalescer import CoalescingScores
 from selector.config import SelectorConfig

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from predictor_service.data import DatasetError, load_dataset, read_prompts
+from training.data import DatasetError, load_dataset, read_prompts
 
 
 def write_dataset(folder, prompts, models, scores, costs=None):

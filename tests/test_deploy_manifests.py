@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.commands import cmd_gateway
+from cli.gateway import cmd_gateway
 from gateway.config import GatewayConfig, gateway_config_from_args
-from predictor_service import serve_commands
-from predictor_service.cli import build_parser
+from cli import predictor_serving as serve_commands
+from cli.main import build_parser
 from predictor_service.triton_server import TritonServer
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.server import SERVICE_NAME

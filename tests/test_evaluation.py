@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor_service.cli import main as routoo
-from predictor_service.data import load_dataset
-from predictor_service.evaluation import (EvalConfig, RouterPredictions, area_under_frontier, area_under_points,
+from cli.main import main as routoo
+from training.data import load_dataset
+from evals.harness import (EvalConfig, RouterPredictions, area_under_frontier, area_under_points,
                                           evaluate_pool, frontier_hull, gap_recovered, knn_quality,
                                           tradeoff_breakpoints, tradeoff_lambdas)
 from tests.test_data import write_dataset
@@ -193,7 +193,7 @@ def _dataset(folder, n, seed):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from predictor_service.training import TrainConfig, train
+    from training.fit import TrainConfig, train
 
     root = tmp_path_factory.mktemp("eval")
     train_dir, test_dir = _dataset(root / "train", 150, 0), _dataset(root / "test", 60, 1)

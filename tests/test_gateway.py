@@ -435,7 +435,7 @@ def test_selector_outage_is_503_or_the_fallback_and_recovery_is_automatic(fresh,
 def test_routoo_gateway_runs_alone_against_a_running_selector(stack):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen([sys.executable, "-m", "predictor_service.cli", "gateway", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "gateway", "--port", str(port),
                                 "--selector", f"127.0.0.1:{stack.selector_port}", "--pool", str(stack.pool_path),
                                 "--api-key-env", CLIENT_KEY_ENV], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

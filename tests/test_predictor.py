@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path, static_encoder_from
-from predictor_service.cli import main as routoo
-from predictor_service.data import load_dataset, read_prompts
+from cli.main import main as routoo
+from training.data import load_dataset, read_prompts
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder
-from predictor_service.limits import MAX_PROMPT_BYTES
-from predictor_service.metrics import auroc_per_model
+from predictor_service.contract import MAX_PROMPT_BYTES
+from training.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
-from predictor_service.price_costs import input_tokens, typical_output_tokens
-from predictor_service.training import TrainConfig, add_model, train
+from training.price_costs import input_tokens, typical_output_tokens
+from training.fit import TrainConfig, add_model, train
 from tests.test_data import write_dataset
 
 TOPICS = {"math": "integral derivative equation algebra polynomial matrix",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from predictor_service.price_costs import fill_unknown_costs, input_tokens, typical_output_tokens
+from training.price_costs import fill_unknown_costs, input_tokens, typical_output_tokens
 
 TEXTS = ["short", "a somewhat longer prompt", "x" * 401]
 PRICES = [[1.0, 2.0], [0.5, 4.0], [3.0, 3.0]]

@@ -28,7 +28,7 @@ from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import MAX_PROMPT_BYTES, Predictor
 from predictor_service.triton_server import free_port
 from selector.client import SelectorClient, make_constraints, make_route_request
-from selector.commands import DEMO_PROMPT, _demo_route, format_decision
+from cli.services import DEMO_PROMPT, _demo_route, format_decision
 from selector.config import SelectorConfig
 from selector.policies import TradeoffPolicy
 from selector.pool import DEFAULT_POOL_PATH, PoolMismatchError, ServedPool, load_pool
@@ -342,7 +342,7 @@ def test_fallback_model_answers_while_the_predictor_is_down_unless_the_constrain
 # --- the command line -------------------------------------------------------------------------------------
 
 def test_routoo_route_prints_the_decision_and_reports_errors(selector, capsys):
-    from predictor_service.cli import main
+    from cli.main import main
 
     assert main(["route", PROMPTS[3], "--lambda", "300", "--max-latency-ms", "2000", "--deny", "Yi-34B,Yi-6B",
                  "--selector", selector.address]) == 0
@@ -360,9 +360,9 @@ def test_demo_routes_its_prompt_and_explains_the_decision(triton_server):  # noq
 
 
 def test_demo_with_an_artifact_of_other_models_routes_among_them(tmp_path, capsys):
-    from predictor_service.cli import main as routoo
-    from predictor_service.data import load_dataset
-    from predictor_service.training import TrainConfig, train
+    from cli.main import main as routoo
+    from training.data import load_dataset
+    from training.fit import TrainConfig, train
     from tests.test_predictor import synthetic_dataset
 
     ds = load_dataset(synthetic_dataset(tmp_path / "data", n=60))
@@ -379,7 +379,7 @@ def test_demo_with_an_artifact_of_other_models_routes_among_them(tmp_path, capsy
 
 def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
     ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics", "gateway")}
-    command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
+    command = [sys.executable, "-m", "cli.main", "serve", "--selector-port", str(ports["selector"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
                "--triton-metrics-port", str(ports["metrics"]), "--gateway-port", str(ports["gateway"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -169,7 +169,7 @@ def _start_serve(log_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
     """`routoo serve` on free ports, waited for until its selector is ready."""
     ports = {name: free_port() for name in ("selector", "grpc", "http", "metrics")}
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    command = [sys.executable, "-m", "predictor_service.cli", "serve", "--selector-port", str(ports["selector"]),
+    command = [sys.executable, "-m", "cli.main", "serve", "--selector-port", str(ports["selector"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
                "--triton-metrics-port", str(ports["metrics"]), *extra]
     with open(log_path, "wb") as log_file:

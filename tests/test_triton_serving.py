@@ -14,11 +14,11 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from predictor_service.artifact import Artifact, default_artifact_path
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 from predictor_service.predictor import Predictor
-from predictor_service.cli import main as routoo
+from cli.main import main as routoo
 from predictor_service.remote import score_remote
-from predictor_service.serve_commands import default_instance_count
+from cli.predictor_serving import default_instance_count
 from predictor_service.triton_server import (
     POOL_LABELS, TritonServer, TritonServerError, materialise_repository,
 )

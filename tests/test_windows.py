@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from predictor_service.artifact import Artifact, default_artifact_path, static_encoder_from
-from predictor_service.data import load_dataset
+from training.data import load_dataset
 from predictor_service.encoders import _window, check_window
 from predictor_service.predictor import Predictor
-from predictor_service.training import TrainConfig, train
+from training.fit import TrainConfig, train
 from tests.test_predictor import _step_by_step, synthetic_dataset
 
 MAX, TAIL = 48, 20        # small, so that short generated texts already pass the window
@@ -108,7 +108,7 @@ def test_train_records_the_window_and_it_round_trips(tmp_path):
 
 
 def test_the_prompt_size_limit_is_configurable():
-    from predictor_service.limits import DEFAULT_MAX_PROMPT_BYTES, max_prompt_bytes_from
+    from predictor_service.contract import DEFAULT_MAX_PROMPT_BYTES, max_prompt_bytes_from
 
     assert DEFAULT_MAX_PROMPT_BYTES == 256 * 1024
     assert max_prompt_bytes_from({}) == DEFAULT_MAX_PROMPT_BYTES
@@ -119,7 +119,7 @@ def test_the_prompt_size_limit_is_configurable():
 
 
 def test_a_prompt_of_the_full_size_is_scored_in_its_window(windowed_predictor):
-    from predictor_service.limits import MAX_PROMPT_BYTES
+    from predictor_service.contract import MAX_PROMPT_BYTES
 
     text = ("context words " * (MAX_PROMPT_BYTES // 14))[: MAX_PROMPT_BYTES - 40] + " Question: why?"
     assert len(text.encode()) <= MAX_PROMPT_BYTES
@@ -152,7 +152,7 @@ def _question_last_dataset(folder, n=150, seed=0):
 
 
 def test_auto_window_keeps_a_tail_where_the_question_is_last_and_records_why(tmp_path, capsys):
-    from predictor_service.cli import main as routoo
+    from cli.main import main as routoo
 
     data = _question_last_dataset(tmp_path / "train")
     assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), "--hidden", "16",
@@ -166,7 +166,7 @@ def test_auto_window_keeps_a_tail_where_the_question_is_last_and_records_why(tmp
 
 
 def test_auto_window_trains_once_where_no_prompt_is_long(tmp_path):
-    from predictor_service.recipe import train_choosing_window
+    from evals.recipe import train_choosing_window
 
     train_ds = load_dataset(synthetic_dataset(tmp_path / "train", n=90))
     artifact, _ = train_choosing_window(train_ds, None, config=TrainConfig(hidden=16, max_epochs=5, patience=5),

@@ -15,7 +15,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from predictor_service.artifact import default_artifact_path
-from predictor_service.limits import MAX_PROMPT_BYTES
+from predictor_service.contract import MAX_PROMPT_BYTES
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 
 

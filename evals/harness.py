@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from predictor_service import baselines
+from training import baselines
 from predictor_service.artifact import Artifact
-from predictor_service.data import RoutingDataset
+from training.data import RoutingDataset
 from predictor_service.head import log_lengths, reference_score
-from predictor_service.metrics import auroc_per_model, quality_metrics
-from predictor_service.training import TrainConfig, add_model, embed_cached, train
-from predictor_service.eval_config import EvalConfig
+from training.metrics import auroc_per_model, quality_metrics
+from training.fit import TrainConfig, add_model, embed_cached, train
+from evals.config import EvalConfig
 from selector.policies import BudgetTooSmall, assign_budget, make_policy
 
 log = logging.getLogger(__name__)

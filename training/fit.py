@@ -31,11 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from predictor_service.artifact import Artifact, Manifest, encoder_record, training_encoder
-from predictor_service.data import RoutingDataset
+from training.data import RoutingDataset
 from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, StaticEncoder, cache_dir
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
-from predictor_service.metrics import log_loss, quality_metrics
-from predictor_service.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
+from training.metrics import log_loss, quality_metrics
+from training.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
 
 log = logging.getLogger(__name__)
 

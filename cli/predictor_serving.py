@@ -1,4 +1,4 @@
-"""`routoo serve-predictor` and `routoo export-onnx`; registered by predictor_service/cli.py."""
+"""`routoo serve-predictor` and `routoo export-onnx`; registered by cli/main.py."""
 
 from __future__ import annotations
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor_service import baselines
+from training import baselines
 from predictor_service.artifact import Artifact
-from predictor_service.data import RoutingDataset
-from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (RouterPredictions, SingleModel, artifact_predictions, best_single,
+from training.data import RoutingDataset
+from evals.config import EvalConfig
+from evals.harness import (RouterPredictions, SingleModel, artifact_predictions, best_single,
                                           coverage_floor, evaluate_pool, no_prompt_router, oracle_router,
                                           pool_json, rounded_metrics, run_meta, single_models)
-from predictor_service.metrics import quality_metrics
+from training.metrics import quality_metrics
 
 
 def default_probes(singles: list[SingleModel], n: int, keep: set[str]) -> list[str]:

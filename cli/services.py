@@ -1,4 +1,4 @@
-"""`routoo serve`, `routoo demo` and `routoo route`: registered by predictor_service/cli.py through
+"""`routoo serve`, `routoo demo` and `routoo route`: registered by cli/main.py through
 `add_commands(subparsers)`."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from gateway.server import serve_beside_selector
-    from predictor_service.serve_commands import default_instance_count
+    from cli.predictor_serving import default_instance_count
     from predictor_service.supervision import RestartPolicy, Supervisor
     from predictor_service.triton_server import TritonServer
     from selector.server import StartupError, run_event_loop, serve

@@ -17,9 +17,9 @@ import logging
 
 import numpy as np
 
-from predictor_service.data import RoutingDataset
+from training.data import RoutingDataset
 from predictor_service.encoders import window_name
-from predictor_service.oof_routing import oof_frontier
+from evals.oof import oof_frontier
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def train_choosing_window(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
     """training.train for each window candidate; returns (artifact, result) of the kept one, with the choice
     and every candidate's out-of-fold figures in manifest.training["window_choice"] and result["window_choice"]."""
     from predictor_service.artifact import static_encoder_from
-    from predictor_service.training import train
+    from training.fit import train
 
     if HEAD_ONLY not in candidates:
         raise ValueError(f"the window candidates must include the head-only {window_name(*HEAD_ONLY)}")

@@ -1,12 +1,11 @@
-"""`routoo`: the command line. Predictor commands live here; serving, selector and evaluation commands
-register themselves from their own packages (`add_commands(subparsers)`)."""
+"""`routoo`: the command line. Predictor commands live here; serving, selector, gateway and evaluation
+commands live in this package's other modules, each adding its own (`add_commands(subparsers)`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
-import importlib
 import logging
 import os
 import sys
@@ -14,10 +13,6 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")           # models come from packages, never from a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-# Packages that add subcommands; each module has add_commands(subparsers).
-COMMAND_MODULES = ("predictor_service.serve_commands", "selector.commands", "gateway.commands",
-                   "predictor_service.eval_commands")
 
 
 def _fail(message: str) -> int:
@@ -65,10 +60,10 @@ def _window_arg(value: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from predictor_service import baselines
-    from predictor_service.data import load_dataset
-    from predictor_service.metrics import quality_metrics
-    from predictor_service.training import TrainConfig, train
+    from training import baselines
+    from training.data import load_dataset
+    from training.metrics import quality_metrics
+    from training.fit import TrainConfig, train
 
     train_ds = load_dataset(args.data)
     dev_ds = load_dataset(args.dev) if args.dev else None
@@ -79,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs = dict(encoder_name=args.encoder, config=config, static_table=args.static_table,
                   table_storage=args.table_storage)
     if args.window == "auto":
-        from predictor_service.recipe import train_choosing_window
+        from evals.recipe import train_choosing_window
 
         artifact, result = train_choosing_window(train_ds, dev_ds, **kwargs)
         choice = result["window_choice"]
@@ -112,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from predictor_service.artifact import default_artifact_path
-    from predictor_service.data import read_prompts
+    from training.data import read_prompts
 
     prompts = read_prompts(args.prompts)
     texts = [p.text for p in prompts]
@@ -140,8 +135,8 @@ def cmd_add_model(args: argparse.Namespace) -> int:
     import numpy as np
 
     from predictor_service.artifact import Artifact, default_artifact_path
-    from predictor_service.data import load_dataset
-    from predictor_service.training import add_model
+    from training.data import load_dataset
+    from training.fit import add_model
 
     artifact = Artifact.load(args.artifact or default_artifact_path())
     ds = load_dataset(args.data)
@@ -216,13 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_add_model)
 
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            continue
+    from cli import evals, gateway, predictor_serving, selector, services
+
+    for module in (predictor_serving, services, selector, gateway, evals):
         module.add_commands(sub)
     return parser
 
@@ -233,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from predictor_service.artifact import ArtifactError
-    from predictor_service.data import DatasetError
+    from training.data import DatasetError
 
     try:
         return int(args.func(args) or 0)

@@ -1,13 +1,13 @@
 """`routoo eval`, `routoo eval-ceiling` and `routoo eval-add-model`: the routing evaluation harness
-(predictor_service/evaluation.py, predictor_service/ceiling.py) on the command line. Registered by
-predictor_service/cli.py through `add_commands(subparsers)`."""
+(evals/harness.py, evals/ceiling.py) on the command line. Registered by
+cli/main.py through `add_commands(subparsers)`."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from predictor_service.eval_config import EvalConfig
+from evals.config import EvalConfig
 
 _DEFAULTS = EvalConfig()
 
@@ -49,8 +49,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from predictor_service.artifact import Artifact, default_artifact_path
-    from predictor_service.data import load_dataset
-    from predictor_service.evaluation import evaluate, format_tables, plot_frontiers, write_json
+    from training.data import load_dataset
+    from evals.harness import evaluate, format_tables, plot_frontiers, write_json
 
     started = time.perf_counter()
     artifact = Artifact.load(args.artifact or default_artifact_path())
@@ -75,9 +75,9 @@ def cmd_eval_ceiling(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from predictor_service.artifact import Artifact, default_artifact_path
-    from predictor_service.ceiling import informed_ceilings
-    from predictor_service.data import load_dataset
-    from predictor_service.evaluation import format_tables, write_json
+    from evals.ceiling import informed_ceilings
+    from training.data import load_dataset
+    from evals.harness import format_tables, write_json
 
     started = time.perf_counter()
     artifact = Artifact.load(args.artifact or default_artifact_path())
@@ -99,8 +99,8 @@ def cmd_eval_add_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from predictor_service.artifact import Artifact
-    from predictor_service.data import load_dataset
-    from predictor_service.evaluation import add_model_experiment, format_add_model
+    from training.data import load_dataset
+    from evals.harness import add_model_experiment, format_add_model
 
     started = time.perf_counter()
     train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor_service.eval_config import EvalConfig
-from predictor_service.evaluation import (RouterPredictions, _eligible, area_under_frontier, best_single,
+from evals.config import EvalConfig
+from evals.harness import (RouterPredictions, _eligible, area_under_frontier, best_single,
                                           gap_recovered, mean_cost, no_prompt_router, oracle_router,
                                           single_models, sweep, tradeoff_lambdas)
 

@@ -1,5 +1,5 @@
 """`routoo gateway`: the OpenAI-compatible gateway alone, against a running selector. Registered by
-predictor_service/cli.py through `add_commands(subparsers)`; `python -m gateway` runs the same command."""
+cli/main.py through `add_commands(subparsers)`; `python -m gateway` runs the same command."""
 
 from __future__ import annotations
 
