@@ -12,46 +12,14 @@ from hypothesis import strategies as st
 
 from predictor_service.artifact import Artifact, ArtifactError, default_artifact_path, static_encoder_from
 from cli.main import main as routoo
-from training.data import load_dataset, read_prompts
+from training.data import read_prompts
 from predictor_service.encoders import MiniLMEncoder, StaticEncoder
 from predictor_service.contract import MAX_PROMPT_BYTES
 from training.metrics import auroc_per_model
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 from training.price_costs import input_tokens, typical_output_tokens
-from training.fit import TrainConfig, add_model, train
-from tests.test_data import write_dataset
-
-TOPICS = {"math": "integral derivative equation algebra polynomial matrix",
-          "law": "court statute plaintiff contract tort jurisdiction",
-          "biology": "cell protein enzyme gene organism membrane"}
-
-
-def synthetic_dataset(folder, n=240, seed=0):
-    """Three topics; `math_whiz` is right on math only, `lawyer` on law only, `coin` at random."""
-    rng = np.random.default_rng(seed)
-    prompts, scores, costs = [], [], []
-    for i in range(n):
-        topic = list(TOPICS)[i % 3]
-        words = rng.choice(TOPICS[topic].split(), size=6)
-        text = f"Question {i} about {topic}: " + " ".join(words) + "?" + " detail" * int(rng.integers(0, 40))
-        prompts.append({"id": f"p{i}", "text": text, "category": topic})
-        scores.append([f"p{i}", int(topic == "math"), int(topic == "law"), int(rng.integers(0, 2))])
-        costs.append([f"p{i}", 1e-6 * len(text), 2e-6 * len(text), 1e-7 * len(text)])
-    return write_dataset(folder, prompts, ["math_whiz", "lawyer", "coin"], scores, costs)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return load_dataset(synthetic_dataset(root / "train")), load_dataset(synthetic_dataset(root / "dev", 90, 1))
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic):
-    train_ds, dev_ds = synthetic
-    artifact, result = train(train_ds, dev_ds, encoder_name="static",
-                             config=TrainConfig(hidden=32, max_epochs=60, patience=60), show_progress=False)
-    return artifact, result
+from training.fit import add_model
+from tests.support.datasets import TOPICS, synthetic_dataset
 
 
 def test_static_encoder_is_deterministic_and_normalised():
@@ -307,7 +275,7 @@ def test_compiled_plain_ascii_tokenizer_matches(static_encoder, text):
     assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
 
 
-MMLU_PRO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu-pro"
+MMLU_PRO = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlu-pro"
 
 
 @pytest.mark.skipif(not (MMLU_PRO / "dev" / "prompts.jsonl").is_file(), reason="needs ../shared/data")
