@@ -201,8 +201,12 @@ def _states_why_long(path: Path) -> bool:
     return bool(LONG_REASON.search(docstring) or LONG_REASON.search(leading_comments))
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18: evals/harness.py, selector/policies.py, selector/server.py and "
-                   "three test modules are still being split by other helpers; the lead removes this mark")
+# Over 400 lines on 2026-12-01: bench/targets.py, evals/harness.py, selector/policies.py and selector/server.py
+# (being split by other issue-18 helpers), training/fit.py (kept whole until issue 14 merges), and
+# tests/gateway/test_gateway.py, tests/selector/test_policies.py, test_selector_server.py (left whole while
+# other branches edit their imports).
+@pytest.mark.xfail(strict=False, reason="issue 18: the splits of long files are on other branches; "
+                   "the lead removes this mark once they are merged")
 def test_no_file_over_400_lines_without_a_reason_at_its_top():
     too_long = []
     for path in sorted(REPO.rglob("*.py")):
