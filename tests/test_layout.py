@@ -138,8 +138,8 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = "open"
         for nxt in sorted(edges.get(node, ())):
-            if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt, node]
+            if state.get(nxt) == "open":                # on the current path: back to it is a cycle
+                return path[path.index(nxt):] + [nxt]
             if nxt not in state and (found := visit(nxt, [*path, nxt])):
                 return found
         state[node] = "done"
@@ -248,13 +248,18 @@ def test_the_checks_fail_on_a_cycle_an_upward_import_and_a_private_reach(tmp_pat
         "kernels/ops.py": "from predictor_service import artifact\n",               # upward: kernels -> predictor
         "predictor_service/__init__.py": "", "predictor_service/artifact.py": "",
         "predictor_service/fast.py": "from kernels._numba import compiled\n",      # private module of kernels
-        "gateway/__main__.py": "from cli.gateway import main\n",                    # entry point: allowed
+        "cli/__init__.py": "", "cli/gateway.py": "from gateway import app\n",
+        "gateway/__init__.py": "", "gateway/app.py": "",
+        "gateway/__main__.py": "from cli.gateway import main\n",                    # entry points: not imports
+        "gateway/server.py": "if __name__ == '__main__':\n    from cli.gateway import main\n",
     })
     monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
-    with pytest.raises(pytest.fail.Exception, match="kernels -> predictor_service -> kernels"):
+    with pytest.raises(pytest.fail.Exception, match="kernels -> predictor_service -> kernels") as cycle:
         test_no_import_cycle_between_packages()
-    with pytest.raises(AssertionError, match=r"kernels/ops.py:1 imports predictor_service.artifact"):
+    assert "predictor_service/fast.py:1 imports kernels._numba.compiled" in str(cycle.value)
+    with pytest.raises(AssertionError, match=r"kernels/ops.py:1 imports predictor_service.artifact") as upward:
         test_imports_follow_the_dependency_order()
+    assert "gateway/" not in str(upward.value)             # neither __main__.py nor a __main__ block counts
     with pytest.raises(AssertionError, match=r"predictor_service/fast.py:1 imports kernels._numba.compiled"):
         test_no_package_imports_another_packages_private_module()
 
