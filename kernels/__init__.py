@@ -2,8 +2,8 @@
 
 One op per module; each exposes `<op>` (dispatcher, impl="auto" | "triton" | "reference"),
 `<op>_forward` (kernel launcher) and `<op>_reference`. The static predictor's CPU serving path is
-kernels.cpu_static_predictor (numba; imported only where it runs), its loops compiled by kernels.cpu_jit,
-which predictor_service's compiled tokenizer paths use too. Imports on machines without Triton or a GPU.
+kernels.cpu_static_predictor (numba; imported only where it runs). Imports on machines without Triton or a
+GPU.
 """
 
 from ._triton_utils import HAS_TRITON, INTERPRET

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import static_embed
-from .cpu_jit import compiled
+from ._numba import compiled
 from .static_embed import NORM_EPS
 
 
