@@ -12,7 +12,7 @@ from training.data import load_dataset
 from evals.harness import (EvalConfig, RouterPredictions, area_under_frontier, area_under_points,
                                           evaluate_pool, frontier_hull, gap_recovered, knn_quality,
                                           tradeoff_breakpoints, tradeoff_lambdas)
-from tests.test_data import write_dataset
+from tests.support.datasets import write_dataset
 
 # Four prompts, a cheap model ($1 a prompt) right on 0 and 1, a strong one ($10) right on 0, 1 and 2;
 # nobody answers prompt 3. The strong model is the best single one: accuracy 3/4 for $40.
