@@ -10,7 +10,7 @@ real: the committed static artifact's weights and MMLU-Pro dev prompts (syntheti
   device is present (skipped otherwise);
 - static encoder: tokenise (the Rust tokenizer) and tokenise + gather/mean/normalise, 1 and 64 prompts;
 - the in-process predictor end to end (Predictor.predict), 1 and 64 prompts;
-- the RouteBatch solver (selector.policies.assign_budget), 10,000 prompts x 32 models at three budgets,
+- the RouteBatch solver (selector.budget.assign_budget), 10,000 prompts x 32 models at three budgets,
   and the per-prompt policy (TradeoffPolicy.choose) over the same 10,000 rows.
 """
 
@@ -102,7 +102,7 @@ def route_batch(prompts):
 
 @pytest.mark.parametrize("budget_share", [0.2, 0.5, 0.8])
 def test_route_batch_solver_10k_prompts_x_32_models(benchmark, route_batch, budget_share):
-    from selector.policies import assign_budget
+    from selector.budget import assign_budget
 
     quality, cost, eligible, _ = route_batch
     rows = np.arange(len(quality))

@@ -26,8 +26,9 @@ from selector.coalescer import CoalescingScores, Overloaded, ScoredBatch
 from selector.config import SelectorConfig
 from selector.log_limits import AggregatedLog
 from selector.metrics import SelectorMetrics
-from selector.policies import (ELIGIBLE, POLICIES, BudgetTooSmall, Constraints, InvalidRequest, NoEligibleModel,
-                               Policy, TradeoffPolicy, assign_budget, make_policy, rank_rows, require_eligible)
+from selector.budget import BudgetTooSmall, assign_budget
+from selector.constraints import ELIGIBLE, Constraints, InvalidRequest, NoEligibleModel, require_eligible
+from selector.policies import POLICIES, Policy, TradeoffPolicy, make_policy, rank_rows
 from selector.pool import Pool, PoolColumns, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
