@@ -1,8 +1,8 @@
 """A request's constraints: which models of the pool it may be routed to, and why the others may not. Pure
 numpy, no gRPC.
 
-Scores arrive as `expected_cost_usd`, (batch, n_models) arrays in pool order. `exclusions` gives every
-model a code: ELIGIBLE, or the first constraint that excludes it.
+Scores arrive as `expected_cost_usd`, (batch, n_models) arrays in pool order (or (n_models,) for one
+prompt). `exclusions` gives every model a code: ELIGIBLE, or the first constraint that excludes it.
 """
 
 from __future__ import annotations
@@ -53,25 +53,27 @@ class Constraints:
                 raise InvalidRequest(field, f"must be a number >= 0 (or unset for no limit), got {value}")
 
     def exclusions(self, pool: Pool, expected_cost_usd: np.ndarray) -> np.ndarray:
-        """(batch, n_models) codes: ELIGIBLE, or the first constraint that excludes the model."""
-        static = np.where(pool.enabled, ELIGIBLE, DISABLED).astype(np.int8)   # (n_models,)
-        names = pool.names
-        if self.allow:
-            allow = set(self.allow)
-            static[(static == ELIGIBLE) & ~np.array([n in allow for n in names])] = NOT_ALLOWED
-        if self.deny:
-            deny = set(self.deny)
-            static[(static == ELIGIBLE) & np.array([n in deny for n in names])] = DENIED
-        if self.max_latency_ms is not None:
-            static[(static == ELIGIBLE) & (pool.p95_latency_ms > self.max_latency_ms)] = TOO_SLOW
-        codes = np.broadcast_to(static, expected_cost_usd.shape).copy()       # (batch, n_models)
-        if self.max_cost_usd is not None:
-            codes[(codes == ELIGIBLE) & (expected_cost_usd > self.max_cost_usd)] = TOO_EXPENSIVE
-        return codes
+        """Codes of the shape of `expected_cost_usd` ((batch, n_models) or (n_models,)), int8: ELIGIBLE, or
+        the first constraint that excludes the model."""
+        static = np.array(self._static_codes(pool), dtype=np.int8)               # (n_models,)
+        if self.max_cost_usd is None:
+            return np.broadcast_to(static, np.shape(expected_cost_usd)).copy()
+        return np.where((static == ELIGIBLE) & self._too_expensive(expected_cost_usd),
+                        np.int8(TOO_EXPENSIVE), static)
 
     def exclusions_one(self, pool: Pool, expected_cost_usd: np.ndarray) -> list[int]:
-        """exclusions() of one prompt ((n_models,) costs) as a list: plain Python over a pool of tens of
-        models is several times faster than the array version, which Route paid on every call."""
+        """exclusions() of one prompt ((n_models,) costs) as a list, from the same two rules (_static_codes,
+        _too_expensive) without the arrays: on one row of tens of models numpy's per-call overhead dominates
+        (Route's whole one-prompt decision: 9-11 us against 20-25 us as a batch of one on 32 models,
+        bench/test_micro.py::test_route_one_prompt_decision_x64)."""
+        codes = self._static_codes(pool)
+        if self.max_cost_usd is None:
+            return codes
+        too_expensive = self._too_expensive(expected_cost_usd).tolist()
+        return [TOO_EXPENSIVE if code == ELIGIBLE and over else code for code, over in zip(codes, too_expensive)]
+
+    def _static_codes(self, pool: Pool) -> list[int]:
+        """(n_models,) codes of the constraints that need no scores, in the order of the codes."""
         allow, deny, max_latency_ms = set(self.allow), set(self.deny), self.max_latency_ms
         codes = []
         for model in pool.models:
@@ -85,11 +87,11 @@ class Constraints:
                 codes.append(TOO_SLOW)
             else:
                 codes.append(ELIGIBLE)
-        if self.max_cost_usd is not None:
-            # The same comparison as exclusions(), in the costs' own dtype (float32 from Triton).
-            over = (expected_cost_usd > self.max_cost_usd).tolist()
-            codes = [TOO_EXPENSIVE if code == ELIGIBLE and o else code for code, o in zip(codes, over)]
         return codes
+
+    def _too_expensive(self, expected_cost_usd: np.ndarray) -> np.ndarray:
+        # Compared in the costs' own dtype (float32 from Triton), for one prompt as for a batch.
+        return np.asarray(expected_cost_usd) > self.max_cost_usd
 
     def reason(self, code: int, pool: Pool, model: int, expected_cost_usd: float) -> str:
         """Why model `model` is excluded, naming the constraint and the numbers."""

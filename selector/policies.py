@@ -19,7 +19,15 @@ from selector.pool import Pool
 
 
 class Policy(ABC):
-    """One routing rule with one parameter. Subclasses give the order of preference; `select` is shared."""
+    """One routing rule with one parameter. Subclasses state the rule once, as the group of models it
+    prefers (optional) and the sort keys within each group; ordering, choosing and ranking are shared.
+
+    The rule is written with comparisons and arithmetic only, so that one expression serves both paths:
+    (batch, n_models) float64 arrays for batches (order, choose) and one model's Python floats for Route's
+    one-prompt path (rank), where plain Python beats numpy's per-call overhead at tens of models (9-11 us
+    per decision against 20-25 us as a batch of one, bench/test_micro.py). Python floats are float64 and
+    both sorts are stable, so the two paths decide alike (tests/test_policies.py).
+    """
 
     name: ClassVar[str]
     parameter: ClassVar[str]     # the API field of the parameter, used in error messages
@@ -36,10 +44,26 @@ class Policy(ABC):
     def _check(value: float) -> str | None:
         """What is wrong with the parameter value, or None."""
 
+    # (quality, expected_cost_usd) -> which models the rule prefers (a bool, or a mask for arrays): those
+    # sort before all others. None for a rule that orders every model by the same keys.
+    _preferred = None
+
     @abstractmethod
+    def _keys(self, quality, expected_cost_usd, preferred: bool) -> tuple:
+        """Sort keys of the models in the preferred group (preferred=True) or the others, most significant
+        first; smaller sorts first. Rules without groups are always asked with preferred=True."""
+
     def _sort_keys(self, quality: np.ndarray, expected_cost_usd: np.ndarray) -> Iterator[np.ndarray]:
-        """(batch, n_models) keys, most significant first; smaller sorts first. A generator, so that
-        choose() computes the later keys only when ties need them."""
+        """(batch, n_models) keys of the rule, most significant first. A generator, so that choose()
+        merges the later keys of the two groups only when ties need them."""
+        if self._preferred is None:
+            yield from self._keys(quality, expected_cost_usd, True)
+            return
+        preferred = self._preferred(quality, expected_cost_usd)
+        yield ~preferred
+        for key_in, key_out in zip(self._keys(quality, expected_cost_usd, True),
+                                   self._keys(quality, expected_cost_usd, False)):
+            yield np.where(preferred, key_in, key_out)
 
     def order(self, quality: np.ndarray, expected_cost_usd: np.ndarray, eligible: np.ndarray) -> np.ndarray:
         """(batch, n_models) model indices, most preferred first; ineligible models sort last."""
@@ -73,15 +97,17 @@ class Policy(ABC):
     def rank(self, quality: list[float], expected_cost_usd: list[float], eligible: list[int]) -> list[int]:
         """select() for one prompt on Python floats: the `eligible` indices (ascending) in order of preference.
 
-        The keys of _key are those of _sort_keys, compared as tuples in float64 as order() does, and both sorts
-        are stable, so the order is the same; plain Python beats numpy's per-call overhead at tens of models.
+        The preferred group first, then the others, each sorted by its keys: order()'s lexsort with the
+        group as its first key, on the same values.
         """
-        key = self._key
-        return sorted(eligible, key=lambda j: key(quality[j], expected_cost_usd[j]))
-
-    @abstractmethod
-    def _key(self, quality: float, expected_cost_usd: float) -> tuple:
-        """One model's sort keys, as _sort_keys gives them for arrays."""
+        keys, is_preferred = self._keys, self._preferred
+        if is_preferred is None:
+            return sorted(eligible, key=lambda j: keys(quality[j], expected_cost_usd[j], True))
+        preferred, others = [], []
+        for j in eligible:
+            (preferred if is_preferred(quality[j], expected_cost_usd[j]) else others).append(j)
+        return (sorted(preferred, key=lambda j: keys(quality[j], expected_cost_usd[j], True))
+                + sorted(others, key=lambda j: keys(quality[j], expected_cost_usd[j], False)))
 
     def describe(self) -> str:
         return f"{self.name}({self.parameter}={self.value:g})"
@@ -97,13 +123,8 @@ class TradeoffPolicy(Policy):
     def _check(value: float) -> str | None:
         return None if math.isfinite(value) and value >= 0 else "lambda must be a finite number >= 0"
 
-    def _sort_keys(self, quality, expected_cost_usd):
+    def _keys(self, quality, expected_cost_usd, preferred):
         # Ties in utility go to the cheaper model, which keeps cost non-increasing as lambda grows.
-        yield -(quality - self.value * expected_cost_usd)
-        yield expected_cost_usd
-        yield -quality
-
-    def _key(self, quality, expected_cost_usd):
         return -(quality - self.value * expected_cost_usd), expected_cost_usd, -quality
 
 
@@ -117,16 +138,11 @@ class QualityTargetPolicy(Policy):
     def _check(value: float) -> str | None:
         return None if 0 <= value <= 1 else "tau must be in [0, 1]"
 
-    def _sort_keys(self, quality, expected_cost_usd):
-        meets = quality >= self.value
-        yield ~meets
-        yield np.where(meets, expected_cost_usd, -quality)
-        yield np.where(meets, -quality, expected_cost_usd)
+    def _preferred(self, quality, expected_cost_usd):
+        return quality >= self.value
 
-    def _key(self, quality, expected_cost_usd):
-        if quality >= self.value:
-            return False, expected_cost_usd, -quality
-        return True, -quality, expected_cost_usd
+    def _keys(self, quality, expected_cost_usd, preferred):
+        return (expected_cost_usd, -quality) if preferred else (-quality, expected_cost_usd)
 
 
 class CostCapPolicy(Policy):
@@ -139,16 +155,11 @@ class CostCapPolicy(Policy):
     def _check(value: float) -> str | None:
         return None if value >= 0 else "the cap must be a number >= 0"
 
-    def _sort_keys(self, quality, expected_cost_usd):
-        fits = expected_cost_usd <= self.value
-        yield ~fits
-        yield np.where(fits, -quality, expected_cost_usd)
-        yield np.where(fits, expected_cost_usd, -quality)
+    def _preferred(self, quality, expected_cost_usd):
+        return expected_cost_usd <= self.value
 
-    def _key(self, quality, expected_cost_usd):
-        if expected_cost_usd <= self.value:
-            return False, -quality, expected_cost_usd
-        return True, expected_cost_usd, -quality
+    def _keys(self, quality, expected_cost_usd, preferred):
+        return (-quality, expected_cost_usd) if preferred else (expected_cost_usd, -quality)
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (TradeoffPolicy, QualityTargetPolicy, CostCapPolicy)}
