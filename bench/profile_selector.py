@@ -27,7 +27,7 @@ from bench.targets import (SelectorRouteTarget, cpu_delta, cpu_seconds_by_role, 
                            selector_process, triton_server)
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.
-PARTS = (("Route handler (selector/server.py, policies, protobuf building)", "SelectorService.Route"),
+PARTS = (("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
          ("coalesced Triton call (selector/coalescer.py, triton_scores.py, tritonclient stub)",
           "CoalescingScores._call"),
          ("other threads (grpc's poller, /metrics)", "Thread.run"))

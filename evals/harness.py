@@ -43,7 +43,8 @@ from predictor_service.head import log_lengths, reference_score
 from training.metrics import auroc_per_model, quality_metrics
 from training.fit import TrainConfig, add_model, embed_cached, train
 from evals.config import EvalConfig
-from selector.policies import BudgetTooSmall, assign_budget, make_policy
+from selector.budget import BudgetTooSmall, assign_budget
+from selector.policies import make_policy
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +458,7 @@ def evaluate_pool(label: str, names: list[str], routers: list[RouterPredictions]
 
 def budget_sweep(router: RouterPredictions, tradeoff: Frontier, best: SingleModel, eligible: np.ndarray,
                  quality: np.ndarray, cost_usd: np.ndarray, config: EvalConfig) -> list[dict]:
-    """RouteBatch (selector.policies.assign_budget) at fractions of the best single model's total cost,
+    """RouteBatch (selector.budget.assign_budget) at fractions of the best single model's total cost,
     against the per-prompt tradeoff policy's best single lambda at the same realised spend."""
     out = []
     for fraction in config.budget_fractions:
