@@ -1,13 +1,13 @@
 """The model pool: which models the selector may choose, their prices and latency (selector/pool.toml).
 
 The pool file is the one source of truth for prices. The predictor was trained with prices of its own
-(its config parameter `pool_prices`); where the two differ, the predictor's expected cost for a model is
-scaled by the ratio of blended prices, pool file over trained (`PoolColumns.cost_scale`).
+(its config parameter `pool_prices`, read by `predictor_service.contract.ServedPool`); where the two differ,
+the predictor's expected cost for a model is scaled by the ratio of blended prices, pool file over trained
+(`PoolColumns.cost_scale`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from predictor_service.contract import ServedPool, ServedPoolError
 
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "pool.toml"
 
@@ -221,35 +223,12 @@ def load_pool(path: str | Path | None = None) -> Pool:
         raise PoolError(f"{path}: {e}") from e
 
 
-@dataclass(frozen=True)
-class ServedPool:
-    """What the predictor serves, read from its Triton model config: output columns and trained prices."""
-
-    names: tuple[str, ...]
-    prices: tuple[tuple[float, float] | None, ...]   # (input, output) USD per Mtok; None = unknown
-
-    @classmethod
-    def from_config_parameters(cls, parameters: dict[str, str], *, model: str) -> "ServedPool":
-        """From the string values of the config's `pool_models` and `pool_prices` parameters."""
-        try:
-            names = json.loads(parameters["pool_models"])
-            prices = json.loads(parameters.get("pool_prices", "null")) or [None] * len(names)
-        except (KeyError, json.JSONDecodeError) as e:
-            raise PoolError(f"Triton model {model!r}: its config parameters need 'pool_models' (a JSON list of "
-                            f"names) and 'pool_prices' (a JSON list of [input, output] or null): {e}") from e
-        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-                or not isinstance(prices, list) or len(prices) != len(names)):
-            raise PoolError(f"Triton model {model!r}: 'pool_models' must be a list of names and 'pool_prices' "
-                            f"a list of the same length, got {len(names)} names and {prices!r:.200}")
-        parsed: list[tuple[float, float] | None] = []
-        for name, price in zip(names, prices):
-            try:
-                known = price is not None and price[0] is not None and price[1] is not None
-                parsed.append((float(price[0]), float(price[1])) if known else None)
-            except (TypeError, ValueError, IndexError) as e:
-                raise PoolError(f"Triton model {model!r}: 'pool_prices' for {name!r} must be [input, output] USD "
-                                f"per Mtok or null, got {price!r}") from e
-        return cls(tuple(names), tuple(parsed))
+def read_served_pool(parameters: dict[str, str], *, model: str) -> ServedPool:
+    """The predictor's pool from its config's string parameters; PoolError naming the model otherwise."""
+    try:
+        return ServedPool.from_parameters(parameters, model=model)
+    except ServedPoolError as e:
+        raise PoolError(str(e)) from e
 
 
 @dataclass(frozen=True)
