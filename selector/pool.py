@@ -43,18 +43,27 @@ def blended_usd_per_mtok(input_usd_per_mtok: float, output_usd_per_mtok: float) 
     return BLEND_INPUT_SHARE * input_usd_per_mtok + (1 - BLEND_INPUT_SHARE) * output_usd_per_mtok
 
 
+# Latency written for a model nobody measured (a dataset's model, or one the base pool file does not know):
+# a stand-in, like every figure in pool.toml.
+STAND_IN_P95_LATENCY_MS = 3000.0
+
+
 @dataclass(frozen=True)
 class PoolModel:
+    """One model of a pool: of the routing pool (pool.toml, `Pool`) or of a dataset (its models.json,
+    training/data.py). A dataset may not know a price; a routing pool knows both (`Pool` checks)."""
+
     name: str
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
-    p95_latency_ms: float
+    input_usd_per_mtok: float | None     # USD per million tokens; None = unknown (a dataset's pool only)
+    output_usd_per_mtok: float | None
+    p95_latency_ms: float = STAND_IN_P95_LATENCY_MS
     enabled: bool = True
     # Where the gateway forwards a request for this model (any OpenAI-compatible server: vLLM, Ollama,
     # OpenAI, a LiteLLM proxy). None = no upstream: the selector may still score it, the gateway never calls it.
     base_url: str | None = None          # e.g. "http://127.0.0.1:8000/v1" (the part before /chat/completions)
     upstream_model: str | None = None    # the name the upstream expects; None = this model's name
     api_key_env: str | None = None       # the NAME of the environment variable that holds the key, never the key
+    price_note: str = ""                 # where a dataset's prices come from; pool files do not carry it
 
     @property
     def blended_usd_per_mtok(self) -> float:
@@ -72,6 +81,9 @@ class Pool:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PoolError(f"duplicate model names in the pool: {duplicates}")
+        unpriced = [m.name for m in self.models if m.input_usd_per_mtok is None or m.output_usd_per_mtok is None]
+        if unpriced:
+            raise PoolError(f"a pool needs both prices of every model; unknown for {unpriced}")
 
     def __len__(self) -> int:
         return len(self.models)
@@ -98,10 +110,6 @@ class Pool:
     @cached_property
     def p95_latency_ms(self) -> np.ndarray:       # (n_models,) float64, read-only
         return _read_only(np.array([m.p95_latency_ms for m in self.models], dtype=np.float64))
-
-
-# Latency written for a model the base pool file does not know: a stand-in, like every figure in pool.toml.
-STAND_IN_P95_LATENCY_MS = 3000.0
 
 
 def pool_for_models(names: list[str], prices: list[list[float | None]], base: Pool | None = None) -> Pool:
