@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.loadgen import closed_loop
 from bench.targets import (SelectorRouteTarget, cpu_delta, cpu_seconds_by_role, ensure_artifact, load_prompts,
                            selector_process, triton_server)
+from predictor_service.contract import PREDICTOR_MODEL
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.
 PARTS = (("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
@@ -50,7 +51,7 @@ def summarise(collapsed: Path) -> tuple[int, dict[str, int]]:
 
 async def profile(out: Path, clients: int, seconds: int, settings: dict, py_spy: str) -> dict:
     prompts = load_prompts(None, limit=2000)
-    with triton_server(ensure_artifact("static"), dynamic_batching=True, models=("routoo_predictor",)) as server:
+    with triton_server(ensure_artifact("static"), dynamic_batching=True, models=(PREDICTOR_MODEL,)) as server:
         with selector_process(server.grpc_url, settings=settings) as selector:
             target = SelectorRouteTarget(selector.address)
             try:

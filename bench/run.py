@@ -37,6 +37,7 @@ from bench.targets import (ENCODERS, SELECTOR_TARGETS, TARGETS, TRITON_TARGETS, 
                            SelectorRouteTarget, TargetUnavailable, TritonTarget, cpu_delta, cpu_seconds_by_role,
                            ensure_artifact, load_prompts, selector_counters, selector_delta, selector_process,
                            stats_delta, triton_server, wait_until_idle)
+from predictor_service.contract import ECHO_FLOOR_MODEL, PREDICTOR_MODEL
 
 log = logging.getLogger("bench")
 
@@ -202,10 +203,10 @@ async def bench_encoder(encoder: str, settings: BenchSettings, prompts: list[str
 
     on_targets = [t for t in ("echo_floor", "predictor_batching", *SELECTOR_TARGETS) if t in wanted]
     if on_targets:
-        models = ("routoo_predictor", "echo_floor") if "echo_floor" in wanted else ("routoo_predictor",)
+        models = (PREDICTOR_MODEL, ECHO_FLOOR_MODEL) if "echo_floor" in wanted else (PREDICTOR_MODEL,)
         await _with_triton(encoder, artifact, True, models, on_targets, measurer, enc, report)
     if "predictor_no_batch" in wanted:
-        await _with_triton(encoder, artifact, False, ("routoo_predictor",), ["predictor_no_batch"], measurer,
+        await _with_triton(encoder, artifact, False, (PREDICTOR_MODEL,), ["predictor_no_batch"], measurer,
                            enc, report)
 
 
@@ -217,7 +218,7 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
                            instance_kind=kind) as server:
             log.info("%s: tritonserver ready in %.1f s (dynamic batching %s)", encoder,
                      time.perf_counter() - started, "on" if dynamic_batching else "off")
-            predictor_stats = TritonTarget(server.grpc_url, "routoo_predictor")
+            predictor_stats = TritonTarget(server.grpc_url, PREDICTOR_MODEL)
             report["meta"].setdefault("tritonserver_version", await predictor_stats.server_version())
             try:
                 for name in names:

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor_service.contract import (ECHO_FLOOR_MODEL, EXPECTED_COST_USD, PREDICTOR_MODEL, PROMPT, PROMPT_DATATYPE,
+                                        QUALITY, TORCH_THREADS)
+
 log = logging.getLogger(__name__)
 
 ENCODERS = ("static", "minilm")
@@ -37,8 +40,8 @@ TARGETS = ("echo_floor", "predictor_batching", "predictor_no_batch", "selector_r
            "in_process")
 # Selector targets: SelectorConfig settings of the selector process, and client connections.
 SELECTOR_TARGETS = {"selector_route": ({}, 1), "selector_route_2w": ({"workers": 2}, 8)}
-TRITON_TARGETS = {"echo_floor": "echo_floor", "predictor_batching": "routoo_predictor",
-                  "predictor_no_batch": "routoo_predictor"}
+TRITON_TARGETS = {"echo_floor": ECHO_FLOOR_MODEL, "predictor_batching": PREDICTOR_MODEL,
+                  "predictor_no_batch": PREDICTOR_MODEL}
 
 # Where the minilm artifact the benchmark trains is cached (`ROUTOO_BENCH_ARTIFACTS` overrides it).
 DEFAULT_ARTIFACT_CACHE = Path.home() / ".cache" / "routoo" / "bench-artifacts"
@@ -296,11 +299,11 @@ class TritonTarget:
         from tritonclient.grpc.aio import InferInput, InferRequestedOutput
 
         data = np.array([[prompt.encode("utf-8")]], dtype=np.object_)   # (batch=1, 1) BYTES
-        inp = InferInput("PROMPT", [1, 1], "BYTES")
+        inp = InferInput(PROMPT, [1, 1], PROMPT_DATATYPE)
         inp.set_data_from_numpy(data)
-        outputs = [InferRequestedOutput("QUALITY"), InferRequestedOutput("EXPECTED_COST_USD")]
+        outputs = [InferRequestedOutput(QUALITY), InferRequestedOutput(EXPECTED_COST_USD)]
         result = await self.client.infer(self.model_name, [inp], outputs=outputs)
-        return result.as_numpy("QUALITY")
+        return result.as_numpy(QUALITY)
 
     async def statistics(self) -> dict:
         """Triton's cumulative statistics for this model (the statistics extension), as a dict."""
@@ -382,9 +385,9 @@ def served_torch_threads(repository: Path | None = None) -> int:
 
     from predictor_service.triton_server import MODEL_REPOSITORY
 
-    path = (repository or MODEL_REPOSITORY) / "routoo_predictor" / "config.pbtxt"
+    path = (repository or MODEL_REPOSITORY) / PREDICTOR_MODEL / "config.pbtxt"
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-    value = config.parameters["torch_threads"].string_value if "torch_threads" in config.parameters else ""
+    value = config.parameters[TORCH_THREADS].string_value if TORCH_THREADS in config.parameters else ""
     return int(value) if value.strip() else 1
 
 

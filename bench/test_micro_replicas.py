@@ -13,7 +13,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from selector.pool import ServedPool
+from predictor_service.contract import TRITON_GRPC_PORT, ServedPool
 from selector.replicas import ReplicaSet
 from selector.targets import parse_targets
 
@@ -56,7 +56,7 @@ def test_direct_replica_1000_calls(benchmark, loop):
 
 @pytest.mark.parametrize("n_replicas", [2, 8])
 def test_replica_set_1000_calls(benchmark, loop, n_replicas):
-    targets = parse_targets(",".join(f"10.0.0.{i + 1}:8001" for i in range(n_replicas)))
+    targets = parse_targets(",".join(f"10.0.0.{i + 1}:{TRITON_GRPC_PORT}" for i in range(n_replicas)))
     # Maintenance far apart: the timing is the call path, not health checks.
     replicas = ReplicaSet(targets, lambda address: InstantReplica(), resolve_interval_s=600, health_interval_s=600,
                           backoff_min_s=600, backoff_max_s=600)

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from predictor_service.contract import PREDICTOR_MODEL
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")           # models come from packages, never from a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", help="prompts in the canonical prompts.jsonl form")
     p.add_argument("--artifact", help="artifact folder (default: the committed default artifact)")
     p.add_argument("--server", help="HOST:PORT of a running Triton (gRPC) to ask instead of computing here")
-    p.add_argument("--model-name", default="routoo_predictor", help="Triton model name with --server")
+    p.add_argument("--model-name", default=PREDICTOR_MODEL, help="Triton model name with --server")
     p.add_argument("--out", default="-", help="CSV to write (default: stdout)")
     p.set_defaults(func=cmd_score)
 

@@ -8,8 +8,8 @@ import signal
 import sys
 import threading
 
-# Triton's conventional ports, which KServe-v2 clients and perf_analyzer assume.
-DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8000, 8001, 8002
+from predictor_service.contract import LOOPBACK, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
+
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
@@ -78,10 +78,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve-predictor", help="serve the predictor in Triton Inference Server")
     p.add_argument("--artifact", help="artifact folder (default: the committed default, trained if missing)")
-    p.add_argument("--host", default="127.0.0.1", help="address every endpoint binds (default: loopback)")
-    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="0 picks a free port")
-    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, help="0 picks a free port")
-    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+    p.add_argument("--host", default=LOOPBACK, help="address every endpoint binds (default: loopback)")
+    p.add_argument("--grpc-port", type=int, default=TRITON_GRPC_PORT, help="0 picks a free port")
+    p.add_argument("--http-port", type=int, default=TRITON_HTTP_PORT, help="0 picks a free port")
+    p.add_argument("--metrics-port", type=int, default=TRITON_METRICS_PORT,
                    help="Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port")
     p.add_argument("--no-dynamic-batching", action="store_true", help="serve with dynamic batching off")
     p.add_argument("--instance-count", type=int,

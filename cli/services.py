@@ -12,6 +12,8 @@ from dataclasses import replace
 import grpc
 
 from gateway.config import add_gateway_arguments
+from predictor_service.contract import (LOOPBACK, SELECTOR_ADDRESS, TRITON_GRPC_PORT, TRITON_HTTP_PORT,
+                                        TRITON_METRICS_PORT)
 from selector.config import add_selector_arguments, config_from_args
 from selector.policies import POLICIES
 from selector.proto import selector_pb2 as pb
@@ -30,9 +32,9 @@ DEMO_MAX_LATENCY_MS = 3000.0
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the predictor in Triton and the selector together (Ctrl-C stops both)")
     add_selector_arguments(p, triton=False)
-    p.add_argument("--triton-grpc-port", type=int, default=8001, help="default: %(default)s")
-    p.add_argument("--triton-http-port", type=int, default=8000, help="default: %(default)s")
-    p.add_argument("--triton-metrics-port", type=int, default=8002, help="default: %(default)s")
+    p.add_argument("--triton-grpc-port", type=int, default=TRITON_GRPC_PORT, help="default: %(default)s")
+    p.add_argument("--triton-http-port", type=int, default=TRITON_HTTP_PORT, help="default: %(default)s")
+    p.add_argument("--triton-metrics-port", type=int, default=TRITON_METRICS_PORT, help="default: %(default)s")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
     add_gateway_arguments(p, standalone=False)
     add_restart_arguments(p)
@@ -62,7 +64,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--deny", type=_names, default=[], help="comma-separated models never to choose")
     p.add_argument("--max-latency-ms", type=float, help="exclude models whose p95 latency is above this")
     p.add_argument("--max-cost-usd", type=float, help="exclude models expected to cost more than this")
-    p.add_argument("--selector", default="127.0.0.1:50051", help="HOST:PORT of the selector (default: %(default)s)")
+    p.add_argument("--selector", default=SELECTOR_ADDRESS, help="HOST:PORT of the selector (default: %(default)s)")
     p.add_argument("--timeout-s", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=cmd_route)
@@ -215,11 +217,11 @@ async def _demo_route(triton_url: str, prompt: str, pool_path=None) -> pb.RouteD
     from selector.proto import selector_pb2_grpc as pb_grpc
     from selector.server import create_server
 
-    server, port = await create_server("127.0.0.1:0", config=SelectorConfig(port=0, triton_url=triton_url,
-                                                                            pool_path=pool_path))
+    server, port = await create_server(f"{LOOPBACK}:0", config=SelectorConfig(port=0, triton_url=triton_url,
+                                                                          pool_path=pool_path))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{port}") as channel:
             request = make_route_request(prompt, quality_per_usd=DEMO_QUALITY_PER_USD,
                                          max_latency_ms=DEMO_MAX_LATENCY_MS)
             return await pb_grpc.SelectorStub(channel).Route(request, timeout=30.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.prompt import PROMPT_RULES
+from predictor_service.contract import GATEWAY_PORT, LOOPBACK, SELECTOR_ADDRESS
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -16,9 +17,9 @@ MIB = 1024 * KIB
 @dataclass(frozen=True)
 class GatewayConfig:
     # Loopback by default: without --api-key-env the gateway spends the upstreams' keys for anyone who reaches it.
-    host: str = "127.0.0.1"
-    port: int = 8080                       # 0 = any free port (tests)
-    selector_address: str = "127.0.0.1:50051"
+    host: str = LOOPBACK
+    port: int = GATEWAY_PORT               # 0 = any free port (tests)
+    selector_address: str = SELECTOR_ADDRESS
     pool_path: Path | None = None          # the selector's pool file; None = selector/pool.toml
     # Name of the environment variable holding the key clients must send (`Authorization: Bearer KEY`);
     # None = no client authentication.
@@ -104,7 +105,7 @@ def gateway_config_from_args(args: argparse.Namespace, **overrides) -> GatewayCo
     if getattr(args, "selector", None):
         values["selector_address"] = args.selector
     elif getattr(args, "selector_port", None) is not None:       # routoo serve: the selector beside it
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        host = LOOPBACK if args.host in ("0.0.0.0", "::", "") else args.host
         values["selector_address"] = f"{host}:{args.selector_port}"
     values.update(overrides)
     return GatewayConfig(**values)

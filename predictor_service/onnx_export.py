@@ -17,7 +17,6 @@ the container command.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch import nn
 from kernels.scoring_head import scoring_head_reference
 from kernels.static_embed import NORM_EPS
 from predictor_service.artifact import Artifact
-from predictor_service.triton_server import POOL_LABELS
+from predictor_service.contract import EXPECTED_COST_USD, OUTPUTS, POOL_LABELS_FILE, QUALITY, pool_parameters
 
 OPSET = 17   # onnxruntime >= 1.14 and TensorRT 8.6+ read it
 
@@ -73,7 +72,7 @@ class StaticPredictorGraph(nn.Module):
 def _metadata(artifact: Artifact, graph: str) -> dict[str, str]:
     m = artifact.manifest
     return {"routoo_graph": graph, "encoder": m.encoder, "max_tokens": str(m.max_tokens),
-            "pool_models": json.dumps(m.model_names), "pool_prices": json.dumps(m.model_prices),
+            **pool_parameters(m.model_names, m.model_prices),
             "encoder_table_digest": m.encoder_table_digest or ""}
 
 
@@ -87,9 +86,9 @@ def _export(module: nn.Module, example: tuple, path: Path, input_names: list[str
         # dependency here); these graphs use only ops it handles, and the tests check them with onnxruntime.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=input_names, output_names=["QUALITY", "EXPECTED_COST_USD"],
-                          dynamic_axes={**dynamic_axes, "QUALITY": {0: "batch"},
-                                        "EXPECTED_COST_USD": {0: "batch"}})
+                          input_names=input_names, output_names=list(OUTPUTS),
+                          dynamic_axes={**dynamic_axes, QUALITY: {0: "batch"},
+                                        EXPECTED_COST_USD: {0: "batch"}})
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
@@ -133,13 +132,13 @@ def _triton_config(name: str, artifact: Artifact, inputs: list[tuple], max_batch
             tensor.reshape.shape.extend(reshape)
     # Batched models leave the batch dimension out of dims; the ragged one returns (batch, n_models).
     out_dims = [len(m.model_names)] if max_batch_size else [-1, len(m.model_names)]
-    config.output.add(name="QUALITY", data_type=pb.TYPE_FP32, dims=out_dims, label_filename=POOL_LABELS)
-    config.output.add(name="EXPECTED_COST_USD", data_type=pb.TYPE_FP32, dims=out_dims)
+    config.output.add(name=QUALITY, data_type=pb.TYPE_FP32, dims=out_dims, label_filename=POOL_LABELS_FILE)
+    config.output.add(name=EXPECTED_COST_USD, data_type=pb.TYPE_FP32, dims=out_dims)
     if max_batch_size:
         config.dynamic_batching.max_queue_delay_microseconds = 100
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.Kind.Value(instance_kind))
-    config.parameters["pool_models"].string_value = json.dumps(m.model_names)
-    config.parameters["pool_prices"].string_value = json.dumps(m.model_prices)
+    for key, value in pool_parameters(m.model_names, m.model_prices).items():
+        config.parameters[key].string_value = value
     return text_format.MessageToString(config)
 
 
@@ -163,5 +162,5 @@ def write_triton_repository(artifact_path: str | Path, out: str | Path, *, insta
         written.append(export(out / name / "1" / "model.onnx"))
         (out / name / "config.pbtxt").write_text(_triton_config(name, artifact, inputs, max_batch_size,
                                                                 instance_kind))
-        (out / name / POOL_LABELS).write_text("".join(f"{n}\n" for n in artifact.manifest.model_names))
+        (out / name / POOL_LABELS_FILE).write_text("".join(f"{n}\n" for n in artifact.manifest.model_names))
     return written

@@ -13,7 +13,6 @@ the served config's `parameters` (`pool_models`, `pool_prices`) or the QUALITY o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -29,16 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predictor_service.artifact import Artifact, default_artifact_path
+from predictor_service.contract import (ARTIFACT_PATH, LOOPBACK, POOL_LABELS_FILE, QUALITY, SERVED_MODELS,
+                                        pool_parameters)
 from predictor_service.supervision import spawn_group, stop_group
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
-DEFAULT_MODELS = ("routoo_predictor", "echo_floor")
-POOL_LABELS = "pool_models.txt"
-SERVED_ARTIFACT = "artifact"         # the artifact's folder inside a portable repository's version folder      # one name a line, the QUALITY output's classification labels
-# Where `make train-default` reads its data; used only when the default artifact is missing.
+SERVED_ARTIFACT = "artifact"         # the artifact's folder inside a portable repository's version folder
 
 
 class TritonServerError(RuntimeError):
@@ -111,7 +109,7 @@ def ensure_artifact(path: str | Path | None) -> Path:
 
 
 def materialise_repository(target: str | Path, artifact_path: str | Path, *,
-                           models: tuple[str, ...] = DEFAULT_MODELS, dynamic_batching: bool = True,
+                           models: tuple[str, ...] = SERVED_MODELS, dynamic_batching: bool = True,
                            instance_count: int | None = None, instance_kind: str = "KIND_CPU",
                            source: Path = MODEL_REPOSITORY, copy_artifact: bool = False) -> Path:
     """Copy `source`'s models into `target` with the served settings written into each config.pbtxt.
@@ -135,12 +133,11 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
         shutil.copytree(source / name, model_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         # Only models that read an artifact (their committed config names the parameter) get a copy.
-        copy_here = copy_artifact and "artifact_path" in config.parameters
+        copy_here = copy_artifact and ARTIFACT_PATH in config.parameters
         if copy_here:
             shutil.copytree(artifact_path, model_dir / "1" / SERVED_ARTIFACT, dirs_exist_ok=True)
-        parameters = {"artifact_path": SERVED_ARTIFACT if copy_here else str(artifact_path),
-                      "pool_models": json.dumps(manifest.model_names),
-                      "pool_prices": json.dumps(manifest.model_prices)}
+        parameters = {ARTIFACT_PATH: SERVED_ARTIFACT if copy_here else str(artifact_path),
+                      **pool_parameters(manifest.model_names, manifest.model_prices)}
         for key, value in parameters.items():
             config.parameters[key].string_value = value
         if not dynamic_batching:
@@ -150,9 +147,9 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
                 group.count = instance_count
             group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(instance_kind)
         for output in config.output:
-            if output.name == "QUALITY":
-                (model_dir / POOL_LABELS).write_text("".join(f"{m}\n" for m in manifest.model_names))
-                output.label_filename = POOL_LABELS
+            if output.name == QUALITY:
+                (model_dir / POOL_LABELS_FILE).write_text("".join(f"{m}\n" for m in manifest.model_names))
+                output.label_filename = POOL_LABELS_FILE
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return target
 
@@ -173,9 +170,9 @@ class TritonServer:
     """
 
     def __init__(self, artifact: str | Path | None = None, *, grpc_port: int | None = 0,
-                 http_port: int | None = 0, metrics_port: int | None = 0, host: str = "127.0.0.1",
+                 http_port: int | None = 0, metrics_port: int | None = 0, host: str = LOOPBACK,
                  dynamic_batching: bool = True, instance_count: int | None = None,
-                 instance_kind: str = "KIND_CPU", models: tuple[str, ...] = DEFAULT_MODELS,
+                 instance_kind: str = "KIND_CPU", models: tuple[str, ...] = SERVED_MODELS,
                  log_verbose: bool = False, ready_timeout_s: float = 180.0, stop_timeout_s: float = 15.0,
                  run_dir: str | Path | None = None):
         self.artifact = artifact

@@ -17,6 +17,7 @@ from typing import Iterable
 import grpc
 import numpy as np
 
+from predictor_service.contract import SELECTOR_ADDRESS
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
 
@@ -70,7 +71,7 @@ def make_route_request(prompt: str, *, quality_per_usd: float | None = None, qua
 
 
 class SelectorClient:
-    def __init__(self, address: str = "127.0.0.1:50051", *, timeout_s: float = 10.0,
+    def __init__(self, address: str = SELECTOR_ADDRESS, *, timeout_s: float = 10.0,
                  max_message_bytes: int = 64 * 1024 * 1024):
         self.address = address
         self.timeout_s = timeout_s

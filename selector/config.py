@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictor_service.contract import MAX_PROMPT_BYTES
+from predictor_service.contract import LOOPBACK, MAX_PROMPT_BYTES, PREDICTOR_MODEL, SELECTOR_PORT, TRITON_GRPC_ADDRESS
 from selector.targets import parse_targets
 
 KIB = 1024
@@ -16,12 +16,12 @@ MIB = 1024 * KIB
 @dataclass(frozen=True)
 class SelectorConfig:
     # Where the selector listens. Loopback by default: the API has no authentication.
-    host: str = "127.0.0.1"
-    port: int = 50051                    # 0 = any free port (tests)
+    host: str = LOOPBACK
+    port: int = SELECTOR_PORT            # 0 = any free port (tests)
     # The predictor served by Triton (KServe v2 over gRPC): HOST:PORT, or several comma-separated, or a DNS
     # name with one address per replica (a Kubernetes headless Service); selector/replicas.py.
-    triton_url: str = "127.0.0.1:8001"
-    predictor_model: str = "routoo_predictor"
+    triton_url: str = TRITON_GRPC_ADDRESS
+    predictor_model: str = PREDICTOR_MODEL
     pool_path: Path | None = None        # None = selector/pool.toml
     # Deadline of one Triton call, whichever encoder the predictor runs. Static: a few ms. MiniLM on 2 cores:
     # a chunk of 64 prompts takes ~0.8 s alone (12.6 ms/prompt), and under 32 concurrent clients the dynamic

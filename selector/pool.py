@@ -1,13 +1,13 @@
 """The model pool: which models the selector may choose, their prices and latency (selector/pool.toml).
 
 The pool file is the one source of truth for prices. The predictor was trained with prices of its own
-(its config parameter `pool_prices`); where the two differ, the predictor's expected cost for a model is
-scaled by the ratio of blended prices, pool file over trained (`PoolColumns.cost_scale`).
+(its config parameter `pool_prices`, read by `predictor_service.contract.ServedPool`); where the two differ,
+the predictor's expected cost for a model is scaled by the ratio of blended prices, pool file over trained
+(`PoolColumns.cost_scale`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from predictor_service.contract import ServedPool, ServedPoolError
 
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "pool.toml"
 
@@ -41,18 +43,27 @@ def blended_usd_per_mtok(input_usd_per_mtok: float, output_usd_per_mtok: float) 
     return BLEND_INPUT_SHARE * input_usd_per_mtok + (1 - BLEND_INPUT_SHARE) * output_usd_per_mtok
 
 
+# Latency written for a model nobody measured (a dataset's model, or one the base pool file does not know):
+# a stand-in, like every figure in pool.toml.
+STAND_IN_P95_LATENCY_MS = 3000.0
+
+
 @dataclass(frozen=True)
 class PoolModel:
+    """One model of a pool: of the routing pool (pool.toml, `Pool`) or of a dataset (its models.json,
+    training/data.py). A dataset may not know a price; a routing pool knows both (`Pool` checks)."""
+
     name: str
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
-    p95_latency_ms: float
+    input_usd_per_mtok: float | None     # USD per million tokens; None = unknown (a dataset's pool only)
+    output_usd_per_mtok: float | None
+    p95_latency_ms: float = STAND_IN_P95_LATENCY_MS
     enabled: bool = True
     # Where the gateway forwards a request for this model (any OpenAI-compatible server: vLLM, Ollama,
     # OpenAI, a LiteLLM proxy). None = no upstream: the selector may still score it, the gateway never calls it.
     base_url: str | None = None          # e.g. "http://127.0.0.1:8000/v1" (the part before /chat/completions)
     upstream_model: str | None = None    # the name the upstream expects; None = this model's name
     api_key_env: str | None = None       # the NAME of the environment variable that holds the key, never the key
+    price_note: str = ""                 # where a dataset's prices come from; pool files do not carry it
 
     @property
     def blended_usd_per_mtok(self) -> float:
@@ -70,6 +81,9 @@ class Pool:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PoolError(f"duplicate model names in the pool: {duplicates}")
+        unpriced = [m.name for m in self.models if m.input_usd_per_mtok is None or m.output_usd_per_mtok is None]
+        if unpriced:
+            raise PoolError(f"a pool needs both prices of every model; unknown for {unpriced}")
 
     def __len__(self) -> int:
         return len(self.models)
@@ -96,10 +110,6 @@ class Pool:
     @cached_property
     def p95_latency_ms(self) -> np.ndarray:       # (n_models,) float64, read-only
         return _read_only(np.array([m.p95_latency_ms for m in self.models], dtype=np.float64))
-
-
-# Latency written for a model the base pool file does not know: a stand-in, like every figure in pool.toml.
-STAND_IN_P95_LATENCY_MS = 3000.0
 
 
 def pool_for_models(names: list[str], prices: list[list[float | None]], base: Pool | None = None) -> Pool:
@@ -221,35 +231,12 @@ def load_pool(path: str | Path | None = None) -> Pool:
         raise PoolError(f"{path}: {e}") from e
 
 
-@dataclass(frozen=True)
-class ServedPool:
-    """What the predictor serves, read from its Triton model config: output columns and trained prices."""
-
-    names: tuple[str, ...]
-    prices: tuple[tuple[float, float] | None, ...]   # (input, output) USD per Mtok; None = unknown
-
-    @classmethod
-    def from_config_parameters(cls, parameters: dict[str, str], *, model: str) -> "ServedPool":
-        """From the string values of the config's `pool_models` and `pool_prices` parameters."""
-        try:
-            names = json.loads(parameters["pool_models"])
-            prices = json.loads(parameters.get("pool_prices", "null")) or [None] * len(names)
-        except (KeyError, json.JSONDecodeError) as e:
-            raise PoolError(f"Triton model {model!r}: its config parameters need 'pool_models' (a JSON list of "
-                            f"names) and 'pool_prices' (a JSON list of [input, output] or null): {e}") from e
-        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-                or not isinstance(prices, list) or len(prices) != len(names)):
-            raise PoolError(f"Triton model {model!r}: 'pool_models' must be a list of names and 'pool_prices' "
-                            f"a list of the same length, got {len(names)} names and {prices!r:.200}")
-        parsed: list[tuple[float, float] | None] = []
-        for name, price in zip(names, prices):
-            try:
-                known = price is not None and price[0] is not None and price[1] is not None
-                parsed.append((float(price[0]), float(price[1])) if known else None)
-            except (TypeError, ValueError, IndexError) as e:
-                raise PoolError(f"Triton model {model!r}: 'pool_prices' for {name!r} must be [input, output] USD "
-                                f"per Mtok or null, got {price!r}") from e
-        return cls(tuple(names), tuple(parsed))
+def read_served_pool(parameters: dict[str, str], *, model: str) -> ServedPool:
+    """The predictor's pool from its config's string parameters; PoolError naming the model otherwise."""
+    try:
+        return ServedPool.from_parameters(parameters, model=model)
+    except ServedPoolError as e:
+        raise PoolError(str(e)) from e
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
 """The predictor's scores over KServe v2 gRPC: an asyncio tritonclient with one channel, reused.
 
-Contract with the Triton model (`routoo_predictor`): input PROMPT, BYTES, shape (batch, 1), UTF-8;
-outputs QUALITY and EXPECTED_COST_USD, FP32, shape (batch, n_served); config parameters `pool_models`
-(JSON list of names, in output column order) and `pool_prices` (JSON list of [input, output] USD/Mtok).
-Outputs come back in the predictor's column order and at its trained prices; `selector.pool.PoolColumns`
-maps them onto the pool file.
+Contract with the Triton model (`predictor_service/contract.py`): input PROMPT, BYTES, shape (batch, 1),
+UTF-8; outputs QUALITY and EXPECTED_COST_USD, FP32, shape (batch, n_served); the pool published in the
+config's parameters (`contract.ServedPool`). Outputs come back in the predictor's column order and at its
+trained prices; `selector.pool.PoolColumns` maps them onto the pool file.
 
 The hot path (`_infer`) calls tritonclient's generated stub (`GRPCInferenceServiceStub.ModelInfer`) on the
 client's channel with a `ModelInferRequest` built here, and reads `raw_output_contents` with np.frombuffer:
@@ -26,11 +25,9 @@ from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub
 from tritonclient.utils import InferenceServerException
 
+from predictor_service.contract import OUTPUT_DATATYPE, OUTPUTS, PROMPT, PROMPT_DATATYPE, QUALITY, ServedPool
 from selector.config import SelectorConfig
-from selector.pool import ServedPool
-
-INPUT = "PROMPT"
-OUTPUTS = ("QUALITY", "EXPECTED_COST_USD")
+from selector.pool import read_served_pool
 
 
 class PredictorUnavailable(RuntimeError):
@@ -99,7 +96,7 @@ class TritonScores:
                                  f"selector sends (batch, 1) tensors and needs batching enabled")
         self._max_batch_size = config.max_batch_size
         parameters = {key: value.string_value for key, value in config.parameters.items()}
-        return ServedPool.from_config_parameters(parameters, model=self.model)
+        return read_served_pool(parameters, model=self.model)
 
     async def ready(self) -> bool:
         try:
@@ -132,7 +129,7 @@ class TritonScores:
 
     def _request_template(self, batch: int) -> service_pb2.ModelInferRequest:
         request = service_pb2.ModelInferRequest(model_name=self.model)
-        request.inputs.add(name=INPUT, datatype="BYTES", shape=[batch, 1])
+        request.inputs.add(name=PROMPT, datatype=PROMPT_DATATYPE, shape=[batch, 1])
         for name in OUTPUTS:
             request.outputs.add(name=name)
         return request
@@ -159,10 +156,11 @@ class TritonScores:
         for i, output in enumerate(response.outputs):
             if output.name not in OUTPUTS or i >= len(contents):
                 continue
-            if output.datatype != "FP32":
-                raise PredictorError(f"{self.model!r} returned {output.name} as {output.datatype}; expected FP32")
+            if output.datatype != OUTPUT_DATATYPE:
+                raise PredictorError(f"{self.model!r} returned {output.name} as {output.datatype}; "
+                                     f"expected {OUTPUT_DATATYPE}")
             array = np.frombuffer(contents[i], dtype="<f4").reshape(output.shape)   # read-only view
-            if output.name == OUTPUTS[0]:
+            if output.name == QUALITY:
                 quality = array
             else:
                 cost = array

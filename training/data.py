@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selector.pool import PoolModel
+
 
 class DatasetError(ValueError):
     """A dataset folder that cannot be read; the message names the file and what is wrong."""
@@ -27,14 +29,6 @@ class Prompt:
     id: str
     text: str
     category: str = ""
-
-
-@dataclass(frozen=True)
-class PoolModel:
-    name: str
-    input_usd_per_mtok: float | None
-    output_usd_per_mtok: float | None
-    price_note: str = ""
 
 
 @dataclass
@@ -142,8 +136,8 @@ def _read_pool(path: Path) -> list[PoolModel]:
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise DatasetError(f"{path}: every model needs a non-empty string 'name', got {entry!r}")
-        pool.append(PoolModel(entry["name"], price(entry, "input_usd_per_mtok"),
-                              price(entry, "output_usd_per_mtok"), str(entry.get("price_note") or "")))
+        pool.append(PoolModel(entry["name"], price(entry, "input_usd_per_mtok"), price(entry, "output_usd_per_mtok"),
+                              price_note=str(entry.get("price_note") or "")))
     names = [m.name for m in pool]
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: duplicate model names {sorted({n for n in names if names.count(n) > 1})}")

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
+from predictor_service.contract import PREDICTOR_MODEL, TRITON_HTTP_PORT
 from predictor_service.triton_server import TritonServer
 from selector.config import SelectorConfig
 from selector.pool import load_pool, pool_toml
@@ -109,7 +110,7 @@ def live(tmp_path_factory):
     pool_path.write_text(pool_toml(pool_with_upstreams(load_pool(), upstreams)), encoding="utf-8")
     loop = LoopThread()
     try:
-        with TritonServer(models=("routoo_predictor",)) as triton:
+        with TritonServer(models=(PREDICTOR_MODEL,)) as triton:
             config = SelectorConfig(port=0, triton_url=f"localhost:{triton.ports['grpc']}", pool_path=pool_path,
                                     metrics_port=0, health_poll_s=0.2)
             server, port = loop.call(create_server("127.0.0.1:0", config=config))
@@ -202,7 +203,7 @@ def test_manifest_probes_answer_on_live_servers(live):
     live_ports = {"http": live.triton.ports["http"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = triton_container[probe]["httpGet"]
-        assert ports[get["port"]] == 8000      # the container's http port; here the test server's own port
+        assert ports[get["port"]] == TRITON_HTTP_PORT   # the container's http port; here the test server's own port
         status, _ = http_get(f"http://127.0.0.1:{live_ports[get['port']]}{get['path']}")
         assert status == 200, (probe, get)
     gateway_container = _container(objects, "routoo-gateway")

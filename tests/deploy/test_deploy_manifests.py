@@ -18,6 +18,7 @@ from cli.gateway import cmd_gateway
 from gateway.config import GatewayConfig, gateway_config_from_args
 from cli import predictor_serving as serve_commands
 from cli.main import build_parser
+from predictor_service import contract
 from predictor_service.triton_server import TritonServer
 from selector.config import SelectorConfig, add_selector_arguments, config_from_args
 from selector.server import SERVICE_NAME
@@ -107,7 +108,7 @@ def test_cpu_triton_args_are_serve_predictor_defaults():
     assert args.func is serve_commands.cmd_serve_predictor
     ports = named_ports(c)
     assert (args.http_port, args.grpc_port, args.metrics_port) == (
-        serve_commands.DEFAULT_HTTP_PORT, serve_commands.DEFAULT_GRPC_PORT, serve_commands.DEFAULT_METRICS_PORT) == (
+        contract.TRITON_HTTP_PORT, contract.TRITON_GRPC_PORT, contract.TRITON_METRICS_PORT) == (
         ports["http"], ports["grpc"], ports["metrics"])
     assert args.host == "0.0.0.0" and serve_commands.INSTANCE_KINDS[args.instance_kind] == "KIND_CPU"
     service = find(objects, "Service", "routoo-triton")
@@ -128,8 +129,8 @@ def test_gpu_triton_serves_the_written_repository_with_the_servers_flags():
     assert f"--model-repository={written.write_repository}" in flags
     # The flags TritonServer gives the wheel's binary, for the model the selector asks for.
     server = TritonServer(models=(SelectorConfig().predictor_model,))
-    server.ports = {"grpc": serve_commands.DEFAULT_GRPC_PORT, "http": serve_commands.DEFAULT_HTTP_PORT,
-                    "metrics": serve_commands.DEFAULT_METRICS_PORT}
+    server.ports = {"grpc": contract.TRITON_GRPC_PORT, "http": contract.TRITON_HTTP_PORT,
+                    "metrics": contract.TRITON_METRICS_PORT}
     server._run_dir = Path("/unused")
     expected = [f for f in server.command()[1:] if f.split("=")[0] in (
         "--model-control-mode", "--load-model", "--disable-auto-complete-config", "--grpc-port", "--http-port",

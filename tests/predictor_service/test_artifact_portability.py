@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from kernels.static_predictor import static_predictor
 from predictor_service.artifact import Artifact, ArtifactError, Manifest, default_artifact_path
+from predictor_service.contract import ECHO_FLOOR_MODEL, PREDICTOR_MODEL
 from training.data import load_dataset
 from predictor_service.encoder_files import ENCODER_DIR, TABLE_FILE, decode_table, encode_table
 from predictor_service.head import log_lengths, reference_score
@@ -190,12 +191,12 @@ def test_written_repository_carries_its_artifact(tmp_path):
     assert routoo(["serve-predictor", "--write-repository", str(tmp_path / "repo")]) == 0
     moved = tmp_path / "elsewhere" / "model_repository"
     shutil.move(tmp_path / "repo", moved)
-    config = (moved / "routoo_predictor" / "config.pbtxt").read_text()
+    config = (moved / PREDICTOR_MODEL / "config.pbtxt").read_text()
     assert 'string_value: "artifact"' in config and str(PROJECT_ROOT) not in config
-    served = moved / "routoo_predictor" / "1" / "artifact"
+    served = moved / PREDICTOR_MODEL / "1" / "artifact"
     assert Artifact.load(served).manifest.encoder_table_digest == RECORDED["table_digest"]
     assert_recorded(*Predictor.load(served, device="cpu").predict(PROMPTS))
-    assert not (moved / "echo_floor" / "1" / "artifact").exists()
+    assert not (moved / ECHO_FLOOR_MODEL / "1" / "artifact").exists()
 
 
 def test_triton_serves_a_moved_repository(tmp_path):
@@ -204,11 +205,11 @@ def test_triton_serves_a_moved_repository(tmp_path):
     from predictor_service.triton_server import TritonDist, TritonServer, materialise_repository
 
     run_dir = tmp_path / "run"
-    materialise_repository(tmp_path / "written", default_artifact_path(), models=("routoo_predictor",),
+    materialise_repository(tmp_path / "written", default_artifact_path(), models=(PREDICTOR_MODEL,),
                            copy_artifact=True)
     shutil.move(tmp_path / "written", run_dir / "model_repository")
     TritonDist.locate().backend_directory(run_dir / "backends")
-    with TritonServer(run_dir=run_dir, models=("routoo_predictor",)) as server:
+    with TritonServer(run_dir=run_dir, models=(PREDICTOR_MODEL,)) as server:
         names, quality, cost = score_remote(server.grpc_url, PROMPTS)
     assert names == Artifact.load(default_artifact_path()).manifest.model_names
     assert_recorded(quality, cost)

@@ -13,8 +13,9 @@ from tritonclient.grpc import model_config_pb2
 from predictor_service.artifact import Artifact, Manifest, default_artifact_path
 from predictor_service.encoders import MiniLMEncoder
 from predictor_service.head import ScoringHead, log_lengths
+from predictor_service.contract import POOL_LABELS_FILE, POOL_MODELS
 from predictor_service.onnx_export import (
-    POOL_LABELS, export_head, export_static_predictor, write_triton_repository,
+    export_head, export_static_predictor, write_triton_repository,
 )
 from predictor_service.predictor import Predictor
 
@@ -107,7 +108,7 @@ def test_triton_repository_configs_agree_with_graphs(static_predictor, tmp_path)
         assert [o.name for o in config.output] == [o.name for o in graph.graph.output]
         assert config.backend == "onnxruntime"
         assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
-        assert json.loads(config.parameters["pool_models"].string_value) == names
-        assert (model_dir / POOL_LABELS).read_text().split() == names
-        assert json.loads({p.key: p.value for p in graph.metadata_props}["pool_models"]) == names
+        assert json.loads(config.parameters[POOL_MODELS].string_value) == names
+        assert (model_dir / POOL_LABELS_FILE).read_text().split() == names
+        assert json.loads({p.key: p.value for p in graph.metadata_props}[POOL_MODELS]) == names
         assert list(config.output[0].dims)[-1] == len(names)

@@ -14,16 +14,15 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from predictor_service.artifact import Artifact, default_artifact_path
-from predictor_service.contract import MAX_PROMPT_BYTES
+from predictor_service.contract import (ECHO_FLOOR_MODEL, EXPECTED_COST_USD, MAX_PROMPT_BYTES, POOL_LABELS_FILE,
+                                        POOL_MODELS, POOL_PRICES, PREDICTOR_MODEL, PROMPT, PROMPT_DATATYPE, QUALITY)
 from predictor_service.predictor import Predictor
 from cli.main import main as routoo
 from predictor_service.remote import score_remote
 from cli.predictor_serving import default_instance_count
-from predictor_service.triton_server import (
-    POOL_LABELS, TritonServer, TritonServerError, materialise_repository,
-)
+from predictor_service.triton_server import TritonServer, TritonServerError, materialise_repository
 
-MODEL = "routoo_predictor"
+MODEL = PREDICTOR_MODEL
 CANARY = "zebra-canary-7731"   # a word that must never reach the server's log
 TOPICS = ["photosynthesis", "tax law", "sorting algorithms", "the French revolution", "eigenvalues",
           "protein folding", "Kant's ethics", "compilers"]
@@ -51,7 +50,7 @@ def predictor():
 
 
 def bytes_input(raw_prompts: list[bytes]) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput("PROMPT", [len(raw_prompts), 1], "BYTES")
+    tensor = grpcclient.InferInput(PROMPT, [len(raw_prompts), 1], PROMPT_DATATYPE)
     tensor.set_data_from_numpy(np.array(raw_prompts, dtype=object).reshape(-1, 1))
     return tensor
 
@@ -70,26 +69,26 @@ def test_outputs_over_grpc_equal_in_process_predictor(triton_server, predictor):
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     # The whole set as one request, then each prompt alone: batch composition must not change a row.
     result = client.infer(MODEL, [bytes_input([p.encode() for p in EDGE_PROMPTS])])
-    assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+    assert_scores_equal(result.as_numpy(QUALITY), result.as_numpy(EXPECTED_COST_USD),
                         expected_quality, expected_cost)
     for i, prompt in enumerate(EDGE_PROMPTS):
         result = client.infer(MODEL, [bytes_input([prompt.encode()])])
-        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+        assert_scores_equal(result.as_numpy(QUALITY), result.as_numpy(EXPECTED_COST_USD),
                             expected_quality[i:i + 1], expected_cost[i:i + 1])
 
 
 def test_pool_is_discoverable_from_config_and_labels(triton_server, predictor):
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     config = client.get_model_config(MODEL, as_json=True)["config"]
-    assert json.loads(config["parameters"]["pool_models"]["string_value"]) == predictor.model_names
-    assert json.loads(config["parameters"]["pool_prices"]["string_value"]) == predictor.model_prices
+    assert json.loads(config["parameters"][POOL_MODELS]["string_value"]) == predictor.model_names
+    assert json.loads(config["parameters"][POOL_PRICES]["string_value"]) == predictor.model_prices
     assert int(config["max_batch_size"]) > 0 and "dynamic_batching" in config
 
     # Classification extension: the top-3 of QUALITY come back named by the label file.
     prompt = "Prove that there are infinitely many primes."
     result = client.infer(MODEL, [bytes_input([prompt.encode()])],
-                          outputs=[grpcclient.InferRequestedOutput("QUALITY", class_count=3)])
-    top = [entry.decode().split(":") for entry in result.as_numpy("QUALITY").reshape(-1)]
+                          outputs=[grpcclient.InferRequestedOutput(QUALITY, class_count=3)])
+    top = [entry.decode().split(":") for entry in result.as_numpy(QUALITY).reshape(-1)]
     quality = predictor.predict([prompt])[0][0]
     assert [label for _, _, label in top] == [predictor.model_names[j] for j in np.argsort(-quality)[:3]]
     assert [int(index) for _, index, _ in top] == list(np.argsort(-quality)[:3])
@@ -109,7 +108,7 @@ def test_concurrent_requests_are_batched_without_cross_talk(triton_server, predi
 
     results = asyncio.run(send_all())
     for i, result in enumerate(results):
-        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+        assert_scores_equal(result.as_numpy(QUALITY), result.as_numpy(EXPECTED_COST_USD),
                             expected_quality[i:i + 1], expected_cost[i:i + 1])
 
     after = model_stats(sync_client)
@@ -150,7 +149,7 @@ def test_bad_requests_fail_alone_and_server_stays_up(triton_server, predictor):
             assert CANARY not in result.message()   # errors never echo the prompt
             continue
         assert not isinstance(result, Exception), f"good prompt failed: {result}"
-        assert_scores_equal(result.as_numpy("QUALITY"), result.as_numpy("EXPECTED_COST_USD"),
+        assert_scores_equal(result.as_numpy(QUALITY), result.as_numpy(EXPECTED_COST_USD),
                             expected_quality[good_index:good_index + 1], expected_cost[good_index:good_index + 1])
         good_index += 1
     assert int(after["execution_count"]) - int(before["execution_count"]) < len(payloads)
@@ -166,8 +165,8 @@ def test_bad_requests_fail_alone_and_server_stays_up(triton_server, predictor):
 
 def test_echo_floor_answers_zeros_of_pool_width(triton_server, predictor):
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    result = client.infer("echo_floor", [bytes_input([b"a", b"b", b"c"])])
-    for name in ("QUALITY", "EXPECTED_COST_USD"):
+    result = client.infer(ECHO_FLOOR_MODEL, [bytes_input([b"a", b"b", b"c"])])
+    for name in (QUALITY, EXPECTED_COST_USD):
         out = result.as_numpy(name)
         assert out.shape == (3, len(predictor.model_names)) and out.dtype == np.float32 and not out.any()
 
@@ -189,20 +188,20 @@ def test_metrics_endpoint_reports_inference_counts(triton_server):
 def test_clash_on_a_requested_port_fails_with_the_server_log(triton_server):
     taken = int(triton_server.grpc_url.rsplit(":", 1)[1])
     with pytest.raises(TritonServerError, match="(?s)exited with code.*last log lines.*already in use"):
-        with TritonServer(grpc_port=taken, models=("echo_floor",), ready_timeout_s=60):
+        with TritonServer(grpc_port=taken, models=(ECHO_FLOOR_MODEL,), ready_timeout_s=60):
             pass
     assert triton_server.running()
 
 
 def test_materialised_repository_can_turn_batching_off(tmp_path):
-    repo = materialise_repository(tmp_path, default_artifact_path(), models=("routoo_predictor",),
+    repo = materialise_repository(tmp_path, default_artifact_path(), models=(MODEL,),
                                   dynamic_batching=False, instance_count=2)
     config = text_format.Parse((repo / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     names = Artifact.load(default_artifact_path()).manifest.model_names
     assert not config.HasField("dynamic_batching") and config.max_batch_size > 0
     assert [g.count for g in config.instance_group] == [2]
-    assert json.loads(config.parameters["pool_models"].string_value) == names
-    assert (repo / MODEL / POOL_LABELS).read_text().split() == names
+    assert json.loads(config.parameters[POOL_MODELS].string_value) == names
+    assert (repo / MODEL / POOL_LABELS_FILE).read_text().split() == names
 
 
 @pytest.mark.parametrize("kind, cpus, expected", [("KIND_CPU", 1, 1), ("KIND_CPU", 2, 1), ("KIND_CPU", 16, 8),

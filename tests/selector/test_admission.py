@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from predictor_service.contract import PREDICTOR_MODEL, PROMPT, PROMPT_DATATYPE
 from predictor_service.triton_server import PROJECT_ROOT, free_port
 from selector.admission import MAX_ERROR_MESSAGE_CHARS, short_message
 from selector.client import make_route_request
@@ -194,10 +195,10 @@ def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):
     before = rejected()
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     for raw in (b"\xff\xfe not utf-8", b"   "):
-        prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+        prompt = grpcclient.InferInput(PROMPT, [1, 1], PROMPT_DATATYPE)
         prompt.set_data_from_numpy(np.array([[raw]], dtype=object))
         with pytest.raises(InferenceServerException, match="UTF-8|empty|whitespace"):
-            client.infer("routoo_predictor", [prompt])
+            client.infer(PREDICTOR_MODEL, [prompt])
     client.close()
     deadline = time.monotonic() + 10            # Triton's metrics are refreshed every few seconds
     while rejected() - before < 2 and time.monotonic() < deadline:

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from predictor_service.contract import PREDICTOR_MODEL, TRITON_GRPC_ADDRESS
 from predictor_service.triton_server import TritonServer, free_port
 from selector.config import SelectorConfig
 from selector.proto import selector_pb2 as pb
@@ -36,7 +37,7 @@ FAST = dict(metrics_port=0, health_poll_s=0.2, replica_health_interval_s=0.2, re
 
 @pytest.fixture(scope="module")
 def tritons():
-    servers = [TritonServer(models=("routoo_predictor",)), TritonServer(models=("routoo_predictor",))]
+    servers = [TritonServer(models=(PREDICTOR_MODEL,)), TritonServer(models=(PREDICTOR_MODEL,))]
     try:
         with ThreadPoolExecutor(2) as pool:           # both start at once: ~10-20 s each on 2 cores
             list(pool.map(TritonServer.start, servers))
@@ -72,7 +73,7 @@ def triton_successes(server: TritonServer) -> float:
         samples = _samples(response.read().decode())
     # Triton's counters carry no _total suffix; prometheus_client's parser adds one.
     return sum(v for (name, labels), v in samples.items()
-               if name == "nv_inference_request_success_total" and ("model", "routoo_predictor") in labels)
+               if name == "nv_inference_request_success_total" and ("model", PREDICTOR_MODEL) in labels)
 
 
 def test_parse_targets_accepts_lists_names_and_ipv6():
@@ -93,7 +94,7 @@ def test_bad_predictor_url_is_refused_naming_it(bad, named):
 
 def test_one_literal_address_keeps_the_plain_client():
     async def build():
-        scores = scores_from_config(SelectorConfig(triton_url="127.0.0.1:8001"))
+        scores = scores_from_config(SelectorConfig(triton_url=TRITON_GRPC_ADDRESS))
         await scores.close()
         return scores
     assert isinstance(asyncio.run(build()), TritonScores)

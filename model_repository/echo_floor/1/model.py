@@ -9,22 +9,23 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from predictor_service.contract import EXPECTED_COST_USD, PROMPT, QUALITY, ServedPool, ServedPoolError
+
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        pool = config.get("parameters", {}).get("pool_models", {}).get("string_value", "")
-        if not pool:
+        try:
+            pool = ServedPool.from_json_config(json.loads(args["model_config"]))
+        except ServedPoolError as e:
             raise pb_utils.TritonModelException(
-                "config parameter pool_models is missing; serve a materialised repository "
-                "(routoo serve-predictor)")
-        self.n_models = len(json.loads(pool))
+                f"{e}; serve a materialised repository (routoo serve-predictor)") from e
+        self.n_models = len(pool.names)
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().shape[0]
+            rows = pb_utils.get_input_tensor_by_name(request, PROMPT).as_numpy().shape[0]
             zeros = np.zeros((rows, self.n_models), np.float32)  # (rows, n_models)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("QUALITY", zeros), pb_utils.Tensor("EXPECTED_COST_USD", zeros)]))
+                pb_utils.Tensor(QUALITY, zeros), pb_utils.Tensor(EXPECTED_COST_USD, zeros)]))
         return responses

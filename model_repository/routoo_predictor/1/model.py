@@ -15,7 +15,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from predictor_service.artifact import default_artifact_path
-from predictor_service.contract import MAX_PROMPT_BYTES
+from predictor_service.contract import (ARTIFACT_PATH, EXPECTED_COST_USD, MAX_PROMPT_BYTES, POOL_MODELS,
+                                        PREDICTOR_MODEL, PROMPT, QUALITY, TORCH_THREADS, ServedPool)
 from predictor_service.predictor import Predictor, PromptError, check_prompt
 
 
@@ -26,7 +27,7 @@ def _parameter(config: dict, key: str, default: str = "") -> str:
 def _decode(raw) -> str:
     """One PROMPT element (bytes) -> text, or PromptError naming the problem (never the text)."""
     if not isinstance(raw, bytes):
-        raise PromptError(f"PROMPT elements must be bytes, got {type(raw).__name__}")
+        raise PromptError(f"{PROMPT} elements must be bytes, got {type(raw).__name__}")
     if len(raw) > MAX_PROMPT_BYTES:   # before decoding, so an oversized payload costs nothing more
         raise PromptError(f"prompt is {len(raw)} bytes, over the limit of {MAX_PROMPT_BYTES} bytes")
     try:
@@ -44,7 +45,7 @@ def _decode_rows(rows) -> list:
         try:
             texts.append(_decode(raw))
         except PromptError as e:
-            raise PromptError(f"PROMPT row {i}: {e}" if len(rows) > 1 else str(e)) from e
+            raise PromptError(f"{PROMPT} row {i}: {e}" if len(rows) > 1 else str(e)) from e
     return texts
 
 
@@ -69,22 +70,24 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         # Intra-op threads: at these batch sizes one thread beats two on 2 cores (0.89 vs 1.07 ms at
         # batch 1) and leaves a core to Triton's gRPC threads.
-        torch.set_num_threads(int(_parameter(config, "torch_threads", "1")))
+        torch.set_num_threads(int(_parameter(config, TORCH_THREADS, "1")))
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         # A relative path is inside this model's version folder: a repository written by
         # `routoo serve-predictor --write-repository` carries its artifact there and can be copied anywhere.
-        artifact_path = _parameter(config, "artifact_path") or str(default_artifact_path())
+        artifact_path = _parameter(config, ARTIFACT_PATH) or str(default_artifact_path())
         if not os.path.isabs(artifact_path):
             artifact_path = os.path.join(args["model_repository"], args["model_version"], artifact_path)
         self.predictor = Predictor.load(artifact_path, device=device)
-        served = _parameter(config, "pool_models")
-        if served and json.loads(served) != self.predictor.model_names:
-            raise pb_utils.TritonModelException(
-                f"config parameter pool_models disagrees with the artifact at {artifact_path}; "
-                "re-materialise the repository (routoo serve-predictor)")
-        self._rejected_family, self._rejected = _rejection_counter(args.get("model_name", "routoo_predictor"))
+        # A materialised config publishes the pool (the committed one does not): it must be the artifact's.
+        if _parameter(config, POOL_MODELS):
+            served = ServedPool.from_json_config(config)
+            if list(served.names) != self.predictor.model_names:
+                raise pb_utils.TritonModelException(
+                    f"config parameter {POOL_MODELS} disagrees with the artifact at {artifact_path}; "
+                    "re-materialise the repository (routoo serve-predictor)")
+        self._rejected_family, self._rejected = _rejection_counter(args.get("model_name", PREDICTOR_MODEL))
         # What loading made (torch, tokenizers, the predictor: ~230k objects) lives as long as the stub.
         # Left to the collector, a full collection walks all of it: 0.2 s during one request, measured.
         gc.collect()
@@ -93,7 +96,7 @@ class TritonPythonModel:
     def execute(self, requests):
         texts, spans, errors = [], [], []
         for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().reshape(-1)  # (rows,)
+            rows = pb_utils.get_input_tensor_by_name(request, PROMPT).as_numpy().reshape(-1)  # (rows,)
             try:
                 prompts = _decode_rows(rows)
             except PromptError as e:
@@ -119,7 +122,7 @@ class TritonPythonModel:
             start, end = span
             whole = (start, end) == (0, len(texts))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("QUALITY", quality if whole else quality[start:end]),
-                pb_utils.Tensor("EXPECTED_COST_USD", expected_cost_usd if whole else expected_cost_usd[start:end]),
+                pb_utils.Tensor(QUALITY, quality if whole else quality[start:end]),
+                pb_utils.Tensor(EXPECTED_COST_USD, expected_cost_usd if whole else expected_cost_usd[start:end]),
             ]))
         return responses
