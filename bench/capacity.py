@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import REPO
+from evals.provenance import REPO
 
 START = "<!-- capacity:start -->"
 END = "<!-- capacity:end -->"

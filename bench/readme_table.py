@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.report import REPO
+from evals.provenance import REPO
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
