@@ -14,5 +14,5 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
     echo "no CUDA device; skipping"
     exit 0
 fi
-"$PYTHON" -m pytest -q tests/test_kernels.py
+"$PYTHON" -m pytest -q tests/kernels/test_kernels.py
 "$PYTHON" -m bench.gpu_check --out "$OUT"

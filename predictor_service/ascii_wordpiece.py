@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._numba import compiled
+from kernels.cpu_jit import compiled
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from kernels import cpu_static_predictor
-from kernels._numba import compiled
+from kernels.cpu_jit import compiled
 from kernels.cpu_static_predictor import FoldedStaticPredictor, score_tokens
 from predictor_service import ascii_wordpiece
 from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window_into, window_buffer_size

@@ -1,6 +1,7 @@
 """Records the committed default artifact's scores on a fixed set of prompts (tests/data/
-default_artifact_scores.json), so that tests/test_artifact_portability.py checks that every path and every
-machine gives them. Run after `make train-default`:  .venv/bin/python scripts/record_default_scores.py
+default_artifact_scores.json), so that tests/predictor_service/test_artifact_portability.py checks that
+every path and every machine gives them. Run after `make train-default`:
+  .venv/bin/python scripts/record_default_scores.py
 """
 
 from __future__ import annotations

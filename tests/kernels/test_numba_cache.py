@@ -4,10 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CALLEE = """
-from kernels._numba import compiled
+from kernels.cpu_jit import compiled
 
 @compiled()
 def callee(x):
@@ -17,7 +17,7 @@ def callee(x):
 CALLER = """
 import callee_mod
 from callee_mod import callee
-from kernels._numba import compiled
+from kernels.cpu_jit import compiled
 
 @compiled(depends_on=(callee_mod,))
 def caller(x):

@@ -16,7 +16,8 @@ from training.data import load_dataset
 from predictor_service.encoders import _window, check_window
 from predictor_service.predictor import Predictor
 from training.fit import TrainConfig, train
-from tests.test_predictor import _step_by_step, synthetic_dataset
+from tests.support.datasets import synthetic_dataset
+from tests.support.predicting import step_by_step
 
 MAX, TAIL = 48, 20        # small, so that short generated texts already pass the window
 
@@ -76,7 +77,7 @@ def test_the_serving_path_reads_the_window(windowed_predictor):
     texts = [head + "Question: integrate x^2 from 0 to 3.", head + "Question: which enzyme splits starch?",
              head + "Question: intégrer x² de 0 à 3 (non-ASCII)", "a short plain prompt"]
     quality, cost = predictor.predict(texts)
-    expected_quality, expected_cost = _step_by_step(predictor, texts)
+    expected_quality, expected_cost = step_by_step(predictor, texts)
     np.testing.assert_array_equal(quality, expected_quality)       # one compiled call == step by step
     np.testing.assert_array_equal(cost, expected_cost)
     assert not np.allclose(quality[0], quality[1])                 # the question past the head is read
@@ -124,7 +125,7 @@ def test_a_prompt_of_the_full_size_is_scored_in_its_window(windowed_predictor):
     text = ("context words " * (MAX_PROMPT_BYTES // 14))[: MAX_PROMPT_BYTES - 40] + " Question: why?"
     assert len(text.encode()) <= MAX_PROMPT_BYTES
     quality, _ = windowed_predictor.predict([text])
-    expected, _ = _step_by_step(windowed_predictor, [text])
+    expected, _ = step_by_step(windowed_predictor, [text])
     np.testing.assert_array_equal(quality, expected)
 
 
@@ -137,8 +138,8 @@ def test_a_tail_only_window_keeps_the_last_tokens():
 
 def _question_last_dataset(folder, n=150, seed=0):
     """60 topic words come after 300 tokens of the same filler: only a window with a tail can see them."""
-    from tests.test_data import write_dataset
-    from tests.test_predictor import TOPICS
+    from tests.support.datasets import write_dataset
+    from tests.support.datasets import TOPICS
 
     rng = np.random.default_rng(seed)
     prompts, scores, costs = [], [], []

@@ -14,7 +14,7 @@ from evals.frontier import area_under_frontier, area_under_points, frontier_hull
 from evals.pool import evaluate_pool
 from evals.routers import RouterPredictions, knn_quality
 from evals.sweeps import tradeoff_breakpoints, tradeoff_lambdas
-from tests.test_data import write_dataset
+from tests.support.datasets import write_dataset
 
 # Four prompts, a cheap model ($1 a prompt) right on 0 and 1, a strong one ($10) right on 0, 1 and 2;
 # nobody answers prompt 3. The strong model is the best single one: accuracy 3/4 for $40.

@@ -20,8 +20,7 @@ from selector.config import MIB, SelectorConfig
 from selector.log_limits import AggregatedLog
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
-from tests.fixtures_selector import SelectorThread
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
+from tests.support.selector_harness import SelectorThread
 
 ROUTE = "/routoo.selector.v1.Selector/Route"
 ROUTE_BATCH = "/routoo.selector.v1.Selector/RouteBatch"
@@ -30,7 +29,7 @@ BIG_PROMPT = ("What does entropy have to do with heat, and how does the second l
 
 
 @pytest.fixture(scope="module")
-def selector(triton_server):  # noqa: F811
+def selector(triton_server):
     running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, health_poll_s=0.2,
                                             max_in_flight_bytes=8 * MIB, big_request_bytes=1 * MIB,
                                             max_concurrent_big_requests=1, log_interval_s=60.0),
@@ -95,7 +94,7 @@ def test_big_requests_past_the_bytes_budget_get_resource_exhausted(selector):
     assert selector.metric("routoo_selector_request_bytes_in_flight") == 0       # all released
 
 
-def test_a_burst_of_failing_requests_writes_a_bounded_log(selector, triton_server, caplog):  # noqa: F811
+def test_a_burst_of_failing_requests_writes_a_bounded_log(selector, triton_server, caplog):
     caplog.set_level(logging.DEBUG, logger="routoo.selector")
     suppressed_before = selector.metric("routoo_selector_log_lines_suppressed_total")
     triton_server.stop()
@@ -138,7 +137,7 @@ def _rss_kib(pid: int, field: str) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_16_big_route_batches_keep_the_selector_process_under_its_memory_bound(triton_server, tmp_path):  # noqa: F811
+def test_16_big_route_batches_keep_the_selector_process_under_its_memory_bound(triton_server, tmp_path):
     port, budget_mib = free_port(), 64
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     log_path = tmp_path / "selector.log"
@@ -179,7 +178,7 @@ def test_16_big_route_batches_keep_the_selector_process_under_its_memory_bound(t
     assert grown_mib <= bound_mib, (grown_mib, bound_mib, codes)
 
 
-def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):  # noqa: F811
+def test_the_triton_model_counts_the_prompts_it_rejects(triton_server):
     import urllib.request
 
     import numpy as np
@@ -219,7 +218,7 @@ def test_a_content_free_prompt_is_flagged_and_minus_zero_is_shown_as_zero(select
     assert decision.policy == "tradeoff(quality_per_usd=0)"
 
 
-def test_a_call_the_client_cancels_is_counted_not_warned(selector, triton_server, caplog):  # noqa: F811
+def test_a_call_the_client_cancels_is_counted_not_warned(selector, triton_server, caplog):
     import signal
 
     caplog.set_level(logging.DEBUG, logger="routoo.selector")

@@ -26,8 +26,7 @@ from predictor_service.triton_server import free_port
 from selector.config import SelectorConfig
 from selector.pool import Pool, load_pool, pool_toml
 from selector.server import create_server
-from tests.fixtures_gateway import COMPLETION_TOKENS, FakeUpstream, LoopThread, prompt_tokens
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
+from tests.support.upstreams import COMPLETION_TOKENS, FakeUpstream, LoopThread, prompt_tokens
 
 CLIENT_KEY_ENV, CLIENT_KEY = "ROUTOO_TEST_GATEWAY_KEY", "gateway-key-7d1e"
 CANARY = "marmoset-canary-8812"            # prompt text that must never reach a log
@@ -100,7 +99,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(triton_server, tmp_path_factory):  # noqa: F811
+def stack(triton_server, tmp_path_factory):
     base = load_pool()
     upstreams = {m.name: FakeUpstream(m.name) for m in base.models}
     models = []
@@ -434,7 +433,7 @@ def test_selector_outage_is_503_or_the_fallback_and_recovery_is_automatic(fresh,
 
 def test_routoo_gateway_runs_alone_against_a_running_selector(stack):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen([sys.executable, "-m", "cli.main", "gateway", "--port", str(port),
                                 "--selector", f"127.0.0.1:{stack.selector_port}", "--pool", str(stack.pool_path),
                                 "--api-key-env", CLIENT_KEY_ENV], env=env, stdout=subprocess.PIPE,

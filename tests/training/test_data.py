@@ -5,23 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.support.datasets import write_dataset
 from training.data import DatasetError, load_dataset, read_prompts
-
-
-def write_dataset(folder, prompts, models, scores, costs=None):
-    """A canonical dataset folder; `scores`/`costs` are lists of rows `[id, v1, v2, ...]` (None = blank)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "prompts.jsonl", "w") as f:
-        for p in prompts:
-            f.write(json.dumps(p) + "\n")
-    (folder / "models.json").write_text(json.dumps({"models": [
-        {"name": m, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "price_note": ""} for m in models]}))
-    for name, rows in (("scores.csv", scores), ("costs.csv", costs if costs is not None else scores)):
-        with open(folder / name, "w") as f:
-            f.write(",".join(["id", *models]) + "\n")
-            for row in rows:
-                f.write(",".join("" if v is None else str(v) for v in row) + "\n")
-    return folder
 
 
 PROMPTS = [{"id": "a", "text": "first", "category": "math"}, {"id": "b", "text": "second"},

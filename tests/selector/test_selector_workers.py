@@ -18,11 +18,10 @@ from predictor_service.triton_server import free_port
 from selector.client import make_route_request
 from selector.config import SelectorConfig
 from selector.proto import selector_pb2_grpc as pb_grpc
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
-from tests.test_selector_server import PROMPTS, SelectorThread
+from tests.support.selector_harness import PROMPTS, SelectorThread
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def routed_requests(metrics_port: int) -> float:
@@ -33,7 +32,7 @@ def routed_requests(metrics_port: int) -> float:
     return 0.0
 
 
-def test_two_workers_share_the_port_both_answer_and_both_stop_on_sigterm(triton_server):  # noqa: F811
+def test_two_workers_share_the_port_both_answer_and_both_stop_on_sigterm(triton_server):
     port, metrics = free_port(), free_port()
     while metrics + 1 == port:
         metrics = free_port()
@@ -69,7 +68,7 @@ def test_two_workers_share_the_port_both_answer_and_both_stop_on_sigterm(triton_
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-def test_a_single_selector_refuses_a_port_already_in_use(triton_server):  # noqa: F811
+def test_a_single_selector_refuses_a_port_already_in_use(triton_server):
     # gRPC sets SO_REUSEPORT by default; without workers the selector turns it off, so a second selector
     # on a busy port fails to start instead of silently sharing it.
     first = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))

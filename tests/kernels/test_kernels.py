@@ -29,7 +29,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 VOCAB = 30522  # bert-base-uncased, the static encoder's tokenizer
 PROMPT_LENGTHS = (200, 0, 3, 1)  # cycled then shuffled: long, empty and tiny prompts in one batch
 INV_TEMPERATURE = 1.5
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 _CUDA = torch.cuda.is_available()
 _NOT_INTERPRETED = "kernels were compiled: TRITON_INTERPRET=1 must be set before `kernels` is imported"

@@ -3,7 +3,7 @@ validates against the Kubernetes schemas bundled in `kubernetes-validate` (offli
 fails), and the manifests agree with the code: container args parse with the commands' own argument parsers,
 ports are the code's defaults and the Services' ports, the selector's probe names its gRPC health service,
 the predictor flags are those TritonServer gives the binary, and the security settings hold for every
-container. Probe paths and metric names are checked against live servers in tests/test_deploy_live.py.
+container. Probe paths and metric names are checked against live servers in tests/deploy/test_deploy_live.py.
 """
 
 import argparse
@@ -23,7 +23,7 @@ from selector.config import SelectorConfig, add_selector_arguments, config_from_
 from selector.server import SERVICE_NAME
 from selector.targets import parse_targets
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 KUBERNETES_VERSION = "1.32.0"       # the kubectl on these machines; autoscaling/v2 and gRPC probes are GA
 
@@ -220,5 +220,5 @@ def test_triton_autoscales_on_the_adapters_queue_metric(overlay):
     rules = yaml.safe_load((DEPLOY / "prometheus-adapter-rules.yaml").read_text())
     served = [rule["name"]["as"] for rule in rules["rules"]["custom"]]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] in served
-    # The rule reads Triton's own queue counter, which tests/test_deploy_live.py finds on a live /metrics.
+    # The rule reads Triton's own queue counter, which tests/deploy/test_deploy_live.py finds on a live /metrics.
     assert any("nv_inference_queue_duration_us" in rule["metricsQuery"] for rule in rules["rules"]["custom"])

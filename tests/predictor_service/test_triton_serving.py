@@ -22,7 +22,6 @@ from cli.predictor_serving import default_instance_count
 from predictor_service.triton_server import (
     POOL_LABELS, TritonServer, TritonServerError, materialise_repository,
 )
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
 
 MODEL = "routoo_predictor"
 CANARY = "zebra-canary-7731"   # a word that must never reach the server's log

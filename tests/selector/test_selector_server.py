@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -36,17 +35,13 @@ from selector.proto import generate
 from selector.proto import selector_pb2 as pb
 from selector.server import SERVICE_NAME, _ScoresWire, create_server
 from selector.triton_scores import PredictorUnavailable
-from tests.fixtures_selector import SelectorThread  # also imported from here by other test modules
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
+from tests.support.selector_harness import PROMPTS, SelectorThread, rpc_error, wait_for
 
-PROMPTS = [f"Question {i}: what does {topic} have to do with {other}?"
-           for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant", "mitosis"] * 4,
-                                                  ["heat", "contracts", "sorting", "duty", "cancer"] * 4))]
 CANARY = "ocelot-canary-5521"      # a word that must never reach a log
 
 
 @pytest.fixture(scope="module")
-def selector(triton_server):  # noqa: F811
+def selector(triton_server):
     running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, metrics_port=0,
                                             health_poll_s=0.2))
     yield running
@@ -56,12 +51,6 @@ def selector(triton_server):  # noqa: F811
 @pytest.fixture(scope="module")
 def predictor():
     return Predictor.load(default_artifact_path(), device="cpu")
-
-
-def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as error:
-        call(*args, timeout=30, **kwargs)
-    return error.value
 
 
 # --- the API, end to end ----------------------------------------------------------------------------------
@@ -213,7 +202,7 @@ def edited_pool(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def test_pool_file_that_does_not_match_the_predictor_refuses_to_start(triton_server, tmp_path):  # noqa: F811
+def test_pool_file_that_does_not_match_the_predictor_refuses_to_start(triton_server, tmp_path):
     path = edited_pool(tmp_path, 'name = "Yi-34B"', 'name = "Yi-35B"')
     config = SelectorConfig(port=0, triton_url=triton_server.grpc_url, pool_path=path)
     with pytest.raises(PoolMismatchError, match=r"not in the pool file: \['Yi-34B'\].*not served by the "
@@ -221,7 +210,7 @@ def test_pool_file_that_does_not_match_the_predictor_refuses_to_start(triton_ser
         asyncio.run(create_server("127.0.0.1:0", config=config))
 
 
-def test_a_price_in_the_pool_file_scales_that_models_expected_cost(selector, triton_server, tmp_path):  # noqa: F811
+def test_a_price_in_the_pool_file_scales_that_models_expected_cost(selector, triton_server, tmp_path):
     # Llama-2-7b-hf was trained at $0.15/$0.15 per Mtok; the pool file says $0.30/$0.45: blended x2.5.
     path = edited_pool(tmp_path, 'name = "Llama-2-7b-hf"\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.15',
                        'name = "Llama-2-7b-hf"\ninput_usd_per_mtok = 0.3\noutput_usd_per_mtok = 0.45')
@@ -239,7 +228,7 @@ def test_a_price_in_the_pool_file_scales_that_models_expected_cost(selector, tri
     np.testing.assert_array_equal(new.expected_cost_usd[:, others], old.expected_cost_usd[:, others])
 
 
-def test_a_triton_call_past_its_deadline_is_deadline_exceeded(triton_server):  # noqa: F811
+def test_a_triton_call_past_its_deadline_is_deadline_exceeded(triton_server):
     # gRPC deadlines have millisecond resolution, and one warm prompt can come back within a millisecond,
     # so the call that must miss its 1 ms deadline is ten chunks of 64 prompts (tens of ms of work).
     hurried = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, triton_timeout_s=1e-3))
@@ -353,7 +342,7 @@ def test_routoo_route_prints_the_decision_and_reports_errors(selector, capsys):
     assert "INVALID_ARGUMENT: quality_target.tau" in capsys.readouterr().err
 
 
-def test_demo_routes_its_prompt_and_explains_the_decision(triton_server):  # noqa: F811
+def test_demo_routes_its_prompt_and_explains_the_decision(triton_server):
     text = format_decision(asyncio.run(_demo_route(triton_server.grpc_url, DEMO_PROMPT)))
     assert "chosen:" in text and "runners-up:" in text and "predicted quality" in text and "expected cost $" in text
     assert "gemini-3.1-pro-preview" in text and "constraints.max_latency_ms: p95 latency 6000 ms > 3000 ms" in text
@@ -363,7 +352,7 @@ def test_demo_with_an_artifact_of_other_models_routes_among_them(tmp_path, capsy
     from cli.main import main as routoo
     from training.data import load_dataset
     from training.fit import TrainConfig, train
-    from tests.test_predictor import synthetic_dataset
+    from tests.support.datasets import synthetic_dataset
 
     ds = load_dataset(synthetic_dataset(tmp_path / "data", n=60))
     artifact, _ = train(ds, None, config=TrainConfig(hidden=8, folds=2, max_epochs=3, patience=3), show_progress=False)
@@ -383,7 +372,7 @@ def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
                "--triton-metrics-port", str(ports["metrics"]), "--gateway-port", str(ports["gateway"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=Path(__file__).resolve().parents[1])
+                               cwd=Path(__file__).resolve().parents[2])
     try:
         lines = []
         for line in process.stdout:
@@ -407,7 +396,7 @@ def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
 
 # --- Triton stopped mid-test: UNAVAILABLE, then recovery (last: it restarts the module's server) ----------
 
-def test_triton_stopped_mid_test_gives_unavailable_then_the_selector_recovers(selector, triton_server):  # noqa: F811
+def test_triton_stopped_mid_test_gives_unavailable_then_the_selector_recovers(selector, triton_server):
     request = make_route_request(PROMPTS[0])
     assert selector.stub.Route(request, timeout=30).model
     triton_server.stop()
@@ -429,13 +418,3 @@ def _routes(selector, request) -> bool:
     except grpc.RpcError as e:
         assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), e
         return False
-
-
-def wait_for(condition, attempts: int = 150, pause_s: float = 0.2) -> bool:
-    """Polls a condition (a state change in another process), up to attempts x pause_s; asserts nothing
-    about how long it took."""
-    for _ in range(attempts):
-        if condition():
-            return True
-        time.sleep(pause_s)
-    return False

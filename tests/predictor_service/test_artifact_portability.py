@@ -25,13 +25,13 @@ from predictor_service.head import log_lengths, reference_score
 from predictor_service.onnx_export import export_static_predictor
 from predictor_service.predictor import Predictor
 from training.fit import TrainConfig, train
-from tests.test_predictor import synthetic_dataset
+from tests.support.datasets import synthetic_dataset
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "default_artifact_scores.json").read_text())
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "data" / "default_artifact_scores.json").read_text())
 PROMPTS = RECORDED["prompts"]
 QUALITY_ATOL = 1e-5
 COST_RTOL = 1e-5
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Loads an artifact in a fresh interpreter and prints its scores: what a new machine does.
 SCORE_SCRIPT = """
 import json, sys

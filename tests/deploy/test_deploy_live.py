@@ -29,9 +29,9 @@ from selector.pool import load_pool, pool_toml
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.server import create_server
-from tests.fixtures_gateway import FakeUpstream, LoopThread, pool_with_upstreams
+from tests.support.upstreams import FakeUpstream, LoopThread, pool_with_upstreams
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "deploy" / "observability"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 

@@ -1,15 +1,22 @@
 """The real selector for tests, in-process: create_server + start on an event loop of its own, in a daemon
 thread, on a free loopback port, with a gRPC channel and stub to it. Each test module builds it with its own
-SelectorConfig (and scores, where it stands in for Triton); close() stops the server and the loop."""
+SelectorConfig (and scores, where it stands in for Triton); close() stops the server and the loop. Beside
+it, what the selector tests share: their prompts, the error of a failing call, and polling."""
 
 import asyncio
 import threading
+import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.server import SERVICE_NAME, create_server
+
+PROMPTS = [f"Question {i}: what does {topic} have to do with {other}?"
+           for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant", "mitosis"] * 4,
+                                                  ["heat", "contracts", "sorting", "duty", "cancer"] * 4))]
 
 
 class SelectorThread:
@@ -44,3 +51,19 @@ class SelectorThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call(*args, timeout=30, **kwargs)
+    return error.value
+
+
+def wait_for(condition, attempts: int = 150, pause_s: float = 0.2) -> bool:
+    """Polls a condition (a state change in another process), up to attempts x pause_s; asserts nothing
+    about how long it took."""
+    for _ in range(attempts):
+        if condition():
+            return True
+        time.sleep(pause_s)
+    return False

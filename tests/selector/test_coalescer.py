@@ -18,8 +18,7 @@ from selector.coalescer import CoalescingScores
 from selector.config import SelectorConfig
 from selector.proto import selector_pb2 as pb
 from selector.triton_scores import TritonScores
-from tests.fixtures_triton import triton_server  # noqa: F401  (module-scoped server fixture)
-from tests.test_selector_server import PROMPTS, SelectorThread, rpc_error, wait_for
+from tests.support.selector_harness import PROMPTS, SelectorThread, rpc_error, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,7 +64,7 @@ class GatedScores:
 
 
 @pytest.fixture()
-def gated(triton_server):  # noqa: F811
+def gated(triton_server):
     """A selector (coalescing on, the default) whose Triton calls pass a gate; yields (selector, gate)."""
     gates = []
 
@@ -99,7 +98,7 @@ def queued(running, n: int) -> bool:
     return wait_for(lambda: coalescer(running).waiting() == n, attempts=100, pause_s=0.05)
 
 
-def test_coalesced_answers_equal_single_call_answers(gated, triton_server):  # noqa: F811
+def test_coalesced_answers_equal_single_call_answers(gated, triton_server):
     running, gate = gated()
     single = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, coalesce=False))
     try:
@@ -184,7 +183,7 @@ def test_past_the_queue_bound_requests_get_resource_exhausted_and_the_rest_compl
     assert coalescer(running).stats().rejected == 1
 
 
-def test_while_triton_restarts_a_coalesced_batch_fails_unavailable_then_recovers(triton_server):  # noqa: F811
+def test_while_triton_restarts_a_coalesced_batch_fails_unavailable_then_recovers(triton_server):
     running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))
     try:
         requests = [make_route_request(p) for p in PROMPTS[:8]]
@@ -213,7 +212,7 @@ def test_while_triton_restarts_a_coalesced_batch_fails_unavailable_then_recovers
         running.close()
 
 
-def test_a_route_that_asks_for_no_scores_gets_the_same_decision_without_them(triton_server):  # noqa: F811
+def test_a_route_that_asks_for_no_scores_gets_the_same_decision_without_them(triton_server):
     running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))
     try:
         full = running.stub.Route(make_route_request(PROMPTS[5], deny=["Yi-34B"]), timeout=30)

@@ -24,7 +24,7 @@ from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.replicas import ReplicaSet, scores_from_config
 from selector.targets import Target, parse_targets
 from selector.triton_scores import PredictorUnavailable, TritonScores
-from tests import fixtures_selector
+from tests.support import selector_harness
 
 PROMPTS = [f"Question {i}: how does {topic} relate to {other}?"
            for i, (topic, other) in enumerate(zip(["entropy", "tort law", "heaps", "Kant"] * 4,
@@ -47,7 +47,7 @@ def tritons():
             server.cleanup()
 
 
-class SelectorThread(fixtures_selector.SelectorThread):
+class SelectorThread(selector_harness.SelectorThread):
     """The shared harness, plus the ReplicaSet it serves from and its /metrics page."""
 
     def __init__(self, config: SelectorConfig):
