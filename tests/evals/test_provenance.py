@@ -1,12 +1,9 @@
-"""evals/provenance.py (what every result is stamped with) and the one doc-table replacer bench/ shares."""
+"""evals/provenance.py: the git revision, machine and date every result is stamped with."""
 
 import datetime
 import platform
 import re
 
-import pytest
-
-from bench import capacity, readme_table
 from evals.provenance import REPO, git_commit, git_output, machine_summary, utc_now
 
 
@@ -33,16 +30,3 @@ def test_machine_summary_keeps_the_eval_json_format():
 def test_utc_now_is_iso_utc_to_the_second():
     stamp = datetime.datetime.fromisoformat(utc_now())
     assert stamp.utcoffset() == datetime.timedelta(0) and stamp.microsecond == 0
-
-
-def test_replace_block_swaps_only_the_marked_text_for_either_doc():
-    text = f"intro\n{capacity.START}\nold\n{capacity.END}\noutro\n"
-    new = readme_table.replace_block(text, "\nnew table\n", capacity.START, capacity.END, where="deploy.md")
-    assert new == f"intro\n{capacity.START}\nnew table\n{capacity.END}\noutro\n"
-
-
-@pytest.mark.parametrize("text", ["no markers", f"{readme_table.END} {readme_table.START}",
-                                  f"{readme_table.START} {readme_table.END} {readme_table.START}"])
-def test_replace_block_refuses_missing_repeated_or_reversed_markers(text):
-    with pytest.raises(ValueError, match="README.md must hold"):
-        readme_table.replace_block(text, "table", where="README.md")
