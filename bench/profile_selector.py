@@ -29,7 +29,7 @@ from bench.processes import selector_process, triton_server
 from bench.targets import SelectorRouteTarget
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.
-PARTS = (("Route handler (selector/server.py, policies, protobuf building)", "SelectorService.Route"),
+PARTS = (("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
          ("coalesced Triton call (selector/coalescer.py, triton_scores.py, tritonclient stub)",
           "CoalescingScores._call"),
          ("other threads (grpc's poller, /metrics)", "Thread.run"))

@@ -291,7 +291,7 @@ def route_batch_case(n_prompts: int, prompts: list[str], *, base_prompts: int = 
 
 
 def time_route_batch(settings: BenchSettings, prompts: list[str]) -> dict:
-    from selector.policies import assign_budget
+    from selector.budget import assign_budget
 
     quality, cost, eligible, budget = route_batch_case(settings.route_batch_prompts, prompts)
     assign_budget(quality, cost, eligible, budget)      # warm-up

@@ -10,8 +10,10 @@ real: the committed static artifact's weights and MMLU-Pro dev prompts (syntheti
   device is present (skipped otherwise);
 - static encoder: tokenise (the Rust tokenizer) and tokenise + gather/mean/normalise, 1 and 64 prompts;
 - the in-process predictor end to end (Predictor.predict), 1 and 64 prompts;
-- the RouteBatch solver (selector.policies.assign_budget), 10,000 prompts x 32 models at three budgets,
-  and the per-prompt policy (TradeoffPolicy.choose) over the same 10,000 rows.
+- the RouteBatch solver (selector.budget.assign_budget), 10,000 prompts x 32 models at three budgets,
+  and the per-prompt policy (TradeoffPolicy.choose) over the same 10,000 rows;
+- Route's one-prompt decision (constraints, then the policy's ranking, as SelectorService._route makes it
+  below batch_decide_min_rows) for each policy, with and without constraints.
 """
 
 import numpy as np
@@ -102,7 +104,7 @@ def route_batch(prompts):
 
 @pytest.mark.parametrize("budget_share", [0.2, 0.5, 0.8])
 def test_route_batch_solver_10k_prompts_x_32_models(benchmark, route_batch, budget_share):
-    from selector.policies import assign_budget
+    from selector.budget import assign_budget
 
     quality, cost, eligible, _ = route_batch
     rows = np.arange(len(quality))
@@ -118,3 +120,35 @@ def test_route_policy_choose_10k_prompts(benchmark, route_batch):
     quality, cost, eligible, _ = route_batch
     choice = benchmark(TradeoffPolicy(100.0).choose, quality, cost, eligible)
     assert choice.shape == (len(quality),)
+
+
+@pytest.mark.parametrize("path", ["python", "batch_of_one"])
+@pytest.mark.parametrize("constrained", [False, True], ids=["no_constraints", "deny_and_max_cost"])
+@pytest.mark.parametrize("policy_name", ["tradeoff", "quality_target", "cost_cap"])
+def test_route_one_prompt_decision_x64(benchmark, route_batch, policy_name, constrained, path):
+    """64 prompts decided one at a time over the 32-model pool (divide by 64 for one decision): Route's
+    plain-Python path (exclusions_one, rank), or the array path (rank_rows) on a batch of one row."""
+    from selector.constraints import ELIGIBLE, Constraints
+    from selector.policies import make_policy, rank_rows
+    from selector.pool import DEFAULT_POOL_PATH, load_pool
+
+    quality, cost, _, _ = route_batch
+    pool = load_pool(DEFAULT_POOL_PATH)
+    median_cost = float(np.median(cost))
+    policy = make_policy(policy_name, {"tradeoff": 100.0, "quality_target": 0.6, "cost_cap": median_cost}[policy_name])
+    constraints = Constraints(deny=(pool.names[0],), max_cost_usd=2 * median_cost) if constrained else Constraints()
+    rows = [(quality[i], cost[i], quality[i].tolist(), cost[i].tolist()) for i in range(64)]
+
+    def one_at_a_time():
+        rankings = []
+        for _, cost_row, q, c in rows:
+            codes = constraints.exclusions_one(pool, cost_row)
+            rankings.append(policy.rank(q, c, [j for j, code in enumerate(codes) if code == ELIGIBLE]))
+        return rankings
+
+    def batches_of_one():
+        return [rank_rows(policy, constraints, pool, q_row[None, :], c_row[None, :])[1][0]
+                for q_row, c_row, _, _ in rows]
+
+    rankings = benchmark(one_at_a_time if path == "python" else batches_of_one)
+    assert all(ranking for ranking in rankings)

@@ -14,7 +14,7 @@ from evals.frontier import (accuracy_at_cost, area_under_frontier, area_under_po
 from evals.references import SingleModel, best_single, coverage_floor, reference_candidates, single_models
 from evals.routers import RouterPredictions
 from evals.sweeps import Frontier, eligible_cells, quality_targets, realise, sweep, tradeoff_lambdas
-from selector.policies import BudgetTooSmall, assign_budget
+from selector.budget import BudgetTooSmall, assign_budget
 from training.metrics import json_floats
 
 
@@ -157,7 +157,7 @@ def evaluate_pool(label: str, names: list[str], routers: list[RouterPredictions]
 
 def budget_sweep(router: RouterPredictions, tradeoff: Frontier, best: SingleModel, eligible: np.ndarray,
                  quality: np.ndarray, cost_usd: np.ndarray, config: EvalConfig) -> list[dict]:
-    """RouteBatch (selector.policies.assign_budget) at fractions of the best single model's total cost,
+    """RouteBatch (selector.budget.assign_budget) at fractions of the best single model's total cost,
     against the per-prompt tradeoff policy's best single lambda at the same realised spend."""
     out = []
     for fraction in config.budget_fractions:

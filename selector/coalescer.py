@@ -18,7 +18,7 @@ Per request, as if uncoalesced:
 - overload: at most `max_queued_rows` rows wait; past that, score() raises Overloaded at once
   (RESOURCE_EXHAUSTED) instead of queueing without bound.
 Requests over `max_rows` prompts (RouteBatch, large Score calls) skip the queue: TritonScores chunks them.
-The caller validates prompts before score() (SelectorService._check_prompts), so bad input never joins.
+The caller validates prompts before score() (selector/requests.py, check_prompts), so bad input never joins.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from predictor_service.artifact import default_artifact_path
-from selector.policies import (DENIED, DISABLED, ELIGIBLE, NOT_ALLOWED, POLICIES, TOO_EXPENSIVE, TOO_SLOW,
-                               BudgetTooSmall, Constraints, CostCapPolicy, InvalidRequest, NoEligibleModel,
-                               QualityTargetPolicy, TradeoffPolicy, assign_budget, make_policy, rank_rows,
-                               require_eligible)
+from selector.budget import BudgetTooSmall, assign_budget
+from selector.constraints import (DENIED, DISABLED, ELIGIBLE, NOT_ALLOWED, TOO_EXPENSIVE, TOO_SLOW, Constraints,
+                                  InvalidRequest, NoEligibleModel, require_eligible)
+from selector.policies import POLICIES, CostCapPolicy, QualityTargetPolicy, TradeoffPolicy, make_policy, rank_rows
 from selector.pool import (DEFAULT_POOL_PATH, STAND_IN_P95_LATENCY_MS, Pool, PoolError, PoolMismatchError, PoolModel,
                            ServedPool, blended_usd_per_mtok, load_pool, match_pool, pool_for_models, pool_toml)
 

@@ -33,7 +33,8 @@ from selector.policies import TradeoffPolicy
 from selector.pool import DEFAULT_POOL_PATH, PoolMismatchError, ServedPool, load_pool
 from selector.proto import generate
 from selector.proto import selector_pb2 as pb
-from selector.server import SERVICE_NAME, _ScoresWire, create_server
+from selector.scores_wire import ScoresWire
+from selector.server import SERVICE_NAME, create_server
 from selector.triton_scores import PredictorUnavailable
 from tests.support.selector_harness import PROMPTS, SelectorThread, rpc_error, wait_for
 
@@ -256,7 +257,7 @@ def test_route_scores_in_wire_format_equal_the_messages_built_field_by_field():
         for name, q, c in zip(names, quality, cost):
             built.scores.add(model=name, quality=q, expected_cost_usd=c)
         merged = pb.RouteDecision(model="a", policy="tradeoff(quality_per_usd=0)")
-        merged.MergeFromString(_ScoresWire(names).encode(quality, cost))
+        merged.MergeFromString(ScoresWire(names).encode(quality, cost))
         assert merged == built
         assert merged.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
 
