@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import REPO
+from bench.readme_table import replace_block
+from evals.provenance import REPO
 
 START = "<!-- capacity:start -->"
 END = "<!-- capacity:end -->"
@@ -116,14 +117,6 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str, where: Path) -> str:
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"{where} must hold {START} and {END} once each, in that order")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}\n{END}{tail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
@@ -142,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.load:,.0f} Routes/s: {plan['selector']} selector pods, {plan['triton']} Triton pods")
         return 0
     text = args.doc.read_text()
-    updated = replace_block(text, render(report), args.doc)
+    updated = replace_block(text, render(report), START, END, where=args.doc)
     if args.check:
         if updated != text:
             print(f"{args.doc} is out of date; run python -m bench.capacity")

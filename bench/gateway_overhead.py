@@ -33,9 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import closed_loop
+from bench.processes import free_port
 from bench.report import git_revision, load_average, machine_info
+from evals.provenance import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "gateway_overhead.json"
 BYPASS_MODEL = "Meta-Llama-3_1-8B-Instruct"
 # MMLU-Pro-like questions, varied so that the predictor cannot answer from one cached row.
@@ -77,11 +78,6 @@ async def _serve_upstream(port: int) -> None:
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
-
-
-def _free_port() -> int:
-    from predictor_service.triton_server import free_port
-    return free_port()
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -176,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from selector.pool import Pool, load_pool, pool_toml
 
-    upstream_port, gateway_port, selector_port = _free_port(), _free_port(), _free_port()
-    triton_ports = [_free_port() for _ in range(3)]
+    upstream_port, gateway_port, selector_port = free_port(), free_port(), free_port()
+    triton_ports = [free_port() for _ in range(3)]
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"routoo-gateway-bench-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
     pool_path = scratch / "pool.toml"

@@ -9,15 +9,14 @@ compiled first. About 2 minutes on an H100, most of it torch.compile.
 """
 
 import argparse
-import datetime
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from evals.provenance import git_commit, utc_now
 from kernels import (
     INTERPRET, scoring_head_forward, scoring_head_reference, static_predictor_forward,
     static_predictor_reference,
@@ -48,12 +47,6 @@ def prompts(batch):
     offsets[1:] = lengths.cumsum(0)
     token_ids = torch.randint(0, VOCAB, (int(offsets[-1]),), device="cuda")
     return token_ids, offsets, torch.log1p(4.5 * lengths.float())
-
-
-def git_revision() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
 def time_ms(fn) -> float:
@@ -121,9 +114,9 @@ def main(argv=None) -> int:
 
     result = dict(
         machine=dict(gpu=torch.cuda.get_device_name(), host=platform.node(), cuda=torch.version.cuda),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date=utc_now(),
         versions=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version()),
-        git_revision=git_revision(),
+        git_revision=git_commit() or "unknown",
         config=dict(n_models=N_MODELS, dim=DIM, hidden=HIDDEN, vocab=VOCAB,
                     mean_prompt_tokens=MEAN_PROMPT_TOKENS, timer="triton.testing.do_bench median"),
         rows=rows,

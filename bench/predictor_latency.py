@@ -3,7 +3,7 @@
     python -m bench.predictor_latency [--out bench/results/predictor_latency.json] [--calls 400]
 
 The static predictor is the committed default artifact; the minilm one is bench's cached artifact
-(bench.targets.ensure_artifact trains it once). Calls go over real MMLU-Pro dev prompts. Steady state: one
+(bench.inputs.ensure_artifact trains it once). Calls go over real MMLU-Pro dev prompts. Steady state: one
 warm-up pass over every prompt first, as a server that has run a while has seen the vocabulary (the static
 tokenizer's chunk cache); `cold_p50_ms_per_prompt` is batch 1 on a fresh predictor, nothing seen before.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bench.report import write_results
-from bench.targets import ensure_artifact, load_prompts
+from bench.inputs import ensure_artifact, load_prompts
 from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import Predictor
 

@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 
 from bench.loadgen import closed_loop
-from bench.targets import (SelectorRouteTarget, cpu_delta, cpu_seconds_by_role, ensure_artifact, load_prompts,
-                           selector_process, triton_server)
+from bench.cpu_time import cpu_delta, cpu_seconds_by_role
+from bench.inputs import ensure_artifact, load_prompts
+from bench.processes import selector_process, triton_server
+from bench.targets import SelectorRouteTarget
 from predictor_service.contract import PREDICTOR_MODEL
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.report import REPO
+from evals.provenance import REPO
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
@@ -79,11 +79,15 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < 0 or end < start:
-        raise SystemExit(f"the README needs the markers {START} and {END} (in that order) around the table")
-    return text[: start + len(START)] + "\n" + block.strip("\n") + "\n" + text[end:]
+def replace_block(text: str, block: str, start: str = START, end: str = END, *, where: object = "the README") -> str:
+    """`text` with what lies between the markers replaced by `block` (also docs/deploy.md's capacity table,
+    bench/capacity.py). ValueError naming `where` unless each marker is there once, start before end."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{where} must hold {start} and {end} once each, in that order, around the table")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = block.strip("\n")
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.readme}: no such README")
     report = json.loads(args.json.read_text())
     old = args.readme.read_text()
-    new = replace_block(old, render(report))
+    try:
+        new = replace_block(old, render(report), where=args.readme)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     if args.check:
         if new != old:
             print(f"{args.readme} is out of date with {args.json}; run `python -m bench.readme_table`")

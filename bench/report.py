@@ -13,18 +13,17 @@ The JSON (schema below) is what bench/readme_table.py turns into the README's ta
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from evals.provenance import git_commit, git_output, utc_now
+
 PACKAGES = ("torch", "numpy", "tritonclient", "grpcio", "nvidia-pytriton", "transformers", "model2vec",
             "protobuf")
 
@@ -43,12 +42,8 @@ GOALS = {
 
 
 def git_revision() -> dict:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": git_commit() or "unknown",
+            "dirty": bool(git_output("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _cpu_model() -> str:
@@ -84,7 +79,7 @@ def load_average() -> list[float] | None:
 
 
 def new_report(settings: dict) -> dict:
-    return {"meta": {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"meta": {"date_utc": utc_now(),
                      "machine": machine_info(), "git": git_revision(), "load_average_start": load_average()},
             "settings": settings, "encoders": {}, "micro": {}, "goals": [], "breakdown": {}, "notes": []}
 

@@ -33,10 +33,12 @@ import numpy as np
 from bench import report as report_mod
 from bench.loadgen import closed_loop, open_loop, percentile
 from bench.slo import search_max_rate
+from bench.cpu_time import cpu_delta, cpu_seconds_by_role
+from bench.inputs import ensure_artifact, load_prompts
+from bench.processes import selector_process, triton_server
+from bench.server_stats import selector_counters, selector_delta, stats_delta, wait_until_idle
 from bench.targets import (ENCODERS, SELECTOR_TARGETS, TARGETS, TRITON_TARGETS, InProcessTarget,
-                           SelectorRouteTarget, TargetUnavailable, TritonTarget, cpu_delta, cpu_seconds_by_role,
-                           ensure_artifact, load_prompts, selector_counters, selector_delta, selector_process,
-                           stats_delta, triton_server, wait_until_idle)
+                           SelectorRouteTarget, TargetUnavailable, TritonTarget)
 from predictor_service.contract import ECHO_FLOOR_MODEL, PREDICTOR_MODEL
 
 log = logging.getLogger("bench")

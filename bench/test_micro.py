@@ -35,7 +35,7 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def prompts():
-    from bench.targets import load_prompts
+    from bench.inputs import load_prompts
 
     return load_prompts(None, limit=2000)
 

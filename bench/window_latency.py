@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.predictor_latency import measure
 from bench.report import write_results
-from bench.targets import load_prompts
+from bench.inputs import load_prompts
 from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import Predictor
 

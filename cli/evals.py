@@ -1,5 +1,5 @@
 """`routoo eval`, `routoo eval-ceiling` and `routoo eval-add-model`: the routing evaluation harness
-(evals/harness.py, evals/ceiling.py) on the command line. Registered by
+(evals/harness.py, evals/ceiling.py, evals/add_model.py) on the command line. Registered by
 cli/main.py through `add_commands(subparsers)`."""
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from predictor_service.artifact import Artifact, default_artifact_path
     from training.data import load_dataset
-    from evals.harness import evaluate, format_tables, plot_frontiers, write_json
+    from evals.harness import evaluate
+    from evals.report import format_tables, plot_frontiers, write_json
 
     started = time.perf_counter()
     artifact = Artifact.load(args.artifact or default_artifact_path())
@@ -77,7 +78,7 @@ def cmd_eval_ceiling(args: argparse.Namespace) -> int:
     from predictor_service.artifact import Artifact, default_artifact_path
     from evals.ceiling import informed_ceilings
     from training.data import load_dataset
-    from evals.harness import format_tables, write_json
+    from evals.report import format_tables, write_json
 
     started = time.perf_counter()
     artifact = Artifact.load(args.artifact or default_artifact_path())
@@ -95,12 +96,10 @@ def cmd_eval_ceiling(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_add_model(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from predictor_service.artifact import Artifact
     from training.data import load_dataset
-    from evals.harness import add_model_experiment, format_add_model
+    from evals.add_model import add_model_experiment, format_add_model
+    from evals.report import write_json
 
     started = time.perf_counter()
     train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
@@ -109,10 +108,7 @@ def cmd_eval_add_model(args: argparse.Namespace) -> int:
                                   sizes=args.sizes, repeats=args.repeats, seed=args.seed)
     print(format_add_model(result))
     if args.out_json:
-        path = Path(args.out_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"JSON: {path}")
+        print(f"JSON: {write_json(result, args.out_json)}")
     print(f"experiment took {time.perf_counter() - started:.0f} s")
     return 0
 

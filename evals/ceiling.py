@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from training import baselines
-from predictor_service.artifact import Artifact
-from training.data import RoutingDataset
 from evals.config import EvalConfig
-from evals.harness import (RouterPredictions, SingleModel, artifact_predictions, best_single,
-                                          coverage_floor, evaluate_pool, no_prompt_router, oracle_router,
-                                          pool_json, rounded_metrics, run_meta, single_models)
-from training.metrics import quality_metrics
+from evals.pool import evaluate_pool
+from evals.references import SingleModel, best_single, coverage_floor, single_models
+from evals.report import pool_json, run_meta
+from evals.routers import RouterPredictions, artifact_predictions, no_prompt_router, oracle_router
+from predictor_service.artifact import Artifact
+from training import baselines
+from training.data import RoutingDataset
+from training.metrics import quality_metrics, rounded_metrics
 
 
 def default_probes(singles: list[SingleModel], n: int, keep: set[str]) -> list[str]:
@@ -35,7 +36,7 @@ def default_probes(singles: list[SingleModel], n: int, keep: set[str]) -> list[s
     return [m.name for m in cheapest if m.coverage >= floor and m.name not in keep][:n]
 
 
-def _categories(train: RoutingDataset, ds: RoutingDataset) -> np.ndarray:
+def category_features(train: RoutingDataset, ds: RoutingDataset) -> np.ndarray:
     """One-hot of the train categories; a category train never saw is all zeros."""
     names = sorted({p.category for p in train.prompts})
     index = {c: i for i, c in enumerate(names)}
@@ -80,10 +81,10 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     cols = [art_names.index(n) for n in pool]
     decision_cost = cost[:, cols]
     probe_train = train_ds.select_models(probes).quality
-    train_rate = np.nan_to_num(np.nanmean(probe_train, axis=0), nan=0.5)
+    train_rate = baselines.per_model_rate(probe_train)
     probe_train = _outcomes(probe_train, train_rate)
     probe_test = _outcomes(test_ds.select_models(probes).quality, train_rate)
-    cat_train, cat_test = _categories(train, train), _categories(train, test)
+    cat_train, cat_test = category_features(train, train), category_features(train, test)
 
     def told(name: str, x_train: np.ndarray, x_test: np.ndarray) -> RouterPredictions:
         return RouterPredictions(name, baselines.per_model_logistic(x_train, train.quality, x_test),

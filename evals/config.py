@@ -1,4 +1,4 @@
-"""Settings of `routoo eval`, apart from evaluation.py so the CLI can show defaults without loading torch
+"""Settings of `routoo eval`, apart from harness.py so the CLI can show defaults without loading torch
 and scikit-learn (which cost ~13 s of start-up for every `routoo` command)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ class EvalConfig:
     knn_holdout: float = 0.15               # share of train that picks k (by frontier AUC), never the test
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)   # RouteBatch budgets, x best's cost
     random_mix_points: int = 21             # strong-model shares 0, 0.05, ..., 1 for random mixing
-    min_reference_coverage: float = 0.99    # see the module docstring
+    min_reference_coverage: float = 0.99    # see evals/references.py
     # "Open-weights pool" = the pool without these API-only families (GPT-4o and Gemini).
     closed_model_prefixes: tuple[str, ...] = ("gpt-", "gemini-")
     ref_model: str | None = "Mixtral-8x7B-Instruct-v0.1"   # Routoo's headline comparison

@@ -13,9 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from evals.config import EvalConfig
-from evals.harness import (RouterPredictions, _eligible, area_under_frontier, best_single,
-                                          gap_recovered, mean_cost, no_prompt_router, oracle_router,
-                                          single_models, sweep, tradeoff_lambdas)
+from evals.frontier import area_under_frontier, gap_recovered
+from evals.references import best_single, single_models
+from evals.routers import RouterPredictions, mean_cost, no_prompt_router, oracle_router
+from evals.sweeps import eligible_cells as _eligible
+from evals.sweeps import sweep, tradeoff_lambdas
 
 
 def oof_frontier(oof_quality: np.ndarray, quality: np.ndarray, cost_usd: np.ndarray, names: list[str],

@@ -43,7 +43,7 @@ class TritonServerError(RuntimeError):
     """The server could not be set up or did not become ready; the message carries its last log lines."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = LOOPBACK) -> int:
     """A port that was free a moment ago (the OS may hand it out again; start() retries on a clash)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

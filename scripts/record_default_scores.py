@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from pathlib import Path
 
+from evals.provenance import machine_summary
 from predictor_service.artifact import default_artifact_path
 from predictor_service.predictor import Predictor
 
@@ -37,7 +37,7 @@ def main() -> None:
     OUT.write_text(json.dumps({
         "head_sha256": hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest(),
         "table_digest": predictor.artifact.manifest.encoder_table_digest,
-        "recorded_on": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "recorded_on": machine_summary(),
         "prompts": PROMPTS,
         "quality": quality.tolist(),
         "expected_cost_usd": cost.tolist(),

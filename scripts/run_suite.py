@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from training import baselines
-from evals.ceiling import _categories
-from training.data import load_dataset
-from predictor_service.encoders import window_name
+from evals.ceiling import category_features
 from evals.config import EvalConfig
-from evals.harness import (RouterPredictions, artifact_predictions, choose_knn_k, evaluate_pool,
-                                          knn_quality, no_prompt_router, oracle_router)
+from evals.harness import choose_knn_k
+from evals.pool import evaluate_pool
 from evals.recipe import HEAD_ONLY, train_choosing_window
+from evals.routers import RouterPredictions, artifact_predictions, knn_quality, no_prompt_router, oracle_router
+from predictor_service.encoders import window_name
+from training import baselines
+from training.data import load_dataset
 
 SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
 
@@ -62,7 +63,7 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
                 RouterPredictions("TF-IDF + LR", baselines.tfidf_logistic(train_ds.texts, train_ds.quality,
                                                                           test_ds.texts), cost),
                 RouterPredictions("told category", baselines.per_model_logistic(
-                    _categories(train_ds, train_ds), train_ds.quality, _categories(train_ds, test_ds)), cost)]
+                    category_features(train_ds, train_ds), train_ds.quality, category_features(train_ds, test_ds)), cost)]
     res = evaluate_pool(folder.name, names, routers, oracle_router(test_ds.quality, test_ds.cost_usd),
                         test_ds.quality, test_ds.cost_usd, config, no_prompt=no_prompt.name, show_progress=False)
     rows = {name.split(" / ")[0]: {key: row.get(key) for key in ("auc", "auc_ci95", "gap_recovered", "auc_points",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def per_model_rate(train_quality: np.ndarray) -> np.ndarray:
+    """(n_models,): each model's mean known train label; 0.5 (no information) for a model with none."""
+    return np.nan_to_num(np.nanmean(train_quality, axis=0), nan=0.5)
+
+
 def per_model_mean(train_quality: np.ndarray, n_prompts: int) -> np.ndarray:
     """(n_prompts, n_models): each model's train accuracy, whatever the prompt (no prompt information)."""
-    means = np.nanmean(train_quality, axis=0)
-    means = np.where(np.isnan(means), 0.5, means)
+    means = per_model_rate(train_quality)
     return np.broadcast_to(means, (n_prompts, len(means))).astype(np.float32)
 
 

@@ -34,7 +34,8 @@ from predictor_service.artifact import Artifact, Manifest, encoder_record, train
 from training.data import RoutingDataset
 from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, StaticEncoder, cache_dir
 from predictor_service.head import HeadWeights, ScoringHead, log_lengths, reference_score
-from training.metrics import log_loss, quality_metrics
+from training.baselines import per_model_rate
+from training.metrics import log_loss, quality_metrics, rounded_metrics
 from training.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def fit_member(x_fit: np.ndarray, target: np.ndarray, x_stop: np.ndarray, qualit
     known = torch.from_numpy(~np.isnan(target)).float()
     yq = torch.from_numpy(np.nan_to_num(target, nan=0.0)).float()
     with torch.no_grad():
-        means = np.nan_to_num(np.nanmean(target, axis=0), nan=0.5).clip(0.02, 0.98)
+        means = per_model_rate(target).clip(0.02, 0.98)
         model.quality_bias.copy_(torch.from_numpy(np.log(means / (1 - means))).float())
     params = [model.hidden.weight, model.hidden.bias, model.quality_emb, model.quality_bias]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -186,8 +187,7 @@ def fit_temperature(logits: np.ndarray, quality: np.ndarray) -> float:
     z, y = logits[known], quality[known]
     best, best_loss = 1.0, np.inf
     for inv_t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 121)):
-        p = np.clip(1 / (1 + np.exp(-z * inv_t)), 1e-7, 1 - 1e-7)
-        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        loss = log_loss(y, 1 / (1 + np.exp(-z * inv_t)))
         if loss < best_loss:
             best, best_loss = float(inv_t), loss
     return best
@@ -257,7 +257,7 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     oof = quality_metrics(quality, 1 / (1 + np.exp(-oof_logits * inv_t)))
     if oof["log_loss"] >= oof_raw["log_loss"]:
         inv_t, oof = 1.0, oof_raw
-    dev_metrics: dict = {"inv_temperature": inv_t, "oof_train": _summary(oof)}
+    dev_metrics: dict = {"inv_temperature": inv_t, "oof_train": rounded_metrics(oof)}
     result: dict = {"oof": oof, "head": oof, "x_dev": None,
                     "oof_quality": 1 / (1 + np.exp(-oof_logits * inv_t))}   # for recipe choice by CV
     if dev_ds is not None:
@@ -266,8 +266,8 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
         quality_dev, _ = reference_score(weights, x_dev, ll_dev, inv_t)
         raw_dev, _ = reference_score(weights, x_dev, ll_dev, 1.0)
         calibrated = quality_metrics(dev_ds.quality, quality_dev)
-        dev_metrics.update(head=_summary(calibrated),
-                           head_before_temperature=_summary(quality_metrics(dev_ds.quality, raw_dev)))
+        dev_metrics.update(head=rounded_metrics(calibrated),
+                           head_before_temperature=rounded_metrics(quality_metrics(dev_ds.quality, raw_dev)))
         result.update(head=calibrated, x_dev=x_dev)
     hidden = int(w1.shape[1])
     table_digest, encoder_files = encoder_record(encoder)
@@ -284,10 +284,6 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
         dev_metrics=dev_metrics)
     static_encoder = encoder if isinstance(encoder, StaticEncoder) else None
     return Artifact(manifest, weights, static_encoder=static_encoder), result
-
-
-def _summary(metrics: dict) -> dict:
-    return {k: round(v, 5) for k, v in metrics.items() if isinstance(v, float)}
 
 
 # Prior precisions (on the combination of existing models, on the free direction in h) tried by add-model's

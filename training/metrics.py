@@ -39,6 +39,17 @@ def auroc_per_model(quality: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return out
 
 
+def rounded_metrics(metrics: dict, digits: int = 5) -> dict:
+    """The float figures of a metrics dict at `digits` decimals (what artifacts and reports store); the
+    per-model lists are left out."""
+    return {k: round(v, digits) for k, v in metrics.items() if isinstance(v, float)}
+
+
+def json_floats(values) -> list[float]:
+    """JSON-ready floats at 6 significant digits (4x the resolution any figure here is quoted at)."""
+    return [float(f"{v:.6g}") for v in np.asarray(values, dtype=float)]
+
+
 def quality_metrics(quality: np.ndarray, predicted: np.ndarray) -> dict:
     auroc = auroc_per_model(quality, predicted)
     return {"log_loss": log_loss(quality, predicted),

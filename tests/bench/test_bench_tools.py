@@ -12,7 +12,8 @@ import pytest
 from bench import readme_table, report
 from bench.loadgen import RunResult, closed_loop, open_loop, percentile, poisson_schedule
 from bench.slo import passes, search_max_rate
-from bench.targets import cpu_delta, cpu_seconds_by_role, stats_delta
+from bench.cpu_time import cpu_delta, cpu_seconds_by_role
+from bench.server_stats import stats_delta
 
 PROMPTS = [f"prompt {i}" for i in range(10)]
 

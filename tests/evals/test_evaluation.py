@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 from cli.main import main as routoo
 from training.data import load_dataset
-from evals.harness import (EvalConfig, RouterPredictions, area_under_frontier, area_under_points,
-                                          evaluate_pool, frontier_hull, gap_recovered, knn_quality,
-                                          tradeoff_breakpoints, tradeoff_lambdas)
+from evals.config import EvalConfig
+from evals.frontier import area_under_frontier, area_under_points, frontier_hull, gap_recovered
+from evals.pool import evaluate_pool
+from evals.routers import RouterPredictions, knn_quality
+from evals.sweeps import tradeoff_breakpoints, tradeoff_lambdas
 from tests.support.datasets import write_dataset
 
 # Four prompts, a cheap model ($1 a prompt) right on 0 and 1, a strong one ($10) right on 0, 1 and 2;

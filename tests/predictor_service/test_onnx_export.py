@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -18,6 +17,7 @@ from predictor_service.onnx_export import (
     export_head, export_static_predictor, write_triton_repository,
 )
 from predictor_service.predictor import Predictor
+from tests.support.predicting import assert_scores_equal
 
 PROMPTS = [
     "What is 2 + 2?",
@@ -28,11 +28,6 @@ PROMPTS = [
     "Line one\nline two\n\ttabbed",
     "Which of these sorting algorithms is stable? A) quicksort B) merge sort C) heapsort",
 ]
-
-
-def assert_scores_equal(quality, cost, expected_quality, expected_cost):
-    np.testing.assert_allclose(quality, expected_quality, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(cost, expected_cost, rtol=1e-5, atol=0)   # USD amounts are ~1e-8..1e-2
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from cli.main import main as routoo
 from predictor_service.remote import score_remote
 from cli.predictor_serving import default_instance_count
 from predictor_service.triton_server import TritonServer, TritonServerError, materialise_repository
+from tests.support.predicting import assert_scores_equal
 
 MODEL = PREDICTOR_MODEL
 CANARY = "zebra-canary-7731"   # a word that must never reach the server's log
@@ -53,11 +54,6 @@ def bytes_input(raw_prompts: list[bytes]) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(PROMPT, [len(raw_prompts), 1], PROMPT_DATATYPE)
     tensor.set_data_from_numpy(np.array(raw_prompts, dtype=object).reshape(-1, 1))
     return tensor
-
-
-def assert_scores_equal(quality, cost, expected_quality, expected_cost):
-    np.testing.assert_allclose(quality, expected_quality, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(cost, expected_cost, rtol=1e-5, atol=0)   # USD amounts are ~1e-8..1e-2
 
 
 def model_stats(client: grpcclient.InferenceServerClient) -> dict:
