@@ -1,7 +1,7 @@
 """The selector's lifecycle and faults: start-up checks against the predictor, prices from the pool file, a
 Triton call past its deadline, overload and fallback with a predictor we control, the command line
 (`routoo route`, `demo`, `serve`), and Triton stopped mid-test: UNAVAILABLE, then recovery. The real
-tritonserver and selector come from conftest.py; the RPCs themselves are in test_selector_server.py.
+tritonserver and selector come from conftest.py; the RPCs themselves are in test_rpcs.py.
 """
 
 import asyncio
@@ -183,7 +183,7 @@ def test_routoo_serve_starts_both_and_stops_both_on_sigterm(tmp_path):
                "--triton-grpc-port", str(ports["grpc"]), "--triton-http-port", str(ports["http"]),
                "--triton-metrics-port", str(ports["metrics"]), "--gateway-port", str(ports["gateway"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=Path(__file__).resolve().parents[2])
+                               cwd=Path(__file__).resolve().parents[3])
     try:
         lines = []
         for line in process.stdout:

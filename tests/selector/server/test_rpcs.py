@@ -1,9 +1,9 @@
 """The selector's RPCs end to end: the real tritonserver and the real selector (grpc.aio, in a thread of its
-own; both from conftest.py, shared by the folder), spoken to with the real clients.
+own; both from this folder's conftest.py, shared with test_lifecycle.py), spoken to with the real clients.
 
 Every bad input of the API is answered with its status code and a message naming the field, and the server
 keeps serving. Start-up, overload, fallback, the command line and Triton restarted are in
-test_selector_lifecycle.py.
+test_lifecycle.py.
 """
 
 import filecmp
