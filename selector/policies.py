@@ -26,7 +26,7 @@ class Policy(ABC):
     (batch, n_models) float64 arrays for batches (order, choose) and one model's Python floats for Route's
     one-prompt path (rank), where plain Python beats numpy's per-call overhead at tens of models (9-11 us
     per decision against 20-25 us as a batch of one, bench/test_micro.py). Python floats are float64 and
-    both sorts are stable, so the two paths decide alike (tests/test_policies.py).
+    both sorts are stable, so the two paths decide alike (tests/selector/test_policies.py).
     """
 
     name: ClassVar[str]
@@ -177,8 +177,8 @@ def rank_rows(policy: Policy, constraints: Constraints, pool: Pool, quality: np.
               expected_cost_usd: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
     """Route's decision for many prompts at once: per row, the exclusion codes and the eligible models in
     order of preference, as exclusions_one() and rank() give them one row at a time (the property test in
-    tests/test_policies.py holds them equal). (batch, n_models) inputs; a row with no eligible model gets an
-    empty ranking. One lexsort over a coalesced batch of 12 rows x 32 models replaces 12 sorts with a
+    tests/selector/test_policies.py holds them equal). (batch, n_models) inputs; a row with no eligible
+    model gets an empty ranking. One lexsort over a coalesced batch of 12 rows x 32 models replaces 12 sorts with a
     Python key each; a single row is still cheaper one at a time."""
     codes = constraints.exclusions(pool, expected_cost_usd)          # (batch, n_models)
     eligible = codes == ELIGIBLE

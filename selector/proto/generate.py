@@ -1,7 +1,7 @@
 """Regenerates the committed Python modules of selector.proto.
 
 The generated `selector_pb2*.py` files are committed, as grpc's own examples do, so a clean clone imports
-without a build step; `tests/selector/test_selector_server.py` checks they match this script's output. Run
+without a build step; `tests/selector/server/test_rpcs.py` checks they match this script's output. Run
 `python -m selector.proto.generate` after editing the .proto.
 """
 

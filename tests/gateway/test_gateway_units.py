@@ -1,5 +1,5 @@
 """The gateway's pure pieces: the pool file's upstream fields, the prompt rule, the model-name syntax and the
-SSE rewriter. No servers: these are the rules the end-to-end tests (tests/gateway/test_gateway.py) rely on."""
+SSE rewriter. No servers: these are the rules the end-to-end tests (tests/gateway/test_gateway_*.py) rely on."""
 
 import json
 
