@@ -25,6 +25,7 @@ from predictor_service.evaluation import (RouterPredictions, SingleModel, artifa
                                           coverage_floor, evaluate_pool, no_prompt_router, oracle_router,
                                           pool_json, rounded_metrics, run_meta, single_models)
 from predictor_service.metrics import quality_metrics
+from predictor_service.scorer_metric import scorer_aucs
 
 
 def default_probes(singles: list[SingleModel], n: int, keep: set[str]) -> list[str]:
@@ -100,6 +101,16 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     oracle = oracle_router(test.quality, test.cost_usd)
     result = evaluate_pool("without probes", pool, routers, oracle, test.quality, test.cost_usd, config,
                            no_prompt=no_prompt.name, show_progress=show_progress)
+    # The same routers in the held-out scorer's metric (scorer_metric.py); the told category also on the
+    # full pool, the table's, which needs no probe out of it.
+    full_train, full_test = train_ds.select_models(shared), test_ds.select_models(shared)
+    cat_full = baselines.per_model_logistic(_categories(full_train, full_train), full_train.quality,
+                                            _categories(full_train, full_test))
+    scorer = {"without probes": scorer_aucs({r.name: r.quality for r in routers if r is not no_prompt},
+                                            train.quality, train.cost_usd, test.quality, test.cost_usd, pool, config),
+              "full pool": scorer_aucs({routers[0].name: quality[:, [art_names.index(n) for n in shared]],
+                                        "told category": cat_full}, full_train.quality, full_train.cost_usd,
+                                       full_test.quality, full_test.cost_usd, shared, config)}
     return {"meta": run_meta(artifact, train_ds, test_ds), "probes": probes,
             "quality_metrics": {r.name: rounded_metrics(quality_metrics(test.quality, r.quality)) for r in routers},
-            "pools": {"without probes": pool_json(result)}}
+            "pools": {"without probes": pool_json(result)}, "scorer_metric": scorer}
