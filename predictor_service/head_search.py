@@ -13,7 +13,8 @@ on mmlu-pro/train; the candidates are the settings that data of another size or 
 Differences of that size are within what a second seed moves (0.002-0.007), so a candidate is kept only
 if its mean over HEAD_SEEDS seeds (each with its own folds) beats the default's by HEAD_MARGIN *and* it is
 ahead on HEAD_CONFIDENCE of the paired bootstrap resamples of the train prompts: the default stays where
-it was tuned unless the data clearly says otherwise. Candidates are relative to the given config (widths
+it was tuned unless the data clearly says otherwise. A candidate behind the default on the first seed is
+not trained again (recipe.train_choosing_recipe) and cannot be kept. Candidates are relative to the given config (widths
 scale with --hidden), and never wider than it: batch-1 latency grows with the width (issue 2's 0.3 ms).
 """
 
@@ -80,7 +81,11 @@ def choose_head(aucs: dict[tuple[str, int], float], boot: np.ndarray, order: lis
                    "minus_default": round(mean_auc[n] - mean_auc[DEFAULT_HEAD.name], 5),
                    "minus_default_ci95": [round(float(v), 5) for v in np.percentile(diff, [2.5, 97.5])],
                    "ahead_of_default_share": round(float(np.mean(diff > 0)), 3)}
-    challengers = [n for n in names if n != DEFAULT_HEAD.name]
+    for n in names:
+        rows[n]["seeds"] = len(rows[n]["oof_frontier_auc_per_seed"])
+    # Only a challenger trained with every seed may be kept (one behind on the first seed is not retrained).
+    full = max(row["seeds"] for row in rows.values())
+    challengers = [n for n in names if n != DEFAULT_HEAD.name and rows[n]["seeds"] == full]
     best = max(challengers, key=lambda n: mean_auc[n]) if challengers else DEFAULT_HEAD.name
     kept = DEFAULT_HEAD.name
     if best != kept and rows[best]["minus_default"] >= HEAD_MARGIN \

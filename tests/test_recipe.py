@@ -26,6 +26,9 @@ def test_a_challenger_is_kept_only_past_the_margin_and_the_bootstrap_share():
     assert _choice(HEAD_MARGIN + 0.003, 1.0)["kept"] == "half-width"
     assert _choice(HEAD_MARGIN / 2, 1.0)["kept"] == "default"                   # inside the noise margin
     assert _choice(HEAD_MARGIN + 0.003, HEAD_CONFIDENCE - 0.2)["kept"] == "default"   # not clearly ahead
+    one_seed = ([("default", 0), ("default", 1), ("half-width", 0)],
+                {("default", 0): 0.70, ("default", 1): 0.70, ("half-width", 0): 0.75})
+    assert choose_head(one_seed[1], np.tile([0.70, 0.70, 0.75], (10, 1)), one_seed[0])["kept"] == "default"
     row = _choice(HEAD_MARGIN + 0.003, 0.5)["candidates"]["half-width"]
     assert row["ahead_of_default_share"] == pytest.approx(0.5) and row["minus_default"] == pytest.approx(0.005)
 
@@ -64,7 +67,10 @@ def test_train_says_when_the_head_loses_to_its_own_tfidf_baseline(tmp_path, caps
     assert check["tfidf_oof_frontier_auc"] > check["head_oof_frontier_auc"] and check["lexical"] is None
     assert set(choice["candidates"]) == {c.name for c in HEAD_CANDIDATES}
     assert choice["kept"] in choice["candidates"]
-    assert all(len(row["oof_frontier_auc_per_seed"]) == 2 for row in choice["candidates"].values())
+    first = {n: row["oof_frontier_auc_per_seed"][0] for n, row in choice["candidates"].items()}
+    ahead = {n for n in first if n != "default" and first[n] > first["default"]}
+    for name, row in choice["candidates"].items():     # successive halving: only those ahead get seed 2
+        assert row["seeds"] == (2 if name in ahead or (name == "default" and ahead) else 1)
     out = capsys.readouterr().out
     assert "WARNING: the head loses to its own TF-IDF + LR baseline" in out and f"head: {choice['kept']}" in out
 
