@@ -1,8 +1,8 @@
 """The head settings `routoo train --head auto` chooses between, by out-of-fold train frontier AUC.
 
 The default head (TrainConfig: 4 x 64, dropout 0.1, weight decay 1e-4, category smoothing 0.5) was tuned
-on mmlu-pro/train; the candidates are the settings that data of another size or pool may want. One-off
-5-fold-style runs (4 folds, seed 0, out-of-fold frontier AUC; docs/evaluation.md, "Recipe chosen by CV"):
+on mmlu-pro/train; the candidates are the settings that data of another size or pool may want. First seed
+(4 folds, seed 0) of out-of-fold frontier AUC from the suite (docs/evaluation.md, "Recipe chosen by CV"):
 
 | candidate           | train-500 | pool-2 | mmlu-pro/train |
 | default             | 0.7783    | 0.5995 | 0.7667         |
@@ -10,12 +10,13 @@ on mmlu-pro/train; the candidates are the settings that data of another size or 
 | narrow-regularised  | 0.7768    | 0.6013 | 0.7633         |
 | smoothed            | 0.7745    | 0.6007 | 0.7681         |
 
-Differences of that size are within what a second seed moves (0.002-0.007), so a candidate is kept only
-if its mean over HEAD_SEEDS seeds (each with its own folds) beats the default's by HEAD_MARGIN *and* it is
-ahead on HEAD_CONFIDENCE of the paired bootstrap resamples of the train prompts: the default stays where
-it was tuned unless the data clearly says otherwise. A candidate behind the default on the first seed is
-not trained again (recipe.train_choosing_recipe) and cannot be kept. Candidates are relative to the given config (widths
-scale with --hidden), and never wider than it: batch-1 latency grows with the width (issue 2's 0.3 ms).
+Differences of that size are within what a second seed moves (0.010 for the default on train-500), so a candidate is kept only if
+its mean over HEAD_SEEDS seeds (each with its own folds) beats the default's by HEAD_MARGIN *and* it is
+ahead on HEAD_CONFIDENCE of the paired bootstrap resamples of the train prompts: the default stays where it
+was tuned unless the data clearly says otherwise. A candidate behind the default on the first seed is not
+trained again (recipe.train_choosing_recipe) and cannot be kept. Candidates are relative to the given config
+(widths scale with --hidden), and never wider than it: batch-1 latency grows with the width (issue 2's
+0.3 ms).
 """
 
 from __future__ import annotations

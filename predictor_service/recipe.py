@@ -201,11 +201,15 @@ def describe_choice(result: dict) -> list[str]:
                  + (f"; {choice['note']}" if "note" in choice else ""))
     for name, row in choice.get("candidates", {}).items():
         lines.append(f"  window {name:>7}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f}, gap recovered "
-                     f"{row['oof_gap_recovered']:.3f}, AUROC {row['oof_auroc']:.4f}, log loss {row['oof_log_loss']:.4f}")
+                     f"{row['oof_gap_recovered']:.3f}, AUROC {row['oof_auroc']:.4f}, "
+                     f"log loss {row['oof_log_loss']:.4f}")
     choice = result["head_choice"]
-    lines.append(f"head: {choice['kept']} ({choice['candidates'][choice['kept']]['config']}), chosen by {choice['by']}"
-                 + (f"; a challenger needs +{choice['margin_over_default']} and the lead on "
-                    f"{choice['bootstrap_share_needed']:.0%} of bootstrap resamples" if "margin_over_default" in choice else ""))
+    rule = ""
+    if "margin_over_default" in choice:
+        rule = (f"; a challenger needs +{choice['margin_over_default']} and the lead on "
+                f"{choice['bootstrap_share_needed']:.0%} of bootstrap resamples")
+    lines.append(f"head: {choice['kept']} ({choice['candidates'][choice['kept']]['config']}), "
+                 f"chosen by {choice['by']}{rule}")
     for name, row in choice["candidates"].items():
         if "oof_frontier_auc" in row:
             lo, hi = row["minus_default_ci95"]

@@ -22,7 +22,8 @@ from predictor_service.evaluation import (RouterPredictions, _eligible, area_und
 GRID_POINTS = 400      # geometric lambdas between the router's first and last decision change, plus 0
 
 
-def geometric_lambdas(quality: np.ndarray, price: np.ndarray, eligible: np.ndarray, n: int = GRID_POINTS) -> np.ndarray:
+def geometric_lambdas(quality: np.ndarray, price: np.ndarray, eligible: np.ndarray,
+                      n: int = GRID_POINTS) -> np.ndarray:
     """0 and n lambdas spaced geometrically from half the smallest positive breakpoint to twice the largest
     (past it every prompt gets its cheapest model)."""
     breaks = tradeoff_breakpoints(quality, price, eligible)

@@ -12,8 +12,9 @@ train* frontier AUC past a noise margin; the test side is never read to choose t
 told-category router (per-model logistic regression on the category one-hot, as `routoo eval-ceiling`'s)
 decide with the kept artifact's predicted costs; every frontier, CI and gap is `routoo eval`'s
 (evaluation.evaluate_pool, full pool). Every router is also scored in the held-out scorer's metric
-(scorer_metric.py: operating points only, mean train cost as price), the issue's table's. On heldout-cats the told category is all zeros on the test side
-(those categories were never in train), so that router is the no-prompt one there.
+(scorer_metric.py: operating points only, mean train cost as price), the issue's table's. On heldout-cats
+the told category is all zeros on the test side (those categories were never in train), so that router is
+the no-prompt one there.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def format_scorer_table(results: list[dict]) -> str:
         check = r["tfidf_check"]
         lo, hi = check.get("head_minus_tfidf_ci95", (np.nan, np.nan))
         lines.append(f"| {r['set']} | " + " | ".join(cells) + f" | {by['no-prompt']['auc']:.4f} | "
-                     f"{by['oracle']['auc']:.4f} | {check.get('head_minus_tfidf', np.nan):+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+                     f"{by['oracle']['auc']:.4f} | {check.get('head_minus_tfidf', np.nan):+.4f} "
+                     f"[{lo:+.4f}, {hi:+.4f}] |")
     lines.append(f"\nmean Routoo - TF-IDF, scorer's metric, over the {len(results)} sets: {np.mean(diffs):+.4f}")
     return "\n".join(lines)
 
