@@ -79,6 +79,7 @@ def cmd_eval_ceiling(args: argparse.Namespace) -> int:
     from evals.ceiling import informed_ceilings
     from training.data import load_dataset
     from evals.report import format_tables, write_json
+    from evals.scorer_metric import format_scorer_table
 
     started = time.perf_counter()
     artifact = Artifact.load(args.artifact or default_artifact_path())
@@ -89,6 +90,8 @@ def cmd_eval_ceiling(args: argparse.Namespace) -> int:
     print(f"probes (out of the pool, their outcomes are features): {', '.join(report['probes'])}")
     _print_quality(report)
     print(format_tables(report))
+    for pool, rows in report["scorer_metric"].items():
+        print(format_scorer_table(f"held-out scorer's metric, {pool}", rows))
     if args.out_json:
         print(f"\nJSON: {write_json(report, args.out_json)}")
     print(f"ceilings took {time.perf_counter() - started:.0f} s")

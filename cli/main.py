@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training import baselines
     from training.data import load_dataset
     from training.metrics import quality_metrics
-    from training.fit import TrainConfig, train
+    from training.fit import TrainConfig
 
     train_ds = load_dataset(args.data)
     dev_ds = load_dataset(args.dev) if args.dev else None
@@ -75,19 +75,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
     kwargs = dict(encoder_name=args.encoder, config=config, static_table=args.static_table,
                   table_storage=args.table_storage)
-    if args.window == "auto":
-        from evals.recipe import train_choosing_window
+    from evals.recipe import describe_choice, train_choosing_recipe
 
-        artifact, result = train_choosing_window(train_ds, dev_ds, **kwargs)
-        choice = result["window_choice"]
-        print(f"encoder window: {choice['kept']}, chosen by {choice['by']}"
-              + (f"; {choice['note']}" if "note" in choice else ""))
-        for name, row in choice["candidates"].items():
-            print(f"  window {name:>7}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f}, gap recovered "
-                  f"{row['oof_gap_recovered']:.3f}, AUROC {row['oof_auroc']:.4f}, log loss {row['oof_log_loss']:.4f}")
-    else:
-        artifact, result = train(train_ds, dev_ds, max_tokens=args.window[0], tail_tokens=args.window[1],
-                                 **kwargs)
+    artifact, result = train_choosing_recipe(train_ds, dev_ds, window=args.window, head=args.head,
+                                             tfidf_check=not args.skip_tfidf, **kwargs)
+    print("\n".join(describe_choice(result)))
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -186,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "HEAD and the last TAIL; few-shot and RAG prompts put the question last), or auto "
                         "(default: the best of 256, 64+192 and 0+256 by out-of-fold train frontier AUC, "
                         "trained only where prompts pass 256 tokens; the choice is in the manifest)")
+    p.add_argument("--head", default="auto", metavar="auto|NAME",
+                   help="head settings: auto (default: the default head unless another of "
+                        "evals/head_search.py's candidates (half-width, narrow-regularised, smoothed) "
+                        "clearly beats it out-of-fold on train; the choice is in the manifest) or one by name")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
+    p.add_argument("--skip-tfidf", action="store_true",
+                   help="skip the TF-IDF baseline on dev and its out-of-fold check on train (faster)")
     p.add_argument("--static-table", metavar="DIR",
                    help="static encoder's table: an artifact folder, or a table `routoo prepare` wrote "
                         "(default: the committed default artifact's)")

@@ -22,6 +22,7 @@ from evals.pool import evaluate_pool
 from evals.references import SingleModel, best_single, coverage_floor, single_models
 from evals.report import pool_json, run_meta
 from evals.routers import RouterPredictions, artifact_predictions, no_prompt_router, oracle_router
+from evals.scorer_metric import scorer_aucs
 from predictor_service.artifact import Artifact
 from training import baselines
 from training.data import RoutingDataset
@@ -101,6 +102,16 @@ def informed_ceilings(train_ds: RoutingDataset, test_ds: RoutingDataset, artifac
     oracle = oracle_router(test.quality, test.cost_usd)
     result = evaluate_pool("without probes", pool, routers, oracle, test.quality, test.cost_usd, config,
                            no_prompt=no_prompt.name, show_progress=show_progress)
+    # The same routers in the held-out scorer's metric (scorer_metric.py); the told category also on the
+    # full pool, the table's, which needs no probe out of it.
+    full_train, full_test = train_ds.select_models(shared), test_ds.select_models(shared)
+    cat_full = baselines.per_model_logistic(category_features(full_train, full_train), full_train.quality,
+                                            category_features(full_train, full_test))
+    scorer = {"without probes": scorer_aucs({r.name: r.quality for r in routers if r is not no_prompt},
+                                            train.quality, train.cost_usd, test.quality, test.cost_usd, pool, config),
+              "full pool": scorer_aucs({routers[0].name: quality[:, [art_names.index(n) for n in shared]],
+                                        "told category": cat_full}, full_train.quality, full_train.cost_usd,
+                                       full_test.quality, full_test.cost_usd, shared, config)}
     return {"meta": run_meta(artifact, train_ds, test_ds), "probes": probes,
             "quality_metrics": {r.name: rounded_metrics(quality_metrics(test.quality, r.quality)) for r in routers},
-            "pools": {"without probes": pool_json(result)}}
+            "pools": {"without probes": pool_json(result)}, "scorer_metric": scorer}

@@ -5,7 +5,8 @@ Out-of-fold quality comes from training.train's ensemble (each train prompt scor
 saw it); decisions use each model's mean train cost, like the no-prompt router, so only the quality
 prediction differs between candidates. The AUC is the same as `routoo eval`'s: area under the concave
 frontier over cost normalised by the best single model's, divided out by no-prompt and oracle into gap
-recovered.
+recovered. oof_comparison scores several candidates on the same prompts with a paired bootstrap, so a
+choice between them can demand more than the prompts' sampling noise.
 """
 
 from __future__ import annotations
@@ -14,28 +15,44 @@ import numpy as np
 
 from evals.config import EvalConfig
 from evals.frontier import area_under_frontier, gap_recovered
+from evals.pool import bootstrap_aucs
 from evals.references import best_single, single_models
 from evals.routers import RouterPredictions, mean_cost, no_prompt_router, oracle_router
-from evals.sweeps import eligible_cells as _eligible
-from evals.sweeps import sweep, tradeoff_lambdas
+from evals.sweeps import eligible_cells as _eligible, sweep, tradeoff_lambdas
+
+
+def oof_comparison(oof_qualities: dict[str, np.ndarray], quality: np.ndarray, cost_usd: np.ndarray,
+                   names: list[str], *, n_boot: int = 0, seed: int = 0, config: EvalConfig | None = None) -> dict:
+    """{"auc": {name: AUC}, "gap_recovered": {name: gap}, "no_prompt_auc", "oracle_auc", "boot"} for each named
+    (n, n_models) out-of-fold prediction on the train prompts; "boot" is (n_boot, len(oof_qualities)) AUCs on
+    prompt resamples shared by every candidate (paired), or None without n_boot."""
+    config = config or EvalConfig()
+    eligible = _eligible(quality, cost_usd)
+    keep = eligible.any(axis=1)
+    quality, cost_usd, eligible = quality[keep], cost_usd[keep], eligible[keep]
+    singles = single_models(names, quality, cost_usd)
+    best = best_single(singles, config.min_reference_coverage)
+    decide_cost = mean_cost(cost_usd, len(quality))
+    routers = [RouterPredictions(key, q[keep].astype(np.float64), decide_cost) for key, q in oof_qualities.items()]
+    routers += [no_prompt_router(quality, cost_usd, len(quality)), oracle_router(quality, cost_usd)]
+    frontiers, aucs = [], []
+    for router in routers:
+        lambdas = tradeoff_lambdas(router.quality, router.expected_cost_usd, eligible, config.lambdas // 2)
+        fr = sweep(router, "tradeoff", lambdas, eligible, quality, cost_usd)
+        frontiers.append(fr)
+        aucs.append(area_under_frontier(fr.cost_usd / best.cost_usd, fr.accuracy))
+    floor, ceiling = aucs[-2], aucs[-1]
+    n = len(oof_qualities)
+    boot = (bootstrap_aucs(frontiers[:n], quality, cost_usd, names.index(best.name), n_boot, seed)
+            if n_boot else None)
+    return {"auc": dict(zip(oof_qualities, aucs[:n])),
+            "gap_recovered": {key: gap_recovered(a, floor, ceiling) for key, a in zip(oof_qualities, aucs)},
+            "no_prompt_auc": floor, "oracle_auc": ceiling, "boot": boot}
 
 
 def oof_frontier(oof_quality: np.ndarray, quality: np.ndarray, cost_usd: np.ndarray, names: list[str],
                  config: EvalConfig | None = None) -> dict:
     """{"auc", "no_prompt_auc", "oracle_auc", "gap_recovered"} of out-of-fold predictions on train."""
-    config = config or EvalConfig()
-    eligible = _eligible(quality, cost_usd)
-    keep = eligible.any(axis=1)
-    quality, cost_usd, eligible, oof_quality = quality[keep], cost_usd[keep], eligible[keep], oof_quality[keep]
-    best = best_single(single_models(names, quality, cost_usd), config.min_reference_coverage)
-    decide_cost = mean_cost(cost_usd, len(quality))
-    routers = {"oof": RouterPredictions("oof", oof_quality.astype(np.float64), decide_cost),
-               "no_prompt": no_prompt_router(quality, cost_usd, len(quality)),
-               "oracle": oracle_router(quality, cost_usd)}
-    aucs = {}
-    for key, router in routers.items():
-        lambdas = tradeoff_lambdas(router.quality, router.expected_cost_usd, eligible, config.lambdas // 2)
-        fr = sweep(router, "tradeoff", lambdas, eligible, quality, cost_usd)
-        aucs[key] = area_under_frontier(fr.cost_usd / best.cost_usd, fr.accuracy)
-    return {"auc": aucs["oof"], "no_prompt_auc": aucs["no_prompt"], "oracle_auc": aucs["oracle"],
-            "gap_recovered": gap_recovered(aucs["oof"], aucs["no_prompt"], aucs["oracle"])}
+    res = oof_comparison({"oof": oof_quality}, quality, cost_usd, names, config=config)
+    return {"auc": res["auc"]["oof"], "no_prompt_auc": res["no_prompt_auc"], "oracle_auc": res["oracle_auc"],
+            "gap_recovered": res["gap_recovered"]["oof"]}

@@ -5,13 +5,16 @@ kNN and the told-category router on every set, AUC with bootstrap CIs and gap re
     PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite \
         --sets fewshot-5,long-rag,heldout-cats,pool-2,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
 
-Per set: `routoo train`'s default recipe (static encoder, --window auto: recipe.train_choosing_window, which
-keeps the window with the best *out-of-fold train* frontier AUC; the test side is never read to choose
-it), with the head-only 256 window reported beside it where another one was kept. kNN, TF-IDF + LR and the
+Per set: `routoo train`'s default recipe (static encoder, --window auto --head auto:
+recipe.train_choosing_recipe, which keeps the window, then the head settings, with the best *out-of-fold
+train* frontier AUC past a noise margin; the test side is never read to choose them), with the head-only
+256 window reported beside it where another one was kept. kNN, TF-IDF + LR and the
 told-category router (per-model logistic regression on the category one-hot, as `routoo eval-ceiling`'s)
 decide with the kept artifact's predicted costs; every frontier, CI and gap is `routoo eval`'s
-(evaluation.evaluate_pool, full pool). On heldout-cats the told category is all zeros on the test side
-(those categories were never in train), so that router is the no-prompt one there.
+(evaluation.evaluate_pool, full pool). Every router is also scored in the held-out scorer's metric
+(scorer_metric.py: operating points only, mean train cost as price), the issue's table's. On heldout-cats
+the told category is all zeros on the test side (those categories were never in train), so that router is
+the no-prompt one there.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from evals.ceiling import category_features
 from evals.config import EvalConfig
 from evals.harness import choose_knn_k
 from evals.pool import evaluate_pool
-from evals.recipe import HEAD_ONLY, train_choosing_window
+from evals.recipe import HEAD_ONLY, describe_choice, train_choosing_recipe
 from evals.routers import RouterPredictions, artifact_predictions, knn_quality, no_prompt_router, oracle_router
+from evals.scorer_metric import scorer_aucs
 from predictor_service.encoders import window_name
 from training import baselines
 from training.data import load_dataset
@@ -43,15 +47,16 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
     train_ds, test_ds = load_dataset(folder / "train"), load_dataset(test_folder)
     test_ds = test_ds.select_models(train_ds.model_names)
     names = train_ds.model_names
-    artifact, result = train_choosing_window(train_ds, None, show_progress=False)
+    trained = time.perf_counter()
+    artifact, result = train_choosing_recipe(train_ds, None, show_progress=False)
+    train_seconds = time.perf_counter() - trained
     choice, candidates = result["window_choice"], result["candidate_artifacts"]
     kept = choice["kept"]
-    for name, row in choice["candidates"].items():
-        print(f"  {folder.name}: window {name}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f} "
-              f"(gap {row['oof_gap_recovered']:.3f}), AUROC {row['oof_auroc']:.4f}", flush=True)
+    print("\n".join(f"  {folder.name}: {line}" for line in describe_choice(result)), flush=True)
     quality, cost, test_x = artifact_predictions(artifact, test_ds.texts)
     _, train_cost_pred, train_x = artifact_predictions(artifact, train_ds.texts)
-    routers = [RouterPredictions(f"routoo (window {kept}, chosen by CV)", quality, cost)]
+    routers = [RouterPredictions(f"routoo (window {kept}, head {result['head_choice']['kept']}, chosen by CV)",
+                                 quality, cost)]
     head_only = window_name(*HEAD_ONLY)
     if head_only in candidates and head_only != kept:
         q0, _, _ = artifact_predictions(candidates[head_only], test_ds.texts)
@@ -69,14 +74,18 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
     rows = {name.split(" / ")[0]: {key: row.get(key) for key in ("auc", "auc_ci95", "gap_recovered", "auc_points",
                                                               "gap_recovered_points", "routoo_minus_auc_ci95")}
             for name, row in res.summary.items() if name.endswith("/ tradeoff")}
+    scorer = scorer_aucs({r.name.split(" / ")[0]: r.quality for r in routers if r is not no_prompt},
+                         train_ds.quality, train_ds.cost_usd, test_ds.quality, test_ds.cost_usd, names, config)
     return {"set": folder.name, "n_train": len(train_ds), "n_test": len(test_ds), "n_models": len(names),
-            "window_kept": kept, "window_choice": choice, "routers": rows,
+            "window_kept": kept, "window_choice": choice, "head_kept": result["head_choice"]["kept"],
+            "head_choice": result["head_choice"], "tfidf_check": result["tfidf_check"], "routers": rows,
+            "scorer_metric": scorer, "train_seconds": round(train_seconds),
             "seconds": round(time.perf_counter() - started)}
 
 
 def format_table(results: list[dict]) -> str:
     cols = ["routoo", "routoo (256)", "TF-IDF + LR", "kNN", "told category", "no-prompt (per-model mean)", "oracle"]
-    lines = ["| set (train / test prompts, models) | window (CV) | Routoo AUC [95% CI] / gap | Routoo, 256 head "
+    lines = ["| set (train / test prompts, models) | window, head (CV) | Routoo AUC [95% CI] / gap | Routoo, 256 head "
              "| TF-IDF + LR | kNN | told category | no-prompt | oracle | Routoo - TF-IDF [95% CI] |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -98,11 +107,33 @@ def format_table(results: list[dict]) -> str:
             else:
                 cells.append(f"{row['auc']:.4f} / {row['gap_recovered']:.3f}")
         lo, hi = by["TF-IDF + LR"]["routoo_minus_auc_ci95"]
-        lines.append(f"| {r['set']} ({r['n_train']} / {r['n_test']}, {r['n_models']}) | {r['window_kept']} | "
+        lines.append(f"| {r['set']} ({r['n_train']} / {r['n_test']}, {r['n_models']}) | {r['window_kept']}, "
+                     f"{r['head_kept']} | "
                      + " | ".join(cells) + f" | [{lo:+.4f}, {hi:+.4f}] |")
     gaps = [(r["routers"][next(n for n in r["routers"] if "chosen by CV" in n)]["auc"]
              - r["routers"]["TF-IDF + LR"]["auc"]) for r in results]
     lines.append(f"\nmean Routoo - TF-IDF AUC over the {len(results)} sets: {np.mean(gaps):+.4f}")
+    return "\n".join(lines)
+
+
+def format_scorer_table(results: list[dict]) -> str:
+    """The held-out scorer's metric (operating points, mean train cost as price) and the train-only
+    out-of-fold TF-IDF check of `routoo train`."""
+    lines = ["| set | Routoo AUC / gap | Routoo, 256 head | TF-IDF + LR | kNN | told category | no-prompt | oracle "
+             "| OOF on train: head - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    diffs = []
+    for r in results:
+        by = {("routoo" if "chosen by CV" in n else "routoo (256)" if n.startswith("routoo")
+               else "kNN" if n.startswith("kNN") else n): row for n, row in r["scorer_metric"].items()}
+        diffs.append(by["routoo"]["auc"] - by["TF-IDF + LR"]["auc"])
+        cells = [f"{by[c]['auc']:.4f} / {by[c]['gap']:.3f}" if c in by else "= Routoo"
+                 for c in ("routoo", "routoo (256)", "TF-IDF + LR", "kNN", "told category")]
+        check = r["tfidf_check"]
+        lo, hi = check.get("head_minus_tfidf_ci95", (np.nan, np.nan))
+        lines.append(f"| {r['set']} | " + " | ".join(cells) + f" | {by['no-prompt']['auc']:.4f} | "
+                     f"{by['oracle']['auc']:.4f} | {check.get('head_minus_tfidf', np.nan):+.4f} "
+                     f"[{lo:+.4f}, {hi:+.4f}] |")
+    lines.append(f"\nmean Routoo - TF-IDF, scorer's metric, over the {len(results)} sets: {np.mean(diffs):+.4f}")
     return "\n".join(lines)
 
 
@@ -123,6 +154,7 @@ def main() -> int:
         if args.out_json:
             Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
     print(format_table(results))
+    print(format_scorer_table(results))
     return 0
 
 

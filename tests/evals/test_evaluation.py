@@ -265,6 +265,10 @@ def test_eval_ceiling_cli(tiny, capsys):
     # probe's outcome only says "math or not", which cannot tell law from history.
     assert category["gap_recovered"] > 0.5
     assert category["auc"] > probe["auc"] + 0.01
+    # The same in the held-out scorer's metric (mean train cost as price, operating points only).
+    scorer = report["scorer_metric"]
+    assert set(scorer) == {"without probes", "full pool"}
+    assert scorer["without probes"]["told category"]["gap"] > 0.5 and scorer["full pool"]["oracle"]["gap"] == 1.0
 
 
 def test_eval_ceiling_rejects_an_unknown_probe(tiny, capsys):
