@@ -91,6 +91,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         artifact, result = train(train_ds, dev_ds, max_tokens=args.window[0], tail_tokens=args.window[1],
                                  **kwargs)
+    if args.lexical != "off":
+        from predictor_service.lexical_training import attach_lexical, describe
+
+        print("\n".join(describe(attach_lexical(artifact, result, train_ds, dev_ds, mode=args.lexical))))
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -189,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "HEAD and the last TAIL; few-shot and RAG prompts put the question last), or auto "
                         "(default: the best of 256, 64+192 and 0+256 by out-of-fold train frontier AUC, "
                         "trained only where prompts pass 256 tokens; the choice is in the manifest)")
+    p.add_argument("--lexical", choices=["auto", "on", "off"], default="auto",
+                   help="a lexical part (per-model weights over token and hashed bigram ids) stacked on the head: "
+                        "auto (default) keeps it only where train-only cross-validation says it helps; the "
+                        "decision and its out-of-fold figures are printed and in the manifest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true", help="skip the TF-IDF baseline (faster)")
     p.add_argument("--static-table", metavar="DIR",
