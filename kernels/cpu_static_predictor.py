@@ -18,13 +18,14 @@ import math
 import numpy as np
 import torch
 
-from . import cpu_lexical, static_embed
+from . import cpu_lexical, lexical_logits, static_embed
 from ._numba import compiled
 from .cpu_lexical import add_lexical_logits
 from .static_embed import NORM_EPS
 
 
-@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical))   # NORM_EPS is compiled in
+# NORM_EPS is compiled in, and so are the lexical part's loop and hash.
+@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical, lexical_logits))
 def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
                  lex_bigram_bits, quality, cost):
     """One prompt, token_ids[start:end] -> its quality and cost rows, (m,) each. table (vocab, hidden + dim)
@@ -55,7 +56,7 @@ def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_
         cost[k] = math.exp(logits[m + k] + np.float64(log_len) * cost_len_coef[k])
 
 
-@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical))
+@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical, lexical_logits))
 def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
                       lex_bigram_bits, quality, cost):
     """Every prompt of a batch, each on its own; writes quality and cost, (batch, m) each."""

@@ -5,7 +5,9 @@
     expected_cost_usd = exp(h @ cost_emb.T + cost_bias + log_len[:, None] * cost_len_coef)
 
 quality_offset (batch, n_models), optional: logits added after the temperature (the lexical part's,
-kernels/lexical_logits.py). The hidden layer never reaches global memory: each program keeps its rows' h in registers and feeds both
+kernels/lexical_logits.py).
+
+The hidden layer never reaches global memory: each program keeps its rows' h in registers and feeds both
 heads from there, so a call reads x once and writes only the two (batch, n_models) outputs.
 """
 

@@ -18,8 +18,8 @@ from predictor_service.training import TrainConfig, train
 from tests.fixtures_triton import triton_server  # noqa: F401  (fixture)
 from tests.test_predictor import synthetic_dataset
 
-# Small enough for a test: two l2 values, features in >= 2 prompts.
-CONFIG = LexicalConfig(l2_grid=(1e-6, 1e-3), min_prompts=2, max_iter=30)
+# Small enough for a test: two stacked candidates and a blended one, features in >= 2 prompts.
+CONFIG = LexicalConfig(l2_grid=(1e-6, 1e-3), blend_l2_grid=(1e-5,), min_prompts=2, max_iter=30)
 PROMPTS = ["Question 3 about math: integral derivative?", "court ruling on a contract tort",
            "Ünïcödé enzyme [UNK] reaction?", "x", "detail " * 400 + "final question about law"]
 
@@ -39,10 +39,10 @@ def trained(tmp_path_factory):
 
 def test_decision_is_recorded_with_out_of_fold_figures(trained):
     root, _, artifact, result, record, head_dev = trained
-    assert record["kept"] and record["mode"] == "on" and set(record["candidates"]) == {"head only", "l2=1e-06",
-                                                                                       "l2=0.001"}
-    best = max(("l2=1e-06", "l2=0.001"), key=lambda n: record["candidates"][n]["oof_frontier_auc"])
-    assert record["best"] == best and record["l2"] == float(best[3:])
+    names = ["stacked l2=1e-06", "stacked l2=0.001", "blend l2=1e-05"]
+    assert record["kept"] and record["mode"] == "on" and set(record["candidates"]) == {"head only", *names}
+    best = max(names, key=lambda n: record["candidates"][n]["oof_frontier_auc"])
+    assert record["best"] == best and f"{record['kind']} l2={record['l2']:g}" == best
     saved = json.loads((root / "artifact" / "manifest.json").read_text())
     assert saved["training"]["lexical_choice"]["candidates"] == record["candidates"]
     assert saved["lexical"]["file"] == LEXICAL_FILE and saved["lexical"]["fitted_rows"] == record["fitted_rows"] > 0
@@ -54,7 +54,8 @@ def test_decision_is_recorded_with_out_of_fold_figures(trained):
 def test_auto_keeps_the_part_only_past_the_margin(trained):
     _, train_ds, artifact, result, _, _ = trained
     part, record = choose_lexical(artifact, result, train_ds, mode="auto", config=CONFIG)
-    gain = record["candidates"][record["best"]]["oof_frontier_auc"] - record["candidates"]["head only"]["oof_frontier_auc"]
+    figures = record["candidates"]
+    gain = figures[record["best"]]["oof_frontier_auc"] - figures["head only"]["oof_frontier_auc"]
     assert record["kept"] == (gain >= CONFIG.margin) == (part is not None)
     strict = LexicalConfig(**{**CONFIG.__dict__, "margin": 1.0})        # no AUC gains 1.0
     assert choose_lexical(artifact, result, train_ds, mode="auto", config=strict)[0] is None
@@ -149,3 +150,19 @@ def test_triton_serves_the_part_as_scored_in_process(trained, tmp_path):
     assert names == Artifact.load(root / "artifact").manifest.model_names
     np.testing.assert_allclose(quality, want_quality, rtol=0, atol=1e-6)
     np.testing.assert_allclose(cost, want_cost, rtol=1e-6, atol=0)
+
+
+def test_add_model_keeps_the_part_for_the_pool_and_none_for_the_new_model(trained, tmp_path):
+    from predictor_service.training import add_model
+
+    root, train_ds, _, _, _, _ = trained
+    artifact = Artifact.load(root / "artifact")
+    rows = slice(0, 40)
+    new = add_model(artifact, "twin", [1.0, 2.0], train_ds.texts[rows], train_ds.quality[rows, 0],
+                    train_ds.cost_usd[rows, 0], prior=(3.0, 100.0))
+    new.save(tmp_path / "added")
+    loaded = Artifact.load(tmp_path / "added")
+    assert loaded.lexical.n_models == 4 and (loaded.lexical.weights[:, -1] == 0).all()
+    before = Predictor(artifact, artifact.load_encoder()).predict(PROMPTS)[0]
+    after = Predictor(loaded, loaded.load_encoder()).predict(PROMPTS)[0]
+    np.testing.assert_allclose(after[:, :3], before, rtol=0, atol=1e-6)
