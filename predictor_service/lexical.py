@@ -83,7 +83,7 @@ class LexicalPart:
         """Writes LEXICAL_FILE into `folder`; returns the manifest record."""
         rows, stored = self._stored()
         path = Path(folder) / LEXICAL_FILE
-        save_file({**stored, "rows": rows}, str(path))
+        save_file({**stored, "rows": rows.astype(np.int32)}, str(path))   # < 2^31 features (MAX_BIGRAM_BITS)
         return {"file": LEXICAL_FILE, "sha256": sha256_file(path), "vocab": self.vocab,
                 "bigram_bits": self.bigram_bits, "n_models": self.n_models, "storage": self.storage,
                 "fitted_rows": int(len(rows))}

@@ -113,8 +113,9 @@ def fit_lexical(feature_ids: np.ndarray, feature_offsets: np.ndarray, offset_log
     fitted = cols >= 0          # unfitted features add nothing, but still count in their prompt's mean
     # x[i, f] = (times f occurs in prompt i) / (features of prompt i): the mean as a sparse product (duplicates
     # summed), ~7x faster than embedding_bag's backward on 2 cores.
+    # fp32 products (2.4x faster than fp64 here), fp64 for the loss and L-BFGS's own arithmetic.
     x = csr_matrix(((1.0 / np.maximum(lengths, 1))[prompt][fitted], (prompt[fitted], cols[fitted])),
-                   shape=(n, len(kept)))
+                   shape=(n, len(kept)), dtype=np.float32)
     xt = x.T.tocsr()
     known = ~np.isnan(target)
     y = np.where(known, target, 0.0)
@@ -122,12 +123,12 @@ def fit_lexical(feature_ids: np.ndarray, feature_offsets: np.ndarray, offset_log
 
     def loss_and_grad(flat):
         w = flat.reshape(len(kept), m)
-        z = base + x @ w                                                    # (n, m)
+        z = base + x @ w.astype(np.float32)                                 # (n, m) fp64
         # BCE with logits, stable: log(1 + e^z) - y z
         bce = np.logaddexp(0.0, z) - y * z
         g = np.where(known, 1.0 / (1.0 + np.exp(-z)) - y, 0.0) / n
         return (float(bce[known].sum() / n + l2 * (flat @ flat)),
-                (xt @ g).ravel() + 2.0 * l2 * flat)
+                (xt @ g.astype(np.float32)).ravel() + 2.0 * l2 * flat)
 
     solution = minimize(loss_and_grad, np.zeros(len(kept) * m), jac=True, method="L-BFGS-B",
                         options={"maxiter": config.max_iter})
