@@ -65,7 +65,7 @@ def test_features_are_tokens_then_bigrams_per_prompt(lengths, seed):
 
 @pytest.mark.parametrize("device, dtype", BACKENDS)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
-@pytest.mark.parametrize("n_models", [1, 3, 32, 33])
+@pytest.mark.parametrize("n_models", [1, 32, 33])
 @pytest.mark.parametrize("batch", [1, 7, 129])
 def test_lexical_logits_match_reference(batch, n_models, index_dtype, device, dtype):
     token_ids, offsets, _ = make_prompts(batch)
