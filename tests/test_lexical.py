@@ -166,3 +166,11 @@ def test_add_model_keeps_the_part_for_the_pool_and_none_for_the_new_model(traine
     before = Predictor(artifact, artifact.load_encoder()).predict(PROMPTS)[0]
     after = Predictor(loaded, loaded.load_encoder()).predict(PROMPTS)[0]
     np.testing.assert_allclose(after[:, :3], before, rtol=0, atol=1e-6)
+
+
+def test_onnx_export_refuses_an_artifact_with_a_part(trained, tmp_path):
+    from predictor_service.onnx_export import export_static_predictor
+
+    root, _, _, _, _, _ = trained
+    with pytest.raises(ValueError, match="lexical part"):
+        export_static_predictor(Artifact.load(root / "artifact"), tmp_path / "p.onnx")
