@@ -35,9 +35,9 @@ from predictor_service.artifact import Artifact
 from predictor_service.data import RoutingDataset
 from predictor_service.head import HeadWeights
 from predictor_service.lexical import LexicalPart
-from predictor_service.metrics import quality_metrics
+from predictor_service.metrics import log_loss, quality_metrics
 from predictor_service.oof_routing import oof_frontier
-from predictor_service.training import category_smoothed_targets, fold_assignment
+from predictor_service.training import category_smoothed_targets, fit_temperature, fold_assignment
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class LexicalConfig:
     # Blended candidates: a lexical model of its own (per-model bias + W, no head offset) averaged with the head,
     # quality logit = blend_head_share x head + (1 - share) x lexical, the form in which TF-IDF + LR logits
     # averaged with five heads gained +0.002..0.004 (docs/evaluation.md, "Second round"). Served exactly:
-    # the share folds into the head's quality rows, the bias into its quality bias (blended_head). mmlu-pro
+    # the share folds into the head's quality rows, the bias into its quality bias (scaled_head). mmlu-pro
     # train, out-of-fold frontier AUC for l2 1e-7 / 3e-7 / 1e-6 / 1e-5 / 1e-4: 0.7675 / 0.7704 / 0.7708 /
     # 0.7682 / 0.7677 (head 0.7667).
     blend_l2_grid: tuple[float, ...] = (3e-7, 1e-6, 3e-6)
@@ -191,7 +191,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
             return head_logits + lexical_logits
         return share * head_logits + (1 - share) * (bias + lexical_logits)
 
-    candidates = {"head only": _frontier_row(oof_quality, train_ds)}
+    candidates, oof_by_name = {"head only": _frontier_row(oof_quality, train_ds)}, {}
     for kind, l2 in kinds:
         oof_logits = np.zeros_like(offset)
         for k in range(int(fold.max()) + 1):
@@ -201,6 +201,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
             lex = lexical_logits_reference(torch.from_numpy(ids), torch.from_numpy(offs), weights).numpy()
             oof_logits[held] = combine(kind, offset[held], lex, bias)
         name = f"{kind} l2={l2:g}"
+        oof_by_name[name] = oof_logits
         candidates[name] = _frontier_row(1 / (1 + np.exp(-oof_logits.astype(np.float64))), train_ds)
         log.info("lexical %s: out-of-fold frontier AUC %.4f", name, candidates[name]["oof_frontier_auc"])
     head_auc = candidates["head only"]["oof_frontier_auc"]
@@ -214,22 +215,34 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
     if keep:
         kind, l2 = best.split(" ")[0], float(best.split("l2=")[1])
         weights, bias = fit(kind, l2, np.arange(len(train_ds)))
-        if kind == "blend":   # served as share * head + lexical: the part carries (1 - share) of the model
-            weights = weights * (1 - share)
-            record.update(head_share=share, lexical_bias=[round(float(b), 6) for b in bias])
-        part = LexicalPart(weights, vocab, config.bigram_bits, config.storage).rounded()
-        record.update(kind=kind, l2=l2, fitted_rows=int((part.weights != 0).any(dim=1).sum()))
+        # The head's temperature was fitted for the head alone; refitted on the combined out-of-fold logits
+        # (as training does: kept only where it lowers their log loss). mmlu-pro/dev ECE with the head's:
+        # 0.0184 alone, 0.0268 blended.
+        z = oof_by_name[best].astype(np.float64)
+        temperature = fit_temperature(z, quality)
+        if log_loss(quality, 1 / (1 + np.exp(-z * temperature))) >= log_loss(quality, 1 / (1 + np.exp(-z))):
+            temperature = 1.0
+        head_share_served = 1.0 if kind == "stacked" else share
+        # Served: temperature x (head_share x head + the rest x (bias + lexical)), folded into the kernel's form:
+        # the head's quality rows x head_scale, its bias + quality_bias_added, the part's W x lexical_scale.
+        lexical_scale = temperature * (1.0 - head_share_served if kind == "blend" else 1.0)
+        record.update(kind=kind, l2=l2, temperature=round(temperature, 5),
+                      head_scale=round(temperature * head_share_served, 6),
+                      quality_bias_added=[round(float(b), 6) for b in lexical_scale * bias],
+                      kept_after_temperature=_frontier_row(1 / (1 + np.exp(-z * temperature)), train_ds))
+        part = LexicalPart(weights * lexical_scale, vocab, config.bigram_bits, config.storage).rounded()
+        record["fitted_rows"] = int((part.weights != 0).any(dim=1).sum())
     record["seconds"] = round(time.perf_counter() - started, 1)
     return part, record
 
 
-def blended_head(weights: HeadWeights, inv_temperature: float, head_share: float,
-                 lexical_bias: np.ndarray) -> HeadWeights:
-    """The head whose served quality logits are head_share x the original's + (1 - head_share) x the lexical
-    model's own bias; exact (the temperature multiplies the quality rows and bias)."""
-    bias = torch.as_tensor(np.asarray(lexical_bias), dtype=torch.float32)
-    return replace(weights, quality_emb=weights.quality_emb * head_share,
-                   quality_bias=weights.quality_bias * head_share + (1 - head_share) * bias / inv_temperature)
+def scaled_head(weights: HeadWeights, inv_temperature: float, head_scale: float,
+                quality_bias_added: np.ndarray) -> HeadWeights:
+    """The head whose served quality logits are head_scale x the original's + quality_bias_added (per model);
+    exact: the head's inv_temperature multiplies its quality rows and bias."""
+    added = torch.as_tensor(np.asarray(quality_bias_added), dtype=torch.float32)
+    return replace(weights, quality_emb=weights.quality_emb * head_scale,
+                   quality_bias=weights.quality_bias * head_scale + added / inv_temperature)
 
 
 def attach_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, dev_ds: RoutingDataset | None,
@@ -238,9 +251,9 @@ def attach_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, d
     manifest.training["lexical_choice"]; with dev_ds, result["head"] and the manifest's dev metrics become the
     served predictor's (head + lexical part), the head's alone kept beside them."""
     part, record = choose_lexical(artifact, result, train_ds, mode=mode, config=config)
-    if part is not None and record["kind"] == "blend":
-        artifact.weights = blended_head(artifact.weights, artifact.manifest.inv_temperature, record["head_share"],
-                                        np.array(record["lexical_bias"], np.float32))
+    if part is not None:
+        artifact.weights = scaled_head(artifact.weights, artifact.manifest.inv_temperature, record["head_scale"],
+                                       np.array(record["quality_bias_added"], np.float32))
     artifact.lexical = part
     artifact.manifest.lexical = {}
     artifact.manifest.training["lexical_choice"] = record
@@ -264,7 +277,10 @@ def describe(record: dict) -> list[str]:
         return ["lexical part: off (--lexical off)"]
     lines = [f"lexical part: {'kept' if record['kept'] else 'not kept'} ({record['mode']}; best {record['best']}, "
              f"margin {record['margin']}), chosen by {record['by']}; {record['seconds']} s"]
-    for name, row in record["candidates"].items():
+    rows = dict(record["candidates"])
+    if record["kept"]:
+        rows[f"kept, temperature {record['temperature']:g}"] = record["kept_after_temperature"]
+    for name, row in rows.items():
         lines.append(f"  {name:>10}: out-of-fold frontier AUC {row['oof_frontier_auc']:.4f}, gap recovered "
                      f"{row['oof_gap_recovered']:.3f}, AUROC {row['oof_auroc']:.4f}, "
                      f"log loss {row['oof_log_loss']:.4f}")

@@ -43,6 +43,7 @@ def test_decision_is_recorded_with_out_of_fold_figures(trained):
     assert record["kept"] and record["mode"] == "on" and set(record["candidates"]) == {"head only", *names}
     best = max(names, key=lambda n: record["candidates"][n]["oof_frontier_auc"])
     assert record["best"] == best and f"{record['kind']} l2={record['l2']:g}" == best
+    assert 0.25 <= record["temperature"] <= 4.0 and len(record["quality_bias_added"]) == 3
     saved = json.loads((root / "artifact" / "manifest.json").read_text())
     assert saved["training"]["lexical_choice"]["candidates"] == record["candidates"]
     assert saved["lexical"]["file"] == LEXICAL_FILE and saved["lexical"]["fitted_rows"] == record["fitted_rows"] > 0
