@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the best of 256, 64+192 and 0+256 by out-of-fold train frontier AUC, "
                         "trained only where prompts pass 256 tokens; the choice is in the manifest)")
     p.add_argument("--lexical", choices=["auto", "on", "off"], default="auto",
-                   help="a lexical part (per-model weights over token and hashed bigram ids) stacked on the head: "
+                   help="a lexical part (per-model weights over token and hashed bigram ids) beside the head: "
                         "auto (default) keeps it only where train-only cross-validation says it helps; the "
                         "decision and its out-of-fold figures are printed and in the manifest")
     p.add_argument("--seed", type=int, default=0)

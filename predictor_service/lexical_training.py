@@ -1,4 +1,4 @@
-"""Training of the lexical part (predictor_service/lexical.py), stacked on a trained head, and the
+"""Training of the lexical part (predictor_service/lexical.py), fitted after a trained head, and the
 train-only cross-validation that decides whether an artifact keeps it (`routoo train --lexical auto`).
 
 1. Features: each train prompt's token ids (the artifact's encoder window) and hashed bigrams
@@ -15,8 +15,9 @@ train-only cross-validation that decides whether an artifact keeps it (`routoo t
    in which TF-IDF + LR gained (docs/evaluation.md, "Second round"); folded exactly into the kernel's form.
 5. Choice: for each candidate, the head's folds again: W fitted on the other folds, the held-out fold
    scored as the head's out-of-fold logits combined with its lexical logits; out-of-fold frontier AUC
-   (oof_routing) against the head's own. The best l2 is kept only if it beats the head by `margin` ("auto"); "on" keeps it regardless and
-   "off" never trains it. The final W is fitted on every train prompt with that l2, rounded to its storage.
+   (oof_routing) against the head's own. The best candidate is kept only if it beats the head by `margin`
+   ("auto"); "on" keeps it regardless and "off" never trains it. The final W is fitted on every train prompt
+   with its l2, a temperature refitted on its out-of-fold logits, and rounded to its storage.
    (The held-out fold's labels reached the other folds' offsets through the heads that scored them; the
    figures compare with and without the lexical part on the same offsets, so both see that alike.)
 """
