@@ -80,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     artifact, result = train_choosing_recipe(train_ds, dev_ds, window=args.window, head=args.head,
                                              tfidf_check=not args.skip_tfidf, **kwargs)
     print("\n".join(describe_choice(result)))
+    if args.lexical != "off":
+        from evals.lexical import attach_lexical, describe
+
+        print("\n".join(describe(attach_lexical(artifact, result, train_ds, dev_ds, mode=args.lexical))))
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -182,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head settings: auto (default: the default head unless another of "
                         "evals/head_search.py's candidates (half-width, narrow-regularised, smoothed) "
                         "clearly beats it out-of-fold on train; the choice is in the manifest) or one by name")
+    p.add_argument("--lexical", choices=["auto", "on", "off"], default="auto",
+                   help="a lexical part (per-model weights over token and hashed bigram ids) beside the head: "
+                        "auto (default) keeps it only where train-only cross-validation says it helps; the "
+                        "decision and its out-of-fold figures are printed and in the manifest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true",
                    help="skip the TF-IDF baseline on dev and its out-of-fold check on train (faster)")

@@ -3,7 +3,7 @@
 Candidates are encoder windows (encoders.TAIL_TOKENS): the first 256 tokens, as every artifact before
 windows read, and head + tail windows that also read a long prompt's end, where few-shot templates, RAG
 context and chat history put the question. Each candidate is trained by training.train; the one with the
-best out-of-fold train frontier AUC (oof_routing) is kept, the test split is never read. A windowed
+best out-of-fold train frontier AUC (evals/oof.py) is kept, the test split is never read. A windowed
 candidate must beat the head-only one by WINDOW_MARGIN, the figure's noise between seeds, to be kept: the
 head-only window is the default every other setting was tuned on (docs/evaluation.md).
 

@@ -29,10 +29,16 @@ class RouterPredictions:
 def artifact_predictions(artifact: Artifact, texts: list[str], *,
                          show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quality, expected_cost_usd, prompt_embedding) of an artifact on texts, through the head's reference
-    math (the same as the fused kernel), with embeddings cached like training's."""
+    math (the same as the fused kernel), with embeddings cached like training's; a lexical part's logits added."""
     manifest = artifact.manifest
-    x = embed_cached(artifact.load_encoder(), texts, show_progress=show_progress)
-    quality, cost = reference_score(artifact.weights, x, log_lengths(texts).numpy(), manifest.inv_temperature)
+    encoder = artifact.load_encoder()
+    x = embed_cached(encoder, texts, show_progress=show_progress)
+    offset = None
+    if artifact.lexical is not None:
+        tokens = encoder.tokenize(texts)
+        offset = artifact.lexical.logits(tokens.token_ids, tokens.offsets, impl="reference").numpy()
+    quality, cost = reference_score(artifact.weights, x, log_lengths(texts).numpy(), manifest.inv_temperature,
+                                    offset)
     return quality, cost, x
 
 

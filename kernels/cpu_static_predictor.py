@@ -18,16 +18,20 @@ import math
 import numpy as np
 import torch
 
-from . import static_embed
+from . import cpu_lexical, lexical_logits, static_embed
 from ._numba import compiled
+from .cpu_lexical import add_lexical_logits
 from .static_embed import NORM_EPS
 
 
-@compiled(boundscheck=False, depends_on=(static_embed,))   # NORM_EPS is compiled in
-def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
+# NORM_EPS is compiled in, and so are the lexical part's loop and hash.
+@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical, lexical_logits))
+def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                 lex_bigram_bits, quality, cost):
     """One prompt, token_ids[start:end] -> its quality and cost rows, (m,) each. table (vocab, hidden + dim)
     fp32 = [table @ w1 | table]; out_wt (hidden, 2 m): quality columns (inv_temperature folded in) then cost
-    columns."""
+    columns. lex_weights: the lexical part's (vocab + 2^bits, m) rows, added to the quality logits after the
+    temperature, or (0, m) for an artifact without one (then nothing is added: the same bits as before)."""
     hidden, width, m = b1.shape[0], table.shape[1], cost_len_coef.shape[0]
     sums = np.zeros(width, np.float32)
     for t in range(start, end):                       # fp32 running sum, as embedding_bag does
@@ -45,24 +49,28 @@ def score_tokens(token_ids, start, end, log_len, table, b1, out_wt, out_b, cost_
             w = out_wt[j]
             for k in range(2 * m):
                 logits[k] += h * w[k]
+    if lex_weights.shape[0] > 0:
+        add_lexical_logits(token_ids, start, end, lex_weights, lex_vocab, lex_bigram_bits, logits)
     for k in range(m):
         quality[k] = 1.0 / (1.0 + math.exp(-logits[k]))
         cost[k] = math.exp(logits[m + k] + np.float64(log_len) * cost_len_coef[k])
 
 
-@compiled(boundscheck=False, depends_on=(static_embed,))
-def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, quality, cost):
+@compiled(boundscheck=False, depends_on=(static_embed, cpu_lexical, lexical_logits))
+def _folded_predictor(token_ids, offsets, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                      lex_bigram_bits, quality, cost):
     """Every prompt of a batch, each on its own; writes quality and cost, (batch, m) each."""
     for b in range(offsets.shape[0] - 1):
         score_tokens(token_ids, offsets[b], offsets[b + 1], log_len[b], table, b1, out_wt, out_b, cost_len_coef,
-                     quality[b], cost[b])
+                     lex_weights, lex_vocab, lex_bigram_bits, quality[b], cost[b])
 
 
 class FoldedStaticPredictor:
     """The static predictor on the CPU: weights folded once at load, one compiled call per batch."""
 
     def __init__(self, table, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef,
-                 inv_temperature: float):
+                 inv_temperature: float, lexical=None):
+        """lexical: the artifact's lexical part (predictor_service.lexical.LexicalPart) or None."""
         with torch.no_grad():
             table, w1 = table.float(), w1.float()
             self.table = torch.cat([table @ w1, table], dim=1).contiguous().numpy()   # (vocab, hidden + dim)
@@ -74,6 +82,11 @@ class FoldedStaticPredictor:
         self.out_b = out_b.double().numpy()
         self.cost_len_coef = cost_len_coef.float().numpy().copy()
         self.n_models = int(out_w.shape[0]) // 2
+        if lexical is None:
+            self.lex_weights, self.lex_vocab, self.lex_bigram_bits = np.zeros((0, self.n_models), np.float32), 0, 1
+        else:
+            self.lex_weights = np.ascontiguousarray(lexical.weights.float().numpy())   # (n_features, m)
+            self.lex_vocab, self.lex_bigram_bits = int(lexical.vocab), int(lexical.bigram_bits)
         self.predict(np.zeros(1, np.int64), np.array([0, 1]), np.zeros(1, np.float32))  # compile or load now
 
     def predict(self, token_ids: np.ndarray, offsets: np.ndarray, log_len: np.ndarray):
@@ -87,7 +100,7 @@ class FoldedStaticPredictor:
         quality = np.empty((batch, self.n_models), np.float32)
         cost = np.empty((batch, self.n_models), np.float32)
         _folded_predictor(token_ids, offsets, log_len, self.table, self.b1, self.out_wt, self.out_b,
-                          self.cost_len_coef, quality, cost)
+                          self.cost_len_coef, self.lex_weights, self.lex_vocab, self.lex_bigram_bits, quality, cost)
         return quality, cost
 
     def __call__(self, token_ids, offsets, log_len):

@@ -1,8 +1,11 @@
 """Fused scoring head: prompt embedding -> (quality, expected_cost_usd) for every model, one launch.
 
     h = relu(x @ w1 + b1)                                                          # (batch, hidden)
-    quality = sigmoid((h @ quality_emb.T + quality_bias) * inv_temperature)       # (batch, n_models)
+    quality = sigmoid((h @ quality_emb.T + quality_bias) * inv_temperature [+ quality_offset])  # (batch, n_models)
     expected_cost_usd = exp(h @ cost_emb.T + cost_bias + log_len[:, None] * cost_len_coef)
+
+quality_offset (batch, n_models), optional: logits added after the temperature (the lexical part's,
+kernels/lexical_logits.py).
 
 The hidden layer never reaches global memory: each program keeps its rows' h in registers and feeds both
 heads from there, so a call reads x once and writes only the two (batch, n_models) outputs.
@@ -23,9 +26,9 @@ _ACC_ELEMENTS = 16384
 
 @triton.jit
 def _head_epilogue(acc_h, rows, row_mask, b1_ptr, quality_emb_ptr, quality_bias_ptr, cost_emb_ptr,
-                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_ptr, cost_ptr,
+                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_offset_ptr, quality_ptr, cost_ptr,
                    H, M, inv_temperature,
-                   BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr):
+                   BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr, HAS_OFFSET: tl.constexpr):
     """From the pre-activation x @ w1 of a block of rows (fp32, in registers) to both stored outputs."""
     hid = tl.arange(0, BLOCK_H)
     hid_mask = hid < H
@@ -52,21 +55,24 @@ def _head_epilogue(acc_h, rows, row_mask, b1_ptr, quality_emb_ptr, quality_bias_
     cost_len_coef = tl.load(cost_len_coef_ptr + models, mask=model_mask, other=0.0).to(tl.float32)
     log_len = tl.load(log_len_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
 
-    quality = tl.sigmoid((quality_logit + quality_bias[None, :]) * inv_temperature)
-    expected_cost = tl.exp(cost_logit + cost_bias[None, :] + log_len[:, None] * cost_len_coef[None, :])
-
     out_offsets = rows[:, None] * M + models[None, :]
     out_mask = row_mask[:, None] & model_mask[None, :]
+    quality_logit = (quality_logit + quality_bias[None, :]) * inv_temperature
+    if HAS_OFFSET:
+        quality_logit += tl.load(quality_offset_ptr + out_offsets, mask=out_mask, other=0.0).to(tl.float32)
+    quality = tl.sigmoid(quality_logit)
+    expected_cost = tl.exp(cost_logit + cost_bias[None, :] + log_len[:, None] * cost_len_coef[None, :])
+
     tl.store(quality_ptr + out_offsets, quality, mask=out_mask)
     tl.store(cost_ptr + out_offsets, expected_cost, mask=out_mask)
 
 
 @triton.jit
 def _scoring_head_kernel(x_ptr, w1_ptr, b1_ptr, quality_emb_ptr, quality_bias_ptr, cost_emb_ptr,
-                         cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_ptr, cost_ptr,
+                         cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_offset_ptr, quality_ptr, cost_ptr,
                          B, D, H, M, inv_temperature,
                          BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_M: tl.constexpr):
+                         BLOCK_M: tl.constexpr, HAS_OFFSET: tl.constexpr):
     pid = tl.program_id(0)
     # int64 rows so that row * D cannot overflow int32 for very large batches; the cast costs nothing.
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -85,8 +91,8 @@ def _scoring_head_kernel(x_ptr, w1_ptr, b1_ptr, quality_emb_ptr, quality_bias_pt
         acc_h = tl.dot(x, w1, acc_h, input_precision="ieee")
 
     _head_epilogue(acc_h, rows, row_mask, b1_ptr, quality_emb_ptr, quality_bias_ptr, cost_emb_ptr,
-                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_ptr, cost_ptr,
-                   H, M, inv_temperature, BLOCK_H, BLOCK_M)
+                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_offset_ptr, quality_ptr, cost_ptr,
+                   H, M, inv_temperature, BLOCK_H, BLOCK_M, HAS_OFFSET)
 
 
 def head_block_sizes(batch: int, hidden: int, n_models: int) -> dict:
@@ -99,7 +105,7 @@ def head_block_sizes(batch: int, hidden: int, n_models: int) -> dict:
 
 
 def scoring_head_forward(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef,
-                         log_len, inv_temperature: float):
+                         log_len, inv_temperature: float, quality_offset=None):
     """Launch the fused kernel on validated inputs; returns fp32 (quality, expected_cost_usd)."""
     batch, dim = x.shape
     hidden, n_models = w1.shape[1], quality_emb.shape[0]
@@ -114,21 +120,26 @@ def scoring_head_forward(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bi
     _scoring_head_kernel[grid](
         x.contiguous(), w1.contiguous(), b1.contiguous(), quality_emb.contiguous(),
         quality_bias.contiguous(), cost_emb.contiguous(), cost_bias.contiguous(),
-        cost_len_coef.contiguous(), log_len.contiguous(), quality, expected_cost_usd,
-        batch, dim, hidden, n_models, float(inv_temperature), BLOCK_D=block_d, **blocks,
+        cost_len_coef.contiguous(), log_len.contiguous(),
+        quality if quality_offset is None else quality_offset.contiguous(), quality, expected_cost_usd,
+        batch, dim, hidden, n_models, float(inv_temperature), BLOCK_D=block_d,
+        HAS_OFFSET=quality_offset is not None, **blocks,
     )
     return quality, expected_cost_usd
 
 
 def scoring_head_reference(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef,
-                           log_len, inv_temperature: float):
+                           log_len, inv_temperature: float, quality_offset=None):
     """Eager PyTorch, every input upcast to fp32: the contract the kernel is tested against.
 
     addmm and in-place epilogues because this is also the minilm head's CPU serving path: 7 ops instead of
     14 take a batch-1 call from ~75 to ~35 us on 2 cores.
     """
     h = torch.addmm(b1.float(), x.float(), w1.float()).relu_()  # (batch, hidden)
-    quality = torch.addmm(quality_bias.float(), h, quality_emb.float().T).mul_(inv_temperature).sigmoid_()
+    quality = torch.addmm(quality_bias.float(), h, quality_emb.float().T).mul_(inv_temperature)
+    if quality_offset is not None:
+        quality.add_(quality_offset.float())
+    quality.sigmoid_()
     log_cost = torch.addmm(cost_bias.float(), h, cost_emb.float().T)
     expected_cost_usd = log_cost.addcmul_(log_len.float()[:, None], cost_len_coef.float()[None, :]).exp_()
     return quality, expected_cost_usd  # (batch, n_models) each

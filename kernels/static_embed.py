@@ -2,6 +2,9 @@
 
     out[b] = v / max(||v||, 1e-12),  v = mean(table[token_ids[offsets[b]:offsets[b+1]]])    # (batch, dim)
 
+With normalize=False the launcher returns v itself: the lexical part's per-model logits
+(kernels/lexical_logits.py) are that mean over its weight rows.
+
 Prompts arrive ragged, as one flat token_ids plus batch + 1 offsets, so no padding is gathered; a prompt
 with no tokens gives the zero vector.
 """
@@ -20,7 +23,8 @@ _TILE_ELEMENTS = 8192
 
 @triton.jit
 def _static_embed_kernel(token_ids_ptr, offsets_ptr, table_ptr, out_ptr, D,
-                         EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                         EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         NORMALIZE: tl.constexpr):
     prompt = tl.program_id(0).to(tl.int64)
     start = tl.load(offsets_ptr + prompt).to(tl.int64)
     end = tl.load(offsets_ptr + prompt + 1).to(tl.int64)
@@ -39,12 +43,15 @@ def _static_embed_kernel(token_ids_ptr, offsets_ptr, table_ptr, out_ptr, D,
 
     n_tokens = (end - start).to(tl.float32)
     mean = tl.sum(acc, axis=0) / tl.maximum(n_tokens, 1.0)  # (BLOCK_D,); zero for an empty prompt
-    norm = tl.sqrt(tl.sum(mean * mean, axis=0))
-    tl.store(out_ptr + prompt * D + dims, mean / tl.maximum(norm, EPS), mask=dim_mask)
+    if NORMALIZE:
+        norm = tl.sqrt(tl.sum(mean * mean, axis=0))
+        mean = mean / tl.maximum(norm, EPS)
+    tl.store(out_ptr + prompt * D + dims, mean, mask=dim_mask)
 
 
-def static_embed_forward(token_ids, offsets, table):
-    """Launch one program per prompt on validated inputs; returns (batch, dim) fp32."""
+def static_embed_forward(token_ids, offsets, table, normalize: bool = True):
+    """Launch one program per prompt on validated inputs; returns (batch, dim) fp32, the rows' mean
+    L2-normalised, or the plain mean with normalize=False."""
     batch, dim = offsets.shape[0] - 1, table.shape[1]
     out = torch.empty((batch, dim), device=table.device, dtype=torch.float32)
     if batch == 0:
@@ -54,7 +61,7 @@ def static_embed_forward(token_ids, offsets, table):
     block_t = max(1, min(16, _TILE_ELEMENTS // block_d)) * INTERPRETER_TILE_SCALE
     _static_embed_kernel[(batch,)](
         token_ids.contiguous(), offsets.contiguous(), table.contiguous(), out, dim, EPS=NORM_EPS,
-        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4 if block_d <= 512 else 8,
+        BLOCK_T=block_t, BLOCK_D=block_d, NORMALIZE=bool(normalize), num_warps=4 if block_d <= 512 else 8,
     )
     return out
 

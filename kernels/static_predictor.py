@@ -10,7 +10,7 @@ pre-activation by the embedding norm at the end: (m / |m|) @ w1 == (m @ w1) / |m
 
 import torch
 
-from ._triton_utils import INTERPRETER_TILE_SCALE, next_power_of_2, resolve_impl, tl, triton
+from ._triton_utils import INTERPRETER_TILE_SCALE, check_tensor, next_power_of_2, resolve_impl, tl, triton
 from .scoring_head import (
     _head_epilogue, check_head_inputs, head_block_sizes, head_shape_ok, scoring_head_reference,
 )
@@ -23,10 +23,11 @@ _GATHER_ELEMENTS = 8192
 @triton.jit
 def _static_predictor_kernel(token_ids_ptr, offsets_ptr, table_ptr, w1_ptr, b1_ptr, quality_emb_ptr,
                              quality_bias_ptr, cost_emb_ptr, cost_bias_ptr, cost_len_coef_ptr,
-                             log_len_ptr, quality_ptr, cost_ptr,
+                             log_len_ptr, quality_offset_ptr, quality_ptr, cost_ptr,
                              B, D, H, M, inv_temperature,
                              EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
-                             BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr):
+                             BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr,
+                             HAS_OFFSET: tl.constexpr):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_mask = rows < B
@@ -60,12 +61,12 @@ def _static_predictor_kernel(token_ids_ptr, offsets_ptr, table_ptr, w1_ptr, b1_p
     acc_h = acc_h / tl.maximum(tl.sqrt(sum_sq), EPS)[:, None]
 
     _head_epilogue(acc_h, rows, row_mask, b1_ptr, quality_emb_ptr, quality_bias_ptr, cost_emb_ptr,
-                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_ptr, cost_ptr,
-                   H, M, inv_temperature, BLOCK_H, BLOCK_M)
+                   cost_bias_ptr, cost_len_coef_ptr, log_len_ptr, quality_offset_ptr, quality_ptr, cost_ptr,
+                   H, M, inv_temperature, BLOCK_H, BLOCK_M, HAS_OFFSET)
 
 
 def static_predictor_forward(token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias,
-                             cost_emb, cost_bias, cost_len_coef, inv_temperature: float):
+                             cost_emb, cost_bias, cost_len_coef, inv_temperature: float, quality_offset=None):
     """Launch the fused kernel on validated inputs; returns fp32 (quality, expected_cost_usd)."""
     batch, dim = offsets.shape[0] - 1, table.shape[1]
     hidden, n_models = w1.shape[1], quality_emb.shape[0]
@@ -83,41 +84,45 @@ def static_predictor_forward(token_ids, offsets, table, log_len, w1, b1, quality
         token_ids.contiguous(), offsets.contiguous(), table.contiguous(), w1.contiguous(),
         b1.contiguous(), quality_emb.contiguous(), quality_bias.contiguous(), cost_emb.contiguous(),
         cost_bias.contiguous(), cost_len_coef.contiguous(), log_len.contiguous(),
+        quality if quality_offset is None else quality_offset.contiguous(),
         quality, expected_cost_usd, batch, dim, hidden, n_models, float(inv_temperature),
-        EPS=NORM_EPS, BLOCK_T=block_t, BLOCK_D=block_d, **blocks,
+        EPS=NORM_EPS, BLOCK_T=block_t, BLOCK_D=block_d, HAS_OFFSET=quality_offset is not None, **blocks,
     )
     return quality, expected_cost_usd
 
 
 def static_predictor_reference(token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias,
-                               cost_emb, cost_bias, cost_len_coef, inv_temperature: float):
+                               cost_emb, cost_bias, cost_len_coef, inv_temperature: float, quality_offset=None):
     """The composition of the two references, in fp32."""
     prompt_embedding = static_embed_reference(token_ids, offsets, table)  # (batch, dim)
     return scoring_head_reference(prompt_embedding, w1, b1, quality_emb, quality_bias, cost_emb,
-                                  cost_bias, cost_len_coef, log_len, inv_temperature)
+                                  cost_bias, cost_len_coef, log_len, inv_temperature, quality_offset)
 
 
 def static_predictor(token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias, cost_emb,
                      cost_bias, cost_len_coef, inv_temperature: float, impl: str = "auto",
-                     trusted: bool = False):
+                     trusted: bool = False, quality_offset=None):
     """(quality, expected_cost_usd), each (batch, n_models) fp32, straight from ragged token ids.
 
     impl: "auto" (the kernel for CUDA tensors it supports, else the reference), "triton" or "reference".
     Raises ValueError for a wrong shape, dtype or device, or offsets/token ids out of range. `trusted`
     skips those checks for inputs that `Predictor` builds itself (weights checked when the artifact loaded,
     ids from the table's own tokenizer): on the CPU they cost ~40 us at batch 1, more than a GPU launch.
+    quality_offset: optional (batch, n_models) logits added after the temperature (the lexical part's).
     """
     op = "static_predictor"
     if not trusted:
         batch = check_token_inputs(op, token_ids, offsets, table)
         check_head_inputs(op, batch, table.shape[1], table.device, w1, b1, quality_emb, quality_bias,
                           cost_emb, cost_bias, cost_len_coef, log_len)
+        if quality_offset is not None:
+            check_tensor(op, "quality_offset", quality_offset, (batch, quality_emb.shape[0]), "float", table.device)
     shape_ok, reason = head_shape_ok(w1.shape[1], quality_emb.shape[0])
     chosen = resolve_impl(op, impl, table.device, (table.dtype, w1.dtype, quality_emb.dtype), shape_ok,
                           reason)
     fn = static_predictor_forward if chosen == "triton" else static_predictor_reference
     return fn(token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias,
-              cost_len_coef, inv_temperature)
+              cost_len_coef, inv_temperature, quality_offset)
 
 
 __all__ = ["static_predictor", "static_predictor_forward", "static_predictor_reference"]

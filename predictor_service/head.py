@@ -111,9 +111,11 @@ class ScoringHead(nn.Module):
 
 
 def reference_score(weights: HeadWeights, prompt_embedding: np.ndarray, log_len: np.ndarray,
-                    inv_temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """The eager reference on numpy inputs, for evaluation code that never needs the kernel."""
+                    inv_temperature: float, quality_offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The eager reference on numpy inputs, for evaluation code that never needs the kernel.
+    quality_offset: (batch, n_models) logits added after the temperature (a lexical part's), or None."""
     quality, cost = scoring_head_reference(torch.as_tensor(prompt_embedding, dtype=torch.float32),
                                            *weights.as_dict().values(),
-                                           torch.as_tensor(log_len, dtype=torch.float32), inv_temperature)
+                                           torch.as_tensor(log_len, dtype=torch.float32), inv_temperature,
+                                           None if quality_offset is None else torch.as_tensor(quality_offset))
     return quality.numpy(), cost.numpy()

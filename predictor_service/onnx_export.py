@@ -70,6 +70,9 @@ class StaticPredictorGraph(nn.Module):
 
 
 def _metadata(artifact: Artifact, graph: str) -> dict[str, str]:
+    if artifact.lexical is not None:   # every export goes through here: a graph without the part would score wrong
+        raise ValueError("this artifact has a lexical part (lexical.safetensors), which the ONNX graphs do not "
+                         "carry; export an artifact trained with `routoo train --lexical off`")
     m = artifact.manifest
     return {"routoo_graph": graph, "encoder": m.encoder, "max_tokens": str(m.max_tokens),
             **pool_parameters(m.model_names, m.model_prices),

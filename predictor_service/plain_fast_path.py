@@ -14,16 +14,17 @@ import math
 
 import numpy as np
 
-from kernels import cpu_static_predictor
+from kernels import cpu_lexical, cpu_static_predictor, lexical_logits
 from kernels.cpu_jit import compiled
 from kernels.cpu_static_predictor import FoldedStaticPredictor, score_tokens
 from predictor_service import ascii_wordpiece
 from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window_into, window_buffer_size
 
 
-@compiled(boundscheck=False, depends_on=(cpu_static_predictor, ascii_wordpiece))
+@compiled(boundscheck=False,
+          depends_on=(cpu_static_predictor, cpu_lexical, lexical_logits, ascii_wordpiece))
 def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
-                       table, b1, out_wt, out_b, cost_len_coef):
+                       table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
     """Scores the text `data` (bytes) into out[0, row] (quality) and out[1, row] (expected cost) if it is
     plain ASCII; returns whether it was."""
     if not is_plain_ascii(data):
@@ -35,7 +36,8 @@ def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word
     n = plain_ascii_window_into(data, tokens, max_tokens, tail_tokens, True, unk_id, max_word, slots, keys,
                                 longest)
     log_len = np.float32(math.log1p(len(data)))   # as head.log_lengths_numpy; one byte a character here
-    score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, out[0, row], out[1, row])
+    score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                 lex_bigram_bits, out[0, row], out[1, row])
     return True
 
 
@@ -46,7 +48,8 @@ class PlainFastPath:
         self._encoder = encoder
         plain = encoder.plain_tokenizer
         self._args = (plain.max_tokens, plain.tail_tokens, plain.unk_id, plain.max_word_chars, *plain.table,
-                      predictor.table, predictor.b1, predictor.out_wt, predictor.out_b, predictor.cost_len_coef)
+                      predictor.table, predictor.b1, predictor.out_wt, predictor.out_b, predictor.cost_len_coef,
+                      predictor.lex_weights, predictor.lex_vocab, predictor.lex_bigram_bits)
         self.score("warm up", np.empty((2, 1, predictor.n_models), np.float32), 0)   # compile or load now
 
     def score(self, text: str, out: np.ndarray, row: int) -> bool:

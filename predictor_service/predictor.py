@@ -5,7 +5,9 @@ both go through `Predictor.predict`. On a CUDA device the static predictor runs 
 (token gather + mean + normalise + head); on the CPU a plain ASCII prompt goes through one compiled call
 (predictor_service.plain_fast_path) and other text through the encoder's tokenizer and
 kernels.cpu_static_predictor, the same maths as numba-compiled loops. The minilm head runs through
-kernels.scoring_head (kernel on CUDA, reference elsewhere).
+kernels.scoring_head (kernel on CUDA, reference elsewhere). An artifact's lexical part
+(predictor_service/lexical.py) adds its logits in every static path: inside the compiled CPU loop, and on
+CUDA through the gather + mean kernel (kernels.lexical_logits) into the fused kernel's quality_offset.
 """
 
 from __future__ import annotations
@@ -57,13 +59,18 @@ class Predictor:
         self.weights = artifact.weights.to(self.device)
         self.inv_temperature = float(manifest.inv_temperature)
         self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
+        self.lexical = artifact.lexical
+        if self.lexical is not None and self._table is None:
+            raise ArtifactError("a lexical part needs the static encoder's token ids; this artifact's encoder is "
+                                f"{manifest.encoder!r}")
+        self._lex_weights = self.lexical.weights.to(self.device) if self.lexical is not None else None
         self._folded = self._plain_path = None
         if self._table is not None and self.device.type == "cpu":
             from kernels.cpu_static_predictor import FoldedStaticPredictor   # numba: only where it runs
             from predictor_service.plain_fast_path import PlainFastPath
 
             self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
-                                                 self.inv_temperature)
+                                                 self.inv_temperature, lexical=self.lexical)
             self._plain_path = PlainFastPath(encoder, self._folded)
 
     @classmethod
@@ -108,9 +115,11 @@ class Predictor:
         log_len = log_lengths(texts).to(self.device)
         if self._table is not None:
             tokens = self.encoder.tokenize(texts)
+            offset = None if self.lexical is None else self.lexical.logits(tokens.token_ids, tokens.offsets,
+                                                                           weights=self._lex_weights)
             quality, cost = static_predictor(tokens.token_ids.to(self.device), tokens.offsets.to(self.device),
                                              self._table, log_len, *self.weights.as_dict().values(),
-                                             self.inv_temperature, trusted=True)
+                                             self.inv_temperature, trusted=True, quality_offset=offset)
         else:
             embedding = torch.from_numpy(self.encoder.encode(texts)).to(self.device)
             quality, cost = self.weights.score(embedding, log_len, self.inv_temperature)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -391,7 +391,10 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
                          "added_models": manifest.training.get("added_models", []) + [
                              {"name": name, "n_labelled": int(known.sum()), "prior": list(prior),
                               "costs_from_prices": bool(from_prices)}]}
-    return Artifact(manifest, new, static_encoder=artifact.static_encoder, source=artifact.source)
+    lexical = artifact.lexical
+    if lexical is not None:   # the new model has no lexical weights (a zero column): its head's logit alone
+        lexical = replace(lexical, weights=torch.cat([lexical.weights, torch.zeros(lexical.n_features, 1)], dim=1))
+    return Artifact(manifest, new, static_encoder=artifact.static_encoder, source=artifact.source, lexical=lexical)
 
 
 def fit_cost_rows(h: torch.Tensor, log_len: torch.Tensor, cost: np.ndarray, ridge: float = 1.0,
