@@ -78,12 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from evals.recipe import describe_choice, train_choosing_recipe
 
     artifact, result = train_choosing_recipe(train_ds, dev_ds, window=args.window, head=args.head,
-                                             tfidf_check=not args.skip_tfidf, **kwargs)
+                                             tfidf_check=not args.skip_tfidf, lexical=args.lexical, **kwargs)
     print("\n".join(describe_choice(result)))
-    if args.lexical != "off":
-        from evals.lexical import attach_lexical, describe
-
-        print("\n".join(describe(attach_lexical(artifact, result, train_ds, dev_ds, mode=args.lexical))))
     artifact.save(args.out)
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
@@ -134,7 +130,7 @@ def cmd_add_model(args: argparse.Namespace) -> int:
 
     from predictor_service.artifact import Artifact, default_artifact_path
     from training.data import load_dataset
-    from training.fit import add_model
+    from training.add_model import add_model
 
     artifact = Artifact.load(args.artifact or default_artifact_path())
     ds = load_dataset(args.data)

@@ -8,7 +8,8 @@ import numpy as np
 from evals.routers import artifact_predictions
 from predictor_service.artifact import Artifact
 from training.data import RoutingDataset
-from training.fit import TrainConfig, add_model, train
+from training.add_model import add_model
+from training.fit import TrainConfig, train
 from training.metrics import auroc_per_model
 
 

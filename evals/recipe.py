@@ -87,12 +87,15 @@ def train_choosing_window(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
 
 
 def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, window="auto",
-                          head: str = "auto", tfidf_check: bool = True, config=None, **train_kwargs):
+                          head: str = "auto", tfidf_check: bool = True, lexical: str = "off", config=None,
+                          **train_kwargs):
     """The window (train_choosing_window, or the fixed (max_tokens, tail_tokens) `window`), then the head
     settings on it (head_search: every candidate for "auto", else the named one), then the kept head's
     out-of-fold frontier AUC against TF-IDF + LR's on the same folds. Returns (artifact, result); the
     choices are in manifest.training ("window_choice", "head_choice", "tfidf_check") and in result, which
-    also holds "oof_fold" and "tfidf_oof_quality" (None when skipped) for a later stage to stack on."""
+    also holds "oof_fold" and "tfidf_oof_quality" (None when skipped). Then, unless `lexical` is "off", the
+    lexical part on the kept head (evals/lexical.py: "auto" keeps it only where it helps out-of-fold), whose
+    served out-of-fold figure the TF-IDF check compares too (tfidf_check["lexical"])."""
     from evals.head_search import DEFAULT_HEAD, HEAD_CANDIDATES, HEAD_SEEDS, head_candidate
     from training.fit import TrainConfig, fold_assignment, train
 
@@ -143,6 +146,15 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
     kept_result.update(window_choice=training["window_choice"], head_choice=choice, tfidf_check=check,
                        oof_fold=fold, tfidf_oof_quality=tfidf_oof,
                        candidate_artifacts=result.get("candidate_artifacts", {}))
+    if lexical != "off":
+        from evals.lexical import attach_lexical
+
+        record = attach_lexical(kept_artifact, kept_result, train_ds, dev_ds, mode=lexical)
+        if "skipped" not in check:
+            served = record["kept_after_temperature"] if record["kept"] else record["candidates"]["head only"]
+            margin = served["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"]
+            check["lexical"] = {"kept": record["kept"], "served_oof_frontier_auc": served["oof_frontier_auc"],
+                                "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
     return kept_artifact, kept_result
 
 
@@ -227,7 +239,19 @@ def describe_choice(result: dict) -> list[str]:
         lines.append(f"TF-IDF + LR out-of-fold frontier AUC {check['tfidf_oof_frontier_auc']:.4f} against the head's "
                      f"{check['head_oof_frontier_auc']:.4f} (head - TF-IDF {check['head_minus_tfidf']:+.4f} "
                      f"[{lo:+.4f}, {hi:+.4f}], same folds)")
-        if check["head_loses_to_tfidf"]:
-            lines.append("WARNING: the head loses to its own TF-IDF + LR baseline out-of-fold on this data; "
-                         "the lexical part is the remedy (manifest training.tfidf_check)")
+    if "lexical_choice" in result:
+        from evals.lexical import describe
+
+        lines += describe(result["lexical_choice"])
+    lexical = check.get("lexical")
+    if lexical is not None:
+        lines.append(f"served predictor (head{' + lexical part' if lexical['kept'] else ''}) out-of-fold frontier "
+                     f"AUC {lexical['served_oof_frontier_auc']:.4f}, TF-IDF + LR {check['tfidf_oof_frontier_auc']:.4f} "
+                     f"({lexical['served_minus_tfidf']:+.4f})")
+        if lexical["served_loses_to_tfidf"]:
+            lines.append("WARNING: the served predictor loses to its own TF-IDF + LR baseline out-of-fold on this "
+                         "data (manifest training.tfidf_check)")
+    elif "skipped" not in check and check["head_loses_to_tfidf"]:
+        lines.append("WARNING: the head loses to its own TF-IDF + LR baseline out-of-fold on this data; "
+                     "the lexical part (--lexical auto) is the remedy (manifest training.tfidf_check)")
     return lines

@@ -5,9 +5,10 @@ kNN and the told-category router on every set, AUC with bootstrap CIs and gap re
     PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite \
         --sets fewshot-5,long-rag,heldout-cats,pool-2,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
 
-Per set: `routoo train`'s default recipe (static encoder, --window auto --head auto:
+Per set: `routoo train`'s default recipe (static encoder, --window auto --head auto --lexical auto:
 recipe.train_choosing_recipe, which keeps the window, then the head settings, with the best *out-of-fold
-train* frontier AUC past a noise margin; the test side is never read to choose them), with the head-only
+train* frontier AUC past a noise margin, then the lexical part where it helps out-of-fold; the test side is
+never read to choose them), with the head-only
 256 window reported beside it where another one was kept. kNN, TF-IDF + LR and the
 told-category router (per-model logistic regression on the category one-hot, as `routoo eval-ceiling`'s)
 decide with the kept artifact's predicted costs; every frontier, CI and gap is `routoo eval`'s
@@ -48,14 +49,15 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
     test_ds = test_ds.select_models(train_ds.model_names)
     names = train_ds.model_names
     trained = time.perf_counter()
-    artifact, result = train_choosing_recipe(train_ds, None, show_progress=False)
+    artifact, result = train_choosing_recipe(train_ds, None, lexical="auto", show_progress=False)
     train_seconds = time.perf_counter() - trained
     choice, candidates = result["window_choice"], result["candidate_artifacts"]
     kept = choice["kept"]
     print("\n".join(f"  {folder.name}: {line}" for line in describe_choice(result)), flush=True)
     quality, cost, test_x = artifact_predictions(artifact, test_ds.texts)
     _, train_cost_pred, train_x = artifact_predictions(artifact, train_ds.texts)
-    routers = [RouterPredictions(f"routoo (window {kept}, head {result['head_choice']['kept']}, chosen by CV)",
+    routers = [RouterPredictions(f"routoo (window {kept}, head {result['head_choice']['kept']}, lexical "
+                                 f"{'on' if artifact.lexical is not None else 'off'}, chosen by CV)",
                                  quality, cost)]
     head_only = window_name(*HEAD_ONLY)
     if head_only in candidates and head_only != kept:

@@ -201,11 +201,6 @@ def _states_why_long(path: Path) -> bool:
     return bool(LONG_REASON.search(docstring) or LONG_REASON.search(leading_comments))
 
 
-# Over 400 lines on 2026-12-01, once the long modules and the three long test files were split: only
-# training/fit.py (432 lines), kept whole until issue 14's branches, which edit it, are merged; the lead
-# splits it then and removes this mark.
-@pytest.mark.xfail(strict=False, reason="issue 18: training/fit.py (432 lines) is split after issue 14 "
-                   "merges; the lead removes this mark then")
 def test_no_file_over_400_lines_without_a_reason_at_its_top():
     too_long = []
     for path in sorted(REPO.rglob("*.py")):

@@ -153,7 +153,7 @@ def test_triton_serves_the_part_as_scored_in_process(trained, tmp_path):
 
 
 def test_add_model_keeps_the_part_for_the_pool_and_none_for_the_new_model(trained, tmp_path):
-    from training.fit import add_model
+    from training.add_model import add_model
 
     root, train_ds, _, _, _, _ = trained
     artifact = Artifact.load(root / "artifact")
