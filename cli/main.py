@@ -62,9 +62,9 @@ def _window_arg(value: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training import baselines
+    from evals.recipe import describe_choice, train_choosing_recipe
     from training.data import load_dataset
-    from training.metrics import quality_metrics
+    from training.dev_report import baseline_record, dev_rows
     from training.fit import TrainConfig
 
     train_ds = load_dataset(args.data)
@@ -73,29 +73,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dev_ds is not None:
         print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
-    kwargs = dict(encoder_name=args.encoder, config=config, static_table=args.static_table,
-                  table_storage=args.table_storage)
-    from evals.recipe import describe_choice, train_choosing_recipe
-
-    artifact, result = train_choosing_recipe(train_ds, dev_ds, window=args.window, head=args.head,
-                                             tfidf_check=not args.skip_tfidf, lexical=args.lexical, **kwargs)
+    artifact, result = train_choosing_recipe(
+        train_ds, dev_ds, window=args.window, head=args.head, tfidf_check=not args.skip_tfidf,
+        lexical=args.lexical, encoder_name=args.encoder, config=config, static_table=args.static_table,
+        table_storage=args.table_storage)
     print("\n".join(describe_choice(result)))
-    artifact.save(args.out)
+    rows = None
+    if dev_ds is not None:
+        label = f"routoo head ({args.encoder})"
+        rows = dev_rows(train_ds, dev_ds, result["head"], label, tfidf=not args.skip_tfidf)
+        artifact.manifest.dev_metrics["baselines"] = baseline_record(rows, label)
+    artifact.save(args.out)        # once, with the dev report in its manifest
     print(f"artifact written to {args.out} (inverse temperature {artifact.manifest.inv_temperature:.3f}, "
           f"{artifact.manifest.training['epochs']} epochs)")
-    if dev_ds is not None:
-        dev_ds = dev_ds.select_models(train_ds.model_names)
-        rows = {f"routoo head ({args.encoder})": result["head"],
-                "per-model mean (no prompt)": quality_metrics(
-                    dev_ds.quality, baselines.per_model_mean(train_ds.quality, len(dev_ds)))}
-        if not args.skip_tfidf:
-            rows["tf-idf + logistic reg."] = quality_metrics(
-                dev_ds.quality, baselines.tfidf_logistic(train_ds.texts, train_ds.quality, dev_ds.texts))
+    if rows is not None:
         _print_metrics_table(rows)
-        artifact.manifest.dev_metrics["baselines"] = {
-            k: {kk: round(vv, 5) for kk, vv in v.items() if isinstance(vv, float)}
-            for k, v in rows.items() if not k.startswith("routoo")}
-        artifact.save(args.out)
     return 0
 
 

@@ -60,7 +60,7 @@ def test_train_says_when_the_head_loses_to_its_own_tfidf_baseline(tmp_path, caps
     from cli.main import main as routoo
 
     data = _topic_in_the_middle(tmp_path / "train")
-    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), *SMALL]) == 0
+    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), *SMALL, "--lexical", "off"]) == 0
     training = Artifact.load(tmp_path / "art").manifest.training
     check, choice = training["tfidf_check"], training["head_choice"]
     assert check["head_loses_to_tfidf"] and check["head_minus_tfidf"] < 0
@@ -73,6 +73,23 @@ def test_train_says_when_the_head_loses_to_its_own_tfidf_baseline(tmp_path, caps
         assert row["seeds"] == (2 if name in ahead or (name == "default" and ahead) else 1)
     out = capsys.readouterr().out
     assert "WARNING: the head loses to its own TF-IDF + LR baseline" in out and f"head: {choice['kept']}" in out
+
+
+def test_the_tfidf_check_judges_the_served_predictor_once_the_lexical_stage_ran(tmp_path, capsys):
+    from cli.main import main as routoo
+
+    data = _topic_in_the_middle(tmp_path / "train")
+    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), *SMALL, "--head", "default"]) == 0
+    manifest = Artifact.load(tmp_path / "art").manifest
+    check, lexical = manifest.training["tfidf_check"], manifest.training["lexical_choice"]
+    served = check["lexical"]
+    assert served["kept"] == lexical["kept"]
+    expected = (lexical["kept_after_temperature"] if lexical["kept"] else lexical["candidates"]["head only"])
+    assert served["served_oof_frontier_auc"] == expected["oof_frontier_auc"]
+    assert served["served_minus_tfidf"] == round(expected["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"], 5)
+    out = capsys.readouterr().out
+    assert ("WARNING: the served predictor loses" in out) == served["served_loses_to_tfidf"]
+    assert "lexical part:" in out
 
 
 def test_a_named_head_is_trained_alone_and_a_bad_name_fails_before_training(tmp_path, capsys):
