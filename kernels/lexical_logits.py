@@ -17,7 +17,6 @@ bucket in Python, on numpy int64 arrays and compiled by numba (kernels/cpu_lexic
 """
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ._triton_utils import check_tensor, resolve_impl
