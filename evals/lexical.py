@@ -36,7 +36,7 @@ from predictor_service.artifact import Artifact
 from training.data import RoutingDataset
 from predictor_service.head import HeadWeights
 from predictor_service.lexical import LexicalPart
-from training.metrics import log_loss, quality_metrics
+from training.metrics import log_loss, quality_metrics, rounded_metrics
 from evals.oof import oof_frontier
 from training.fit import category_smoothed_targets, fit_temperature, fold_assignment
 
@@ -267,7 +267,7 @@ def attach_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, d
         metrics = quality_metrics(dev_ds.quality, quality_dev)
         dev_metrics = artifact.manifest.dev_metrics
         dev_metrics["head_without_lexical"] = dev_metrics.get("head")
-        dev_metrics["head"] = {k: round(v, 5) for k, v in metrics.items() if isinstance(v, float)}
+        dev_metrics["head"] = rounded_metrics(metrics)
         result["head_without_lexical"], result["head"] = result["head"], metrics
     return record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from training import baselines
 from training.data import RoutingDataset
-from training.metrics import quality_metrics
+from training.metrics import quality_metrics, rounded_metrics
 
 
 def dev_rows(train_ds: RoutingDataset, dev_ds: RoutingDataset, head_metrics: dict, head_label: str, *,
@@ -23,5 +23,4 @@ def dev_rows(train_ds: RoutingDataset, dev_ds: RoutingDataset, head_metrics: dic
 
 def baseline_record(rows: dict[str, dict], head_label: str) -> dict[str, dict]:
     """The baselines' rows as the manifest's dev_metrics["baselines"] stores them (floats, 5 decimals)."""
-    return {k: {kk: round(vv, 5) for kk, vv in v.items() if isinstance(vv, float)}
-            for k, v in rows.items() if k != head_label}
+    return {k: rounded_metrics(v) for k, v in rows.items() if k != head_label}
