@@ -19,8 +19,8 @@ from kernels import (
 )
 from kernels.cpu_static_predictor import FoldedStaticPredictor
 
-from tests.support.kernel_cases import (BACKENDS, INV_TEMPERATURE, TOLERANCE, VOCAB, _CUDA,
-                                       _NO_COMPILED_CUDA, _NOT_INTERPRETED, assert_head_close, make_head_params,
+from tests.support.kernel_cases import (BACKENDS, INV_TEMPERATURE, TOLERANCE, VOCAB, HAS_CUDA,
+                                       NO_COMPILED_CUDA, NOT_INTERPRETED, assert_head_close, make_head_params,
                                        make_prompts, to_cpu)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_static_embed_matches_reference(batch, dim, index_dtype, device, dtype):
     torch.testing.assert_close(got.cpu()[~empty].norm(dim=1), torch.ones(int((~empty).sum())))
 
 
-@pytest.mark.skipif(not kernels.INTERPRET, reason=_NOT_INTERPRETED)
+@pytest.mark.skipif(not kernels.INTERPRET, reason=NOT_INTERPRETED)
 @settings(max_examples=15, deadline=None)
 @given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12), dim=st.integers(1, 300),
        seed=st.integers(0, 2**31 - 1))
@@ -148,7 +148,7 @@ def test_dispatch_picks_reference_for_cpu_tensors(op, monkeypatch):
             dispatcher(*args, **kwargs, impl="triton")
 
 
-@pytest.mark.skipif(not _CUDA or kernels.INTERPRET, reason=_NO_COMPILED_CUDA)
+@pytest.mark.skipif(not HAS_CUDA or kernels.INTERPRET, reason=NO_COMPILED_CUDA)
 @pytest.mark.parametrize("op", ["scoring_head", "static_embed", "static_predictor"])
 def test_dispatch_picks_kernel_for_cuda_tensors(op, monkeypatch):
     module = importlib.import_module(f"kernels.{op}")

@@ -16,14 +16,14 @@ VOCAB = 30522  # bert-base-uncased, the static encoder's tokenizer
 PROMPT_LENGTHS = (200, 0, 3, 1)  # cycled then shuffled: long, empty and tiny prompts in one batch
 INV_TEMPERATURE = 1.5
 
-_CUDA = torch.cuda.is_available()
-_NOT_INTERPRETED = "kernels were compiled: TRITON_INTERPRET=1 must be set before `kernels` is imported"
-_NO_COMPILED_CUDA = "needs a CUDA device and compiled (not interpreted) kernels"
+HAS_CUDA = torch.cuda.is_available()
+NOT_INTERPRETED = "kernels were compiled: TRITON_INTERPRET=1 must be set before `kernels` is imported"
+NO_COMPILED_CUDA = "needs a CUDA device and compiled (not interpreted) kernels"
 BACKENDS = [
     pytest.param("cpu", torch.float32, id="interpret-fp32",
-                 marks=pytest.mark.skipif(not kernels.INTERPRET, reason=_NOT_INTERPRETED)),
+                 marks=pytest.mark.skipif(not kernels.INTERPRET, reason=NOT_INTERPRETED)),
     *[pytest.param("cuda", dtype, id=f"cuda-{name}",
-                   marks=pytest.mark.skipif(not _CUDA or kernels.INTERPRET, reason=_NO_COMPILED_CUDA))
+                   marks=pytest.mark.skipif(not HAS_CUDA or kernels.INTERPRET, reason=NO_COMPILED_CUDA))
       for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16))],
 ]
 
