@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
     artifact, result = train_choosing_recipe(
         train_ds, dev_ds, window=args.window, head=args.head, tfidf_check=not args.skip_tfidf,
-        lexical=args.lexical, encoder_name=args.encoder, config=config, static_table=args.static_table,
+        lexical=args.lexical, prior_shrink=args.prior_shrink, encoder_name=args.encoder, config=config, static_table=args.static_table,
         table_storage=args.table_storage)
     print("\n".join(describe_choice(result)))
     rows = None
@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a lexical part (per-model weights over token and hashed bigram ids) beside the head: "
                         "auto (default) keeps it only where train-only cross-validation says it helps; the "
                         "decision and its out-of-fold figures are printed and in the manifest")
+    p.add_argument("--prior-shrink", choices=["auto", "off"], default="auto",
+                   help="pull the served quality toward each model's train mean: auto (default) picks the share "
+                        "by train-only cross-validation (one-standard-error rule, evals/prior_shrink.py); the "
+                        "choice and its out-of-fold figures are printed and in the manifest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true",
                    help="skip the TF-IDF baseline on dev and its out-of-fold check on train (faster)")

@@ -231,6 +231,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
                       head_scale=round(temperature * head_share_served, 6),
                       quality_bias_added=[round(float(b), 6) for b in lexical_scale * bias],
                       kept_after_temperature=_frontier_row(1 / (1 + np.exp(-z * temperature)), train_ds))
+        result["served_oof_quality"] = 1 / (1 + np.exp(-z * temperature))   # for the prior shrink stage
         part = LexicalPart(weights * lexical_scale, vocab, config.bigram_bits, config.storage).rounded()
         record["fitted_rows"] = int((part.weights != 0).any(dim=1).sum())
     record["seconds"] = round(time.perf_counter() - started, 1)

@@ -87,7 +87,8 @@ def train_choosing_window(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
 
 
 def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, window="auto",
-                          head: str = "auto", tfidf_check: bool = True, lexical: str = "off", config=None,
+                          head: str = "auto", tfidf_check: bool = True, lexical: str = "off", prior_shrink: str = "off",
+                          config=None,
                           **train_kwargs):
     """The window (train_choosing_window, or the fixed (max_tokens, tail_tokens) `window`), then the head
     settings on it (head_search: every candidate for "auto", else the named one), then the kept head's
@@ -95,7 +96,8 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
     choices are in manifest.training ("window_choice", "head_choice", "tfidf_check") and in result, which
     also holds "oof_fold" and "tfidf_oof_quality" (None when skipped). Then, unless `lexical` is "off", the
     lexical part on the kept head (evals/lexical.py: "auto" keeps it only where it helps out-of-fold), whose
-    served out-of-fold figure the TF-IDF check compares too (tfidf_check["lexical"])."""
+    served out-of-fold figure the TF-IDF check compares too (tfidf_check["lexical"]). Last, unless
+    `prior_shrink` is "off", the shrink toward each model's train mean (evals/prior_shrink.py, one-SE rule)."""
     from evals.head_search import DEFAULT_HEAD, HEAD_CANDIDATES, HEAD_SEEDS, head_candidate
     from training.fit import TrainConfig, fold_assignment, train
 
@@ -155,6 +157,15 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
             margin = served["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"]
             check["lexical"] = {"kept": record["kept"], "served_oof_frontier_auc": served["oof_frontier_auc"],
                                 "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
+    if prior_shrink != "off":
+        from evals.prior_shrink import attach_prior_shrink
+
+        record = attach_prior_shrink(kept_artifact, kept_result, train_ds, dev_ds, mode=prior_shrink)
+        if "skipped" not in check and record["alpha"] > 0:
+            served = record["candidates"][f"{record['alpha']:g}"]["oof_frontier_auc"]
+            margin = served - check["tfidf_oof_frontier_auc"]
+            check["prior_shrink"] = {"alpha": record["alpha"], "served_oof_frontier_auc": served,
+                                     "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
     return kept_artifact, kept_result
 
 
@@ -254,4 +265,13 @@ def describe_choice(result: dict) -> list[str]:
     elif "skipped" not in check and check["head_loses_to_tfidf"]:
         lines.append("WARNING: the head loses to its own TF-IDF + LR baseline out-of-fold on this data; "
                      "the lexical part (--lexical auto) is the remedy (manifest training.tfidf_check)")
+    if "prior_shrink" in result:
+        from evals.prior_shrink import describe as describe_shrink
+
+        lines += describe_shrink(result["prior_shrink"])
+    shrink = check.get("prior_shrink")
+    if shrink is not None:
+        lines.append(f"served predictor with the prior shrink: out-of-fold frontier AUC "
+                     f"{shrink['served_oof_frontier_auc']:.4f}, TF-IDF + LR {check['tfidf_oof_frontier_auc']:.4f} "
+                     f"({shrink['served_minus_tfidf']:+.4f})")
     return lines

@@ -32,6 +32,7 @@ from evals.ceiling import category_features
 from evals.config import EvalConfig
 from evals.harness import choose_knn_k
 from evals.pool import evaluate_pool
+from evals.prior_shrink import unshrunk
 from evals.recipe import HEAD_ONLY, describe_choice, train_choosing_recipe
 from evals.routers import RouterPredictions, artifact_predictions, knn_quality, no_prompt_router, oracle_router
 from evals.scorer_metric import scorer_aucs
@@ -49,16 +50,21 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
     test_ds = test_ds.select_models(train_ds.model_names)
     names = train_ds.model_names
     trained = time.perf_counter()
-    artifact, result = train_choosing_recipe(train_ds, None, lexical="auto", show_progress=False)
+    artifact, result = train_choosing_recipe(train_ds, None, lexical="auto", prior_shrink="auto",
+                                             show_progress=False)
     train_seconds = time.perf_counter() - trained
     choice, candidates = result["window_choice"], result["candidate_artifacts"]
     kept = choice["kept"]
     print("\n".join(f"  {folder.name}: {line}" for line in describe_choice(result)), flush=True)
     quality, cost, test_x = artifact_predictions(artifact, test_ds.texts)
     _, train_cost_pred, train_x = artifact_predictions(artifact, train_ds.texts)
+    alpha = result.get("prior_shrink", {}).get("alpha", 0.0)
     routers = [RouterPredictions(f"routoo (window {kept}, head {result['head_choice']['kept']}, lexical "
-                                 f"{'on' if artifact.lexical is not None else 'off'}, chosen by CV)",
-                                 quality, cost)]
+                                 f"{'on' if artifact.lexical is not None else 'off'}, prior shrink {alpha:g}, "
+                                 f"chosen by CV)", quality, cost)]
+    if alpha > 0:   # the same predictor before the shrink (exact up to the lexical part's int8 rounding)
+        before = unshrunk(quality, np.array(result["prior_shrink"]["prior"]), alpha)
+        routers.append(RouterPredictions("routoo (prior shrink off)", before, cost))
     head_only = window_name(*HEAD_ONLY)
     if head_only in candidates and head_only != kept:
         q0, _, _ = artifact_predictions(candidates[head_only], test_ds.texts)
@@ -80,27 +86,31 @@ def run_set(folder: Path, config: EvalConfig) -> dict:
                          train_ds.quality, train_ds.cost_usd, test_ds.quality, test_ds.cost_usd, names, config)
     return {"set": folder.name, "n_train": len(train_ds), "n_test": len(test_ds), "n_models": len(names),
             "window_kept": kept, "window_choice": choice, "head_kept": result["head_choice"]["kept"],
-            "head_choice": result["head_choice"], "tfidf_check": result["tfidf_check"], "routers": rows,
+            "head_choice": result["head_choice"], "tfidf_check": result["tfidf_check"],
+            "prior_shrink": result.get("prior_shrink"), "routers": rows,
             "scorer_metric": scorer, "train_seconds": round(train_seconds),
             "seconds": round(time.perf_counter() - started)}
 
 
+def _column(name: str) -> str:
+    return ("routoo" if "chosen by CV" in name else "routoo, no shrink" if "shrink off" in name
+            else "routoo (256)" if name.startswith("routoo") else "kNN" if name.startswith("kNN") else name)
+
+
 def format_table(results: list[dict]) -> str:
-    cols = ["routoo", "routoo (256)", "TF-IDF + LR", "kNN", "told category", "no-prompt (per-model mean)", "oracle"]
-    lines = ["| set (train / test prompts, models) | window, head (CV) | Routoo AUC [95% CI] / gap | Routoo, 256 head "
-             "| TF-IDF + LR | kNN | told category | no-prompt | oracle | Routoo - TF-IDF [95% CI] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    cols = ["routoo", "routoo, no shrink", "routoo (256)", "TF-IDF + LR", "kNN", "told category", "no-prompt (per-model mean)", "oracle"]
+    lines = ["| set (train / test prompts, models) | window, head, shrink (CV) | Routoo AUC [95% CI] / gap "
+             "| Routoo, no shrink | Routoo, 256 head | TF-IDF + LR | kNN | told category | no-prompt | oracle "
+             "| Routoo - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         by = {}
         for name, row in r["routers"].items():
-            key = ("routoo" if "chosen by CV" in name else "routoo (256)" if name.startswith("routoo")
-                   else "kNN" if name.startswith("kNN") else name)
-            by[key] = row
+            by[_column(name)] = row
         cells = []
         for c in cols:
             row = by.get(c)
             if row is None:
-                cells.append("= Routoo" if c == "routoo (256)" else "-")
+                cells.append("= Routoo" if c in ("routoo (256)", "routoo, no shrink") else "-")
             elif c == "routoo":
                 lo, hi = row["auc_ci95"]
                 cells.append(f"{row['auc']:.4f} [{lo:.4f}, {hi:.4f}] / {row['gap_recovered']:.3f}")
@@ -110,7 +120,7 @@ def format_table(results: list[dict]) -> str:
                 cells.append(f"{row['auc']:.4f} / {row['gap_recovered']:.3f}")
         lo, hi = by["TF-IDF + LR"]["routoo_minus_auc_ci95"]
         lines.append(f"| {r['set']} ({r['n_train']} / {r['n_test']}, {r['n_models']}) | {r['window_kept']}, "
-                     f"{r['head_kept']} | "
+                     f"{r['head_kept']}, {(r.get('prior_shrink') or {}).get('alpha', 0):g} | "
                      + " | ".join(cells) + f" | [{lo:+.4f}, {hi:+.4f}] |")
     gaps = [(r["routers"][next(n for n in r["routers"] if "chosen by CV" in n)]["auc"]
              - r["routers"]["TF-IDF + LR"]["auc"]) for r in results]
@@ -121,15 +131,14 @@ def format_table(results: list[dict]) -> str:
 def format_scorer_table(results: list[dict]) -> str:
     """The held-out scorer's metric (operating points, mean train cost as price) and the train-only
     out-of-fold TF-IDF check of `routoo train`."""
-    lines = ["| set | Routoo AUC / gap | Routoo, 256 head | TF-IDF + LR | kNN | told category | no-prompt | oracle "
-             "| OOF on train: head - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | Routoo AUC / gap | Routoo, no shrink | Routoo, 256 head | TF-IDF + LR | kNN | told category "
+             "| no-prompt | oracle | OOF on train: head - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
     diffs = []
     for r in results:
-        by = {("routoo" if "chosen by CV" in n else "routoo (256)" if n.startswith("routoo")
-               else "kNN" if n.startswith("kNN") else n): row for n, row in r["scorer_metric"].items()}
+        by = {_column(n): row for n, row in r["scorer_metric"].items()}
         diffs.append(by["routoo"]["auc"] - by["TF-IDF + LR"]["auc"])
         cells = [f"{by[c]['auc']:.4f} / {by[c]['gap']:.3f}" if c in by else "= Routoo"
-                 for c in ("routoo", "routoo (256)", "TF-IDF + LR", "kNN", "told category")]
+                 for c in ("routoo", "routoo, no shrink", "routoo (256)", "TF-IDF + LR", "kNN", "told category")]
         check = r["tfidf_check"]
         lo, hi = check.get("head_minus_tfidf_ci95", (np.nan, np.nan))
         lines.append(f"| {r['set']} | " + " | ".join(cells) + f" | {by['no-prompt']['auc']:.4f} | "
