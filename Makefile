@@ -29,9 +29,8 @@ eval: setup
 	$(VENV)/bin/routoo eval --train ../shared/data/mmlu-pro/train --test ../shared/data/mmlu-pro/dev \
 		--out-json docs/evaluation-static.json --plot docs/frontier.png
 
-# The committed default has no lexical part (--lexical off): `routoo export-onnx` and Triton's onnxruntime
-# models cannot carry it yet. `routoo train`'s own default (--lexical auto) keeps it on mmlu-pro
-# (dev frontier AUC 0.7951 -> 0.8014, docs/evaluation.md "Lexical part").
+# The recipe's own default (--lexical auto) keeps the lexical part on mmlu-pro (dev frontier AUC 0.7951
+# head-only -> 0.8014, docs/evaluation.md "Lexical part"); `routoo export-onnx` carries it in the static graph.
 train-default: setup
 	$(VENV)/bin/routoo train --data ../shared/data/mmlu-pro/train --dev ../shared/data/mmlu-pro/dev \
-		--encoder static --lexical off --out predictor_service/default_artifact
+		--encoder static --out predictor_service/default_artifact

@@ -258,7 +258,8 @@ def attach_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, d
                                        np.array(record["quality_bias_added"], np.float32))
     artifact.lexical = part
     artifact.manifest.lexical = {}
-    artifact.manifest.training["lexical_choice"] = record
+    # Without its wall time: the manifest holds nothing that changes from run to run or machine to machine.
+    artifact.manifest.training["lexical_choice"] = {k: v for k, v in record.items() if k != "seconds"}
     result["lexical_choice"] = record
     if part is not None and dev_ds is not None and result.get("x_dev") is not None:
         from evals.routers import artifact_predictions

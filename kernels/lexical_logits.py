@@ -17,6 +17,7 @@ bucket in Python, on numpy int64 arrays and compiled by numba (kernels/cpu_lexic
 """
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from ._triton_utils import check_tensor, resolve_impl
@@ -37,6 +38,21 @@ def bigram_bucket(first, second, bigram_bits):
     h = (((h >> 16) ^ h) * _MIX_MULT) & _MASK32
     h = (h >> 16) ^ h
     return h & ((1 << bigram_bits) - 1)
+
+
+def bigram_bucket_exportable(first, second, bigram_bits: int):
+    """bigram_bucket on int64 torch tensors of ids in [0, 2^31), in ops torch.onnx exports and ONNX runs on
+    int64 (predictor_service/onnx_lexical.py): `x >> 16` is a truncating division by 2^16 (exact, every
+    hashed value is in [0, 2^32)), `a ^ b` is `a + b - 2 * (a & b)` (the exporter refuses integer xor at
+    every opset, ONNX's BitShift takes unsigned types only; `&` is BitwiseAnd, opset 18)."""
+    def mix(h):   # (h >> 16) ^ h
+        high = torch.div(h, 1 << 16, rounding_mode="trunc")
+        return high + h - 2 * (high & h)
+
+    h = (first * _PAIR_MULT + second) & _MASK32
+    h = (mix(h) * _MIX_MULT) & _MASK32
+    h = (mix(h) * _MIX_MULT) & _MASK32
+    return mix(h) & ((1 << bigram_bits) - 1)
 
 
 def lexical_features(token_ids: np.ndarray, offsets: np.ndarray, vocab: int,
@@ -90,5 +106,5 @@ def check_bigram_bits(bigram_bits: int) -> None:
         raise ValueError(f"bigram_bits must be an int in [1, {MAX_BIGRAM_BITS}], got {bigram_bits!r}")
 
 
-__all__ = ["bigram_bucket", "lexical_features", "lexical_logits", "lexical_logits_forward",
-           "lexical_logits_reference"]
+__all__ = ["bigram_bucket", "bigram_bucket_exportable", "lexical_features", "lexical_logits",
+           "lexical_logits_forward", "lexical_logits_reference"]

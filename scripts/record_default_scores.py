@@ -37,6 +37,7 @@ def main() -> None:
     OUT.write_text(json.dumps({
         "head_sha256": hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest(),
         "table_digest": predictor.artifact.manifest.encoder_table_digest,
+        "lexical_sha256": predictor.artifact.manifest.lexical.get("sha256"),   # None: no lexical part
         "recorded_on": machine_summary(),
         "prompts": PROMPTS,
         "quality": quality.tolist(),

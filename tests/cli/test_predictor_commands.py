@@ -1,4 +1,4 @@
-"""The predictor's commands, `routoo score` and `routoo train`, end to end on small data."""
+"""The predictor's commands, `routoo score`, `routoo train` and `routoo export-onnx`, end to end."""
 
 import csv
 import json
@@ -33,3 +33,27 @@ def test_train_cli_end_to_end(tmp_path, capsys):
     assert "per-model mean (no prompt)" in out and "tf-idf + logistic reg." in out
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert set(manifest["dev_metrics"]["baselines"]) == {"per-model mean (no prompt)", "tf-idf + logistic reg."}
+
+
+def test_export_onnx_cli_carries_the_default_artifacts_lexical_part(tmp_path, capsys):
+    """The committed default has a lexical part: only the static graph is written, and it scores as the
+    in-process predictor does."""
+    import onnxruntime as ort
+
+    from predictor_service.artifact import default_artifact_path
+    from predictor_service.head import log_lengths
+    from predictor_service.predictor import Predictor
+    from tests.support.predicting import assert_scores_equal
+
+    assert routoo(["export-onnx", "--out", str(tmp_path / "repo"), "--instance-kind", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["routoo_static_onnx"]
+    assert "wrote" in capsys.readouterr().out
+    predictor = Predictor.load(default_artifact_path(), device="cpu")
+    assert predictor.lexical is not None
+    texts = ["Integrate x^2 from 0 to 3.", "Which court hears a contract dispute?", ""]
+    tokens = predictor.encoder.tokenize(texts)
+    session = ort.InferenceSession(str(tmp_path / "repo" / "routoo_static_onnx" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    quality, cost = session.run(None, {"TOKEN_IDS": tokens.token_ids.numpy(), "OFFSETS": tokens.offsets.numpy(),
+                                       "LOG_LEN": log_lengths(texts).numpy()})
+    assert_scores_equal(quality, cost, *predictor.predict(texts))

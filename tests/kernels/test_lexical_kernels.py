@@ -1,6 +1,7 @@
-"""The lexical part's kernels: the bigram hash the same in Python, numpy and numba; the gather + mean (the
-static embedding's kernel without its norm) under TRITON_INTERPRET=1 against the reference, compiled where
-CUDA exists; the fused predictor's quality_offset and the compiled CPU loop with a lexical part."""
+"""The lexical part's kernels: the bigram hash the same in Python, numpy, numba and its exportable torch
+form; the gather + mean (the static embedding's kernel without its norm) under TRITON_INTERPRET=1 against
+the reference, compiled where CUDA exists; the fused predictor's quality_offset and the compiled CPU loop
+with a lexical part."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 import kernels
 from kernels.cpu_lexical import bigram_bucket as compiled_bucket
 from kernels.cpu_static_predictor import FoldedStaticPredictor
-from kernels.lexical_logits import bigram_bucket, lexical_features, lexical_logits, lexical_logits_reference
+from kernels.lexical_logits import (bigram_bucket, bigram_bucket_exportable, lexical_features, lexical_logits,
+                                    lexical_logits_reference)
 from kernels.scoring_head import scoring_head_forward, scoring_head_reference
 from kernels.static_embed import static_embed_forward
 from kernels.static_predictor import static_predictor, static_predictor_reference
@@ -40,6 +42,8 @@ def test_bigram_bucket_is_one_function_in_python_numpy_and_numba():
         assert vectorised.dtype == np.int64 and ((vectorised >= 0) & (vectorised < 1 << bits)).all()
         assert [bigram_bucket(int(a), int(b), bits) for a, b in zip(first, second)] == vectorised.tolist()
         assert [compiled_bucket(a, b, bits) for a, b in zip(first, second)] == vectorised.tolist()
+        exportable = bigram_bucket_exportable(torch.from_numpy(first), torch.from_numpy(second), bits)
+        assert exportable.tolist() == vectorised.tolist()   # the ONNX graph's form (no xor, no shift)
     # Fixed by the documented arithmetic, not by the machine or the process (no Python hash()).
     assert [bigram_bucket(101, 2054, 16), bigram_bucket(2054, 101, 16), bigram_bucket(0, 0, 16)] == [62846, 7846, 0]
 

@@ -3,7 +3,9 @@ no cache, next to a table distilled on "another machine", and copied elsewhere; 
 
 The recorded values (tests/data/default_artifact_scores.json, scripts/record_default_scores.py) were taken
 on one machine. Other CPUs may differ in the last bits of the head's matmuls (BLAS kernels), never in the
-table (decoding is exact), so the tolerance is the paths' own: 1e-5 on quality, 1e-5 relative on cost.
+table or the lexical part (both int8 with fp32 row scales: decoding is exact; the part's mean is fp32 sums
+in a fixed order, ~1e-7 on a logit), so the tolerance is the paths' own: 1e-5 on quality, 1e-5 relative on
+cost.
 """
 
 import json
@@ -69,6 +71,7 @@ def test_recorded_values_belong_to_the_committed_artifact(default_predictor):
     assert hashlib.sha256(head).hexdigest() == RECORDED["head_sha256"], \
         "the default artifact changed: rerun scripts/record_default_scores.py"
     assert default_predictor.artifact.manifest.encoder_table_digest == RECORDED["table_digest"]
+    assert default_predictor.artifact.manifest.lexical.get("sha256") == RECORDED["lexical_sha256"]
 
 
 def test_cpu_path_scores_the_recorded_values(default_predictor):
@@ -76,17 +79,20 @@ def test_cpu_path_scores_the_recorded_values(default_predictor):
 
 
 def test_reference_and_fused_kernel_score_the_recorded_values(default_predictor):
-    """The PyTorch reference (encoder + head) and the fused Triton kernel (interpreted on the CPU, compiled
-    on a GPU) of the same artifact."""
+    """The PyTorch reference (encoder + head, plus the lexical part's reference where the artifact has one)
+    and the fused Triton kernel (interpreted on the CPU, compiled on a GPU) of the same artifact."""
     artifact, encoder = default_predictor.artifact, default_predictor.encoder
     log_len = log_lengths(PROMPTS)
-    quality, cost = reference_score(artifact.weights, encoder.encode(PROMPTS), log_len.numpy(),
-                                    artifact.manifest.inv_temperature)
-    assert_recorded(quality, cost)
     tokens = encoder.tokenize(PROMPTS)
+    lexical_logits = None if artifact.lexical is None else artifact.lexical.logits(tokens.token_ids, tokens.offsets,
+                                                                                    impl="reference")
+    quality, cost = reference_score(artifact.weights, encoder.encode(PROMPTS), log_len.numpy(),
+                                    artifact.manifest.inv_temperature,
+                                    None if lexical_logits is None else lexical_logits.numpy())
+    assert_recorded(quality, cost)
     quality, cost = static_predictor(tokens.token_ids, tokens.offsets, encoder.table, log_len,
                                      *artifact.weights.as_dict().values(), artifact.manifest.inv_temperature,
-                                     impl="triton")
+                                     impl="triton", quality_offset=lexical_logits)
     assert_recorded(quality.numpy(), cost.numpy())
 
 

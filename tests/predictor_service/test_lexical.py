@@ -168,9 +168,19 @@ def test_add_model_keeps_the_part_for_the_pool_and_none_for_the_new_model(traine
     np.testing.assert_allclose(after[:, :3], before, rtol=0, atol=1e-6)
 
 
-def test_onnx_export_refuses_an_artifact_with_a_part(trained, tmp_path):
+def test_onnx_static_graph_carries_the_trained_part(trained, tmp_path):
+    """The saved (int8) part of a trained artifact, hashing included, in the ONNX graph that onnxruntime runs."""
+    import onnxruntime as ort
+
+    from predictor_service.head import log_lengths
     from predictor_service.onnx_export import export_static_predictor
+    from tests.support.predicting import assert_scores_equal
 
     root, _, _, _, _, _ = trained
-    with pytest.raises(ValueError, match="lexical part"):
-        export_static_predictor(Artifact.load(root / "artifact"), tmp_path / "p.onnx")
+    predictor = Predictor.load(root / "artifact", device="cpu")
+    session = ort.InferenceSession(str(export_static_predictor(predictor.artifact, tmp_path / "p.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    tokens = predictor.encoder.tokenize(PROMPTS)
+    quality, cost = session.run(None, {"TOKEN_IDS": tokens.token_ids.numpy(), "OFFSETS": tokens.offsets.numpy(),
+                                       "LOG_LEN": log_lengths(PROMPTS).numpy()})
+    assert_scores_equal(quality, cost, *predictor.predict(PROMPTS))
