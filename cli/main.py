@@ -67,6 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.dev_report import baseline_record, dev_rows
     from training.fit import TrainConfig
 
+    if args.lexical == "on" and args.encoder != "static":   # fail before the training, not after it
+        raise ValueError(f"--lexical on needs the static encoder (the part reads its token ids), not {args.encoder!r}")
     train_ds = load_dataset(args.data)
     dev_ds = load_dataset(args.dev) if args.dev else None
     print(f"train: {len(train_ds)} prompts x {len(train_ds.model_names)} models ({train_ds.report.summary()})")

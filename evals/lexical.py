@@ -153,6 +153,10 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
         raise ValueError(f"lexical mode must be one of {MODES}, got {mode!r}")
     if mode == "off":
         return None, {"mode": "off", "kept": False}
+    if artifact.manifest.encoder != "static" and mode == "auto":   # the default must not fail a minilm run
+        return None, {"mode": "auto", "kept": False,
+                      "not_applicable": f"the part reads the static encoder's token ids; encoder is "
+                                        f"{artifact.manifest.encoder!r}"}
     if artifact.manifest.encoder != "static":
         raise ValueError(f"the lexical part reads the static encoder's token ids; this artifact's encoder is "
                          f"{artifact.manifest.encoder!r} (train with --lexical off)")
@@ -278,6 +282,8 @@ def describe(record: dict) -> list[str]:
     """The decision as stdout lines for `routoo train`."""
     if record["mode"] == "off":
         return ["lexical part: off (--lexical off)"]
+    if "not_applicable" in record:
+        return [f"lexical part: not applicable ({record['not_applicable']})"]
     lines = [f"lexical part: {'kept' if record['kept'] else 'not kept'} ({record['mode']}; best {record['best']}, "
              f"margin {record['margin']}), chosen by {record['by']}; {record['seconds']} s"]
     rows = dict(record["candidates"])

@@ -184,3 +184,21 @@ def test_onnx_static_graph_carries_the_trained_part(trained, tmp_path):
     quality, cost = session.run(None, {"TOKEN_IDS": tokens.token_ids.numpy(), "OFFSETS": tokens.offsets.numpy(),
                                        "LOG_LEN": log_lengths(PROMPTS).numpy()})
     assert_scores_equal(quality, cost, *predictor.predict(PROMPTS))
+
+
+def test_minilm_artifacts_skip_the_part_under_auto_and_refuse_it_when_asked(tmp_path, capsys):
+    """--lexical auto is the default, so a minilm run must not fail at its last step; --lexical on fails first."""
+    from cli.main import main as routoo
+    from evals.lexical import describe
+    from predictor_service.artifact import default_artifact_path
+
+    artifact = Artifact.load(default_artifact_path())
+    artifact.manifest.encoder = "minilm"
+    part, record = choose_lexical(artifact, {}, None, mode="auto")
+    assert part is None and not record["kept"] and "minilm" in record["not_applicable"]
+    assert describe(record) == [f"lexical part: not applicable ({record['not_applicable']})"]
+    with pytest.raises(ValueError, match="static encoder's token ids"):
+        choose_lexical(artifact, {}, None, mode="on")
+    code = routoo(["train", "--data", str(tmp_path / "never-read"), "--out", str(tmp_path / "a"),
+                   "--encoder", "minilm", "--lexical", "on"])
+    assert code == 2 and "--lexical on needs the static encoder" in capsys.readouterr().err
