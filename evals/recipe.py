@@ -152,7 +152,7 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
         from evals.lexical import attach_lexical
 
         record = attach_lexical(kept_artifact, kept_result, train_ds, dev_ds, mode=lexical)
-        if "skipped" not in check:
+        if "skipped" not in check and "not_applicable" not in record:
             served = record["kept_after_temperature"] if record["kept"] else record["candidates"]["head only"]
             margin = served["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"]
             check["lexical"] = {"kept": record["kept"], "served_oof_frontier_auc": served["oof_frontier_auc"],
