@@ -22,17 +22,20 @@ from evals.sweeps import eligible_cells as _eligible, sweep, tradeoff_lambdas
 
 
 def oof_comparison(oof_qualities: dict[str, np.ndarray], quality: np.ndarray, cost_usd: np.ndarray,
-                   names: list[str], *, n_boot: int = 0, seed: int = 0, config: EvalConfig | None = None) -> dict:
+                   names: list[str], *, n_boot: int = 0, seed: int = 0, config: EvalConfig | None = None,
+                   decide_cost: np.ndarray | None = None) -> dict:
     """{"auc": {name: AUC}, "gap_recovered": {name: gap}, "no_prompt_auc", "oracle_auc", "boot"} for each named
     (n, n_models) out-of-fold prediction on the train prompts; "boot" is (n_boot, len(oof_qualities)) AUCs on
-    prompt resamples shared by every candidate (paired), or None without n_boot."""
+    prompt resamples shared by every candidate (paired), or None without n_boot. decide_cost: the (n, n_models)
+    costs the candidates decide with (e.g. an artifact's predicted ones; default each model's mean train cost);
+    the same seed gives the same resamples, so comparisons under both stay paired."""
     config = config or EvalConfig()
     eligible = _eligible(quality, cost_usd)
     keep = eligible.any(axis=1)
     quality, cost_usd, eligible = quality[keep], cost_usd[keep], eligible[keep]
     singles = single_models(names, quality, cost_usd)
     best = best_single(singles, config.min_reference_coverage)
-    decide_cost = mean_cost(cost_usd, len(quality))
+    decide_cost = mean_cost(cost_usd, len(quality)) if decide_cost is None else np.asarray(decide_cost)[keep]
     routers = [RouterPredictions(key, q[keep].astype(np.float64), decide_cost) for key, q in oof_qualities.items()]
     routers += [no_prompt_router(quality, cost_usd, len(quality)), oracle_router(quality, cost_usd)]
     frontiers, aucs = [], []
