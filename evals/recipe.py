@@ -162,7 +162,8 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
 
         record = attach_prior_shrink(kept_artifact, kept_result, train_ds, dev_ds, mode=prior_shrink)
         if "skipped" not in check and record["alpha"] > 0:
-            served = record["candidates"][f"{record['alpha']:g}"]["oof_frontier_auc"]
+            # TF-IDF's out-of-fold AUC decides with mean train costs: compare like with like
+            served = record["candidates"][f"{record['alpha']:g}"]["deciding with mean train cost"]
             margin = served - check["tfidf_oof_frontier_auc"]
             check["prior_shrink"] = {"alpha": record["alpha"], "served_oof_frontier_auc": served,
                                      "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
@@ -254,14 +255,9 @@ def describe_choice(result: dict) -> list[str]:
         from evals.lexical import describe
 
         lines += describe(result["lexical_choice"])
-    lexical = check.get("lexical")
+    lexical, shrink = check.get("lexical"), check.get("prior_shrink")
     if lexical is not None:
-        lines.append(f"served predictor (head{' + lexical part' if lexical['kept'] else ''}) out-of-fold frontier "
-                     f"AUC {lexical['served_oof_frontier_auc']:.4f}, TF-IDF + LR {check['tfidf_oof_frontier_auc']:.4f} "
-                     f"({lexical['served_minus_tfidf']:+.4f})")
-        if lexical["served_loses_to_tfidf"]:
-            lines.append("WARNING: the served predictor loses to its own TF-IDF + LR baseline out-of-fold on this "
-                         "data (manifest training.tfidf_check)")
+        lines += _served_lines(f"head{' + lexical part' if lexical['kept'] else ''}", lexical, check)
     elif "skipped" not in check and check["head_loses_to_tfidf"]:
         lines.append("WARNING: the head loses to its own TF-IDF + LR baseline out-of-fold on this data; "
                      "the lexical part (--lexical auto) is the remedy (manifest training.tfidf_check)")
@@ -269,9 +265,15 @@ def describe_choice(result: dict) -> list[str]:
         from evals.prior_shrink import describe as describe_shrink
 
         lines += describe_shrink(result["prior_shrink"])
-    shrink = check.get("prior_shrink")
     if shrink is not None:
-        lines.append(f"served predictor with the prior shrink: out-of-fold frontier AUC "
-                     f"{shrink['served_oof_frontier_auc']:.4f}, TF-IDF + LR {check['tfidf_oof_frontier_auc']:.4f} "
-                     f"({shrink['served_minus_tfidf']:+.4f})")
+        lines += _served_lines(f"with the prior shrink {shrink['alpha']:g}", shrink, check)
+    return lines
+
+
+def _served_lines(label: str, served: dict, check: dict) -> list[str]:
+    lines = [f"served predictor ({label}) out-of-fold frontier AUC {served['served_oof_frontier_auc']:.4f}, "
+             f"TF-IDF + LR {check['tfidf_oof_frontier_auc']:.4f} ({served['served_minus_tfidf']:+.4f})"]
+    if served["served_loses_to_tfidf"]:
+        lines.append(f"WARNING: the served predictor ({label}) loses to its own TF-IDF + LR baseline out-of-fold "
+                     "on this data (manifest training.tfidf_check)")
     return lines

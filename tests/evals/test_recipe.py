@@ -88,8 +88,15 @@ def test_the_tfidf_check_judges_the_served_predictor_once_the_lexical_stage_ran(
     assert served["served_oof_frontier_auc"] == expected["oof_frontier_auc"]
     assert served["served_minus_tfidf"] == round(expected["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"], 5)
     out = capsys.readouterr().out
-    assert ("WARNING: the served predictor loses" in out) == served["served_loses_to_tfidf"]
+    assert ("WARNING: the served predictor (head" in out) == served["served_loses_to_tfidf"]
     assert "lexical part:" in out
+    shrink = manifest.training["prior_shrink"]
+    if shrink["alpha"] > 0:     # then the check judges the shrunk predictor too
+        row = shrink["candidates"][f"{shrink['alpha']:g}"]
+        assert check["prior_shrink"]["served_oof_frontier_auc"] == row["deciding with mean train cost"]
+        assert f"served predictor (with the prior shrink {shrink['alpha']:g})" in out
+    else:
+        assert "prior_shrink" not in check
 
 
 def test_a_named_head_is_trained_alone_and_a_bad_name_fails_before_training(tmp_path, capsys):
