@@ -86,8 +86,13 @@ def test_cli_train_prints_the_choice(tmp_path, capsys):
 
     data = synthetic_dataset(tmp_path / "train", n=80)
     code = routoo(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--hidden", "8", "--max-epochs", "5",
-                   "--window", "256", "--head", "default", "--lexical", "off"])
+                   "--window", "256", "--head", "default", "--lexical", "off", "--prior-shrink", "auto"])
     assert code == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "a" / "manifest.json").read_text())["training"]["prior_shrink"]
     assert f"prior shrink: alpha {record['alpha']:g}" in out and "alpha 0.75:" in out
+    # off by default: no stage, no record, the artifact as before the stage existed
+    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--hidden", "8", "--max-epochs",
+                   "5", "--window", "256", "--head", "default", "--lexical", "off"]) == 0
+    assert "prior shrink" not in capsys.readouterr().out
+    assert "prior_shrink" not in json.loads((tmp_path / "b" / "manifest.json").read_text())["training"]

@@ -79,7 +79,8 @@ def test_the_tfidf_check_judges_the_served_predictor_once_the_lexical_stage_ran(
     from cli.main import main as routoo
 
     data = _topic_in_the_middle(tmp_path / "train")
-    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), *SMALL, "--head", "default"]) == 0
+    assert routoo(["train", "--data", str(data), "--out", str(tmp_path / "art"), *SMALL, "--head", "default",
+                   "--prior-shrink", "auto"]) == 0
     manifest = Artifact.load(tmp_path / "art").manifest
     check, lexical = manifest.training["tfidf_check"], manifest.training["lexical_choice"]
     served = check["lexical"]
