@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from evals.lexical import LexicalConfig, attach_lexical
+from evals.lexical import LexicalConfig
 from evals.prior_shrink import ALPHAS, apply_prior_shrink, attach_prior_shrink, one_se_choice, shrunk
 from evals.routers import artifact_predictions
 from predictor_service.artifact import Artifact
 from predictor_service.predictor import Predictor
 from tests.support.datasets import synthetic_dataset
-from training.data import load_dataset
-from training.fit import TrainConfig, train
+from tests.support.lexical_artifacts import small_lexical_artifact
 
 PROMPTS = ["Question 3 about math: integral derivative?", "court ruling on a contract tort", "x", "",
            "detail " * 400 + "final question about law"]
@@ -22,12 +21,8 @@ PROMPTS = ["Question 3 about math: integral derivative?", "court ruling on a con
 @pytest.fixture(scope="module")
 def lexical_artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("shrink")
-    train_ds = load_dataset(synthetic_dataset(root / "train", n=120))
-    dev_ds = load_dataset(synthetic_dataset(root / "dev", n=45, seed=1))
-    artifact, result = train(train_ds, dev_ds, config=TrainConfig(hidden=8, folds=2, max_epochs=20, patience=20),
-                             show_progress=False)
-    attach_lexical(artifact, result, train_ds, dev_ds, mode="on",
-                   config=LexicalConfig(l2_grid=(1e-6,), blend_l2_grid=(), min_prompts=2, max_iter=30))
+    train_ds, dev_ds, artifact, result, _, _ = small_lexical_artifact(
+        root, LexicalConfig(l2_grid=(1e-6,), blend_l2_grid=(), min_prompts=2, max_iter=30))
     artifact.save(root / "before")
     return root, train_ds, dev_ds, result
 

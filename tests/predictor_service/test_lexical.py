@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from predictor_service.artifact import Artifact, ArtifactError
-from training.data import load_dataset
 from evals.routers import artifact_predictions
 from predictor_service.lexical import LEXICAL_FILE, LexicalPart
-from evals.lexical import LexicalConfig, attach_lexical, choose_lexical, fit_lexical
+from evals.lexical import LexicalConfig, choose_lexical, fit_lexical
 from predictor_service.predictor import Predictor
-from training.fit import TrainConfig, train
 from tests.support.datasets import synthetic_dataset
+from tests.support.lexical_artifacts import small_lexical_artifact
 
 # Small enough for a test: two stacked candidates and a blended one, features in >= 2 prompts.
 CONFIG = LexicalConfig(l2_grid=(1e-6, 1e-3), blend_l2_grid=(1e-5,), min_prompts=2, max_iter=30)
@@ -26,12 +25,7 @@ PROMPTS = ["Question 3 about math: integral derivative?", "court ruling on a con
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("lexical")
-    train_ds = load_dataset(synthetic_dataset(root / "train", n=120))
-    dev_ds = load_dataset(synthetic_dataset(root / "dev", n=45, seed=1))
-    artifact, result = train(train_ds, dev_ds, config=TrainConfig(hidden=8, folds=2, max_epochs=20, patience=20),
-                             show_progress=False)
-    head_dev = result["head"]
-    record = attach_lexical(artifact, result, train_ds, dev_ds, mode="on", config=CONFIG)
+    train_ds, _, artifact, result, record, head_dev = small_lexical_artifact(root, CONFIG)
     artifact.save(root / "artifact")
     return root, train_ds, artifact, result, record, head_dev
 
