@@ -77,8 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
     artifact, result = train_choosing_recipe(
         train_ds, dev_ds, window=args.window, head=args.head, tfidf_check=not args.skip_tfidf,
-        lexical=args.lexical, prior_shrink=args.prior_shrink, encoder_name=args.encoder, config=config, static_table=args.static_table,
-        table_storage=args.table_storage)
+        lexical=args.lexical, prior_shrink=args.prior_shrink, encoder_name=args.encoder, config=config,
+        static_table=args.static_table, table_storage=args.table_storage)
     print("\n".join(describe_choice(result)))
     rows = None
     if dev_ds is not None:

@@ -36,14 +36,13 @@ from predictor_service.artifact import Artifact
 from training.data import RoutingDataset
 from predictor_service.head import HeadWeights
 from predictor_service.lexical import LexicalPart
-from training.metrics import log_loss, quality_metrics, rounded_metrics
+from training.metrics import log_loss, logit, quality_metrics
 from evals.oof import oof_frontier
 from training.fit import category_smoothed_targets, fit_temperature, fold_assignment
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-_LOGIT_CLIP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,6 @@ class LexicalConfig:
     category_smoothing: float = 0.5
     category_prior_prompts: float = 20.0
     storage: str = "int8"           # lexical.LEXICAL_STORAGES
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _LOGIT_CLIP, 1 - _LOGIT_CLIP)
-    return np.log(p / (1 - p)).astype(np.float32)
 
 
 def _prompt_slices(feature_ids: np.ndarray, feature_offsets: np.ndarray, rows: np.ndarray):
@@ -168,7 +162,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
     feature_ids, feature_offsets = lexical_features(tokens.token_ids.numpy(), tokens.offsets.numpy(), vocab,
                                                     config.bigram_bits)
     oof_quality = np.asarray(result["oof_quality"], dtype=np.float64)
-    offset = _logit(oof_quality)                                            # (n, n_models)
+    offset = logit(oof_quality).astype(np.float32)                          # (n, n_models)
     quality = train_ds.quality
     categories = [p.category for p in train_ds.prompts]
     training = artifact.manifest.training
@@ -187,7 +181,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
         if kind == "stacked":
             return fit_lexical(*_prompt_slices(feature_ids, feature_offsets, rows), offset[rows], target,
                                n_features, l2, config), np.zeros(target.shape[1], np.float32)
-        bias = _logit(np.nan_to_num(np.nanmean(target, axis=0), nan=0.5))   # (n_models,)
+        bias = logit(np.nan_to_num(np.nanmean(target, axis=0), nan=0.5)).astype(np.float32)   # (n_models,)
         return fit_lexical(*_prompt_slices(feature_ids, feature_offsets, rows),
                            np.broadcast_to(bias, target.shape), target, n_features, l2, config), bias
 
@@ -266,15 +260,9 @@ def attach_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, d
     artifact.manifest.training["lexical_choice"] = {k: v for k, v in record.items() if k != "seconds"}
     result["lexical_choice"] = record
     if part is not None and dev_ds is not None and result.get("x_dev") is not None:
-        from evals.routers import artifact_predictions
+        from evals.routers import rescore_dev
 
-        dev_ds = dev_ds.select_models(train_ds.model_names)
-        quality_dev, _, _ = artifact_predictions(artifact, dev_ds.texts)
-        metrics = quality_metrics(dev_ds.quality, quality_dev)
-        dev_metrics = artifact.manifest.dev_metrics
-        dev_metrics["head_without_lexical"] = dev_metrics.get("head")
-        dev_metrics["head"] = rounded_metrics(metrics)
-        result["head_without_lexical"], result["head"] = result["head"], metrics
+        rescore_dev(artifact, result, dev_ds.select_models(train_ds.model_names), before="head_without_lexical")
     return record
 
 

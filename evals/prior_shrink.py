@@ -35,30 +35,24 @@ from predictor_service.artifact import Artifact
 from predictor_service.lexical import LexicalPart
 from training.baselines import per_model_rate
 from training.data import RoutingDataset
-from training.metrics import quality_metrics, rounded_metrics
+from training.metrics import logit
 
 log = logging.getLogger(__name__)
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75)   # 1.0 would be the no-prompt router: the prompt must still count
 BOOTSTRAP = 200                   # paired resamples of the train prompts, as the head search's
 MODES = ("auto", "off")
-_CLIP = 1e-6
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _CLIP, 1 - _CLIP)
-    return np.log(p / (1 - p))
 
 
 def shrunk(quality: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
     """(n, n_models) quality pulled toward prior (n_models,) by alpha in logit space."""
-    z = (1 - alpha) * _logit(quality) + alpha * _logit(prior)[None, :]
+    z = (1 - alpha) * logit(quality) + alpha * logit(prior)[None, :]
     return 1 / (1 + np.exp(-z))
 
 
 def unshrunk(quality: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
     """The inverse of shrunk: the predictor's quality before a shrink by alpha."""
-    z = (_logit(quality) - alpha * _logit(prior)[None, :]) / (1 - alpha)
+    z = (logit(quality) - alpha * logit(prior)[None, :]) / (1 - alpha)
     return 1 / (1 + np.exp(-z))
 
 
@@ -116,7 +110,7 @@ def apply_prior_shrink(artifact: Artifact, alpha: float, prior: np.ndarray) -> N
     if alpha == 0.0:
         return
     w, inv_t = artifact.weights, float(artifact.manifest.inv_temperature)
-    added = torch.as_tensor(alpha * _logit(prior) / inv_t, dtype=torch.float32)
+    added = torch.as_tensor(alpha * logit(prior) / inv_t, dtype=torch.float32)
     artifact.weights = replace(w, quality_emb=w.quality_emb * (1 - alpha),
                                quality_bias=w.quality_bias * (1 - alpha) + added)
     part = artifact.lexical
@@ -130,10 +124,10 @@ def attach_prior_shrink(artifact: Artifact, result: dict, train_ds: RoutingDatas
     """choose_prior_shrink on the served out-of-fold predictions (result["served_oof_quality"], else the
     head's), folded into the artifact and recorded in manifest.training["prior_shrink"]; with dev_ds the
     manifest's dev metrics and result["head"] become the shrunk predictor's."""
+    from evals.routers import artifact_predictions, rescore_dev
+
     served = result.get("served_oof_quality")
     served = result["oof_quality"] if served is None else served
-    from evals.routers import artifact_predictions
-
     seed = int(artifact.manifest.training.get("config", {}).get("seed", 0))
     # The artifact's own cost rows on its train prompts (in sample: the ridge rows barely overfit 7k prompts).
     predicted_cost = artifact_predictions(artifact, train_ds.texts)[1] if mode != "off" else None
@@ -144,11 +138,7 @@ def attach_prior_shrink(artifact: Artifact, result: dict, train_ds: RoutingDatas
         apply_prior_shrink(artifact, alpha, prior)
         result["served_oof_quality"] = shrunk(served, prior, alpha)
         if dev_ds is not None:
-            quality_dev, _, _ = artifact_predictions(artifact, dev_ds.select_models(train_ds.model_names).texts)
-            metrics = quality_metrics(dev_ds.select_models(train_ds.model_names).quality, quality_dev)
-            artifact.manifest.dev_metrics["head_before_prior_shrink"] = artifact.manifest.dev_metrics.get("head")
-            artifact.manifest.dev_metrics["head"] = rounded_metrics(metrics)
-            result["head"] = metrics
+            rescore_dev(artifact, result, dev_ds.select_models(train_ds.model_names), before="head_before_prior_shrink")
     artifact.manifest.training["prior_shrink"] = record
     result["prior_shrink"] = record
     log.info("prior shrink: alpha %g", alpha)

@@ -87,9 +87,8 @@ def train_choosing_window(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
 
 
 def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, window="auto",
-                          head: str = "auto", tfidf_check: bool = True, lexical: str = "off", prior_shrink: str = "off",
-                          config=None,
-                          **train_kwargs):
+                          head: str = "auto", tfidf_check: bool = True, lexical: str = "off",
+                          prior_shrink: str = "off", config=None, **train_kwargs):
     """The window (train_choosing_window, or the fixed (max_tokens, tail_tokens) `window`), then the head
     settings on it (head_search: every candidate for "auto", else the named one), then the kept head's
     out-of-fold frontier AUC against TF-IDF + LR's on the same folds. Returns (artifact, result); the
@@ -154,9 +153,7 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
         record = attach_lexical(kept_artifact, kept_result, train_ds, dev_ds, mode=lexical)
         if "skipped" not in check and "not_applicable" not in record:
             served = record["kept_after_temperature"] if record["kept"] else record["candidates"]["head only"]
-            margin = served["oof_frontier_auc"] - check["tfidf_oof_frontier_auc"]
-            check["lexical"] = {"kept": record["kept"], "served_oof_frontier_auc": served["oof_frontier_auc"],
-                                "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
+            check["lexical"] = {"kept": record["kept"], **_versus_tfidf(served["oof_frontier_auc"], check)}
     if prior_shrink != "off":
         from evals.prior_shrink import attach_prior_shrink
 
@@ -164,10 +161,15 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
         if "skipped" not in check and record["alpha"] > 0:
             # TF-IDF's out-of-fold AUC decides with mean train costs: compare like with like
             served = record["candidates"][f"{record['alpha']:g}"]["deciding with mean train cost"]
-            margin = served - check["tfidf_oof_frontier_auc"]
-            check["prior_shrink"] = {"alpha": record["alpha"], "served_oof_frontier_auc": served,
-                                     "served_minus_tfidf": round(margin, 5), "served_loses_to_tfidf": bool(margin < 0)}
+            check["prior_shrink"] = {"alpha": record["alpha"], **_versus_tfidf(served, check)}
     return kept_artifact, kept_result
+
+
+def _versus_tfidf(served_auc: float, check: dict) -> dict:
+    """The served predictor's out-of-fold frontier AUC against TF-IDF + LR's in the same check."""
+    margin = served_auc - check["tfidf_oof_frontier_auc"]
+    return {"served_oof_frontier_auc": served_auc, "served_minus_tfidf": round(margin, 5),
+            "served_loses_to_tfidf": bool(margin < 0)}
 
 
 def _compare_heads(train_ds: RoutingDataset, runs: dict, base) -> dict:

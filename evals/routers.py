@@ -11,6 +11,7 @@ from predictor_service.artifact import Artifact
 from predictor_service.head import log_lengths, reference_score
 from training import baselines
 from training.fit import embed_cached
+from training.metrics import quality_metrics, rounded_metrics
 
 
 @dataclass
@@ -40,6 +41,18 @@ def artifact_predictions(artifact: Artifact, texts: list[str], *,
     quality, cost = reference_score(artifact.weights, x, log_lengths(texts).numpy(), manifest.inv_temperature,
                                     offset)
     return quality, cost, x
+
+
+def rescore_dev(artifact: Artifact, result: dict, dev_ds, *, before: str) -> None:
+    """After a training stage changed what `artifact` serves: its dev metrics become the served predictor's,
+    in the manifest (`dev_metrics["head"]`) and in result["head"]; the previous ones are kept under `before`
+    in both. dev_ds: the dev split with the artifact's models."""
+    quality_dev, _, _ = artifact_predictions(artifact, dev_ds.texts)
+    metrics = quality_metrics(dev_ds.quality, quality_dev)
+    dev_metrics = artifact.manifest.dev_metrics
+    dev_metrics[before] = dev_metrics.get("head")
+    dev_metrics["head"] = rounded_metrics(metrics)
+    result[before], result["head"] = result.get("head"), metrics
 
 
 def knn_quality(train_x: np.ndarray, train_quality: np.ndarray, test_x: np.ndarray, k: int,

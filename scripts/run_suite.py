@@ -92,13 +92,17 @@ def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off") -> dict
             "seconds": round(time.perf_counter() - started)}
 
 
+# Both tables' router columns, before the no-prompt and oracle references.
+_COMPARED = ("routoo", "routoo, no shrink", "routoo (256)", "TF-IDF + LR", "kNN", "told category")
+
+
 def _column(name: str) -> str:
     return ("routoo" if "chosen by CV" in name else "routoo, no shrink" if "shrink off" in name
             else "routoo (256)" if name.startswith("routoo") else "kNN" if name.startswith("kNN") else name)
 
 
 def format_table(results: list[dict]) -> str:
-    cols = ["routoo", "routoo, no shrink", "routoo (256)", "TF-IDF + LR", "kNN", "told category", "no-prompt (per-model mean)", "oracle"]
+    cols = [*_COMPARED, "no-prompt (per-model mean)", "oracle"]
     lines = ["| set (train / test prompts, models) | window, head, shrink (CV) | Routoo AUC [95% CI] / gap "
              "| Routoo, no shrink | Routoo, 256 head | TF-IDF + LR | kNN | told category | no-prompt | oracle "
              "| Routoo - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -132,13 +136,14 @@ def format_scorer_table(results: list[dict]) -> str:
     """The held-out scorer's metric (operating points, mean train cost as price) and the train-only
     out-of-fold TF-IDF check of `routoo train`."""
     lines = ["| set | Routoo AUC / gap | Routoo, no shrink | Routoo, 256 head | TF-IDF + LR | kNN | told category "
-             "| no-prompt | oracle | OOF on train: head - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| no-prompt | oracle | OOF on train: head - TF-IDF [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     diffs = []
     for r in results:
         by = {_column(n): row for n, row in r["scorer_metric"].items()}
         diffs.append(by["routoo"]["auc"] - by["TF-IDF + LR"]["auc"])
         cells = [f"{by[c]['auc']:.4f} / {by[c]['gap']:.3f}" if c in by else "= Routoo"
-                 for c in ("routoo", "routoo, no shrink", "routoo (256)", "TF-IDF + LR", "kNN", "told category")]
+                 for c in _COMPARED]
         check = r["tfidf_check"]
         lo, hi = check.get("head_minus_tfidf_ci95", (np.nan, np.nan))
         lines.append(f"| {r['set']} | " + " | ".join(cells) + f" | {by['no-prompt']['auc']:.4f} | "

@@ -9,6 +9,12 @@ _EPS = 1e-7
 ECE_BINS = 15
 
 
+def logit(p: np.ndarray, clip: float = 1e-6) -> np.ndarray:
+    """float64 log(p / (1 - p)), p clipped to [clip, 1 - clip] so 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p, dtype=np.float64), clip, 1 - clip)
+    return np.log(p / (1 - p))
+
+
 def log_loss(quality: np.ndarray, predicted: np.ndarray) -> float:
     known = ~np.isnan(quality)
     y, p = quality[known], np.clip(predicted[known], _EPS, 1 - _EPS)
