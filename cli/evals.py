@@ -45,17 +45,25 @@ def _print_quality(report: dict) -> None:
         print(f"{name[:39]:<40}{m['log_loss']:>9.4f}{m['ece']:>8.4f}{m['auroc_mean']:>8.4f}")
 
 
+def _artifact_and_splits(args: argparse.Namespace):
+    """(artifact, train_ds, test_ds) for the eval commands: --artifact (default: the committed default), --train,
+    --test."""
+    from predictor_service.artifact import Artifact, default_artifact_path
+    from training.data import load_dataset
+
+    return (Artifact.load(args.artifact or default_artifact_path()), load_dataset(args.train),
+            load_dataset(args.test))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from predictor_service.artifact import Artifact, default_artifact_path
-    from training.data import load_dataset
+    from predictor_service.artifact import default_artifact_path
     from evals.harness import evaluate
     from evals.report import format_tables, plot_frontiers, write_json
 
     started = time.perf_counter()
-    artifact = Artifact.load(args.artifact or default_artifact_path())
-    train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
+    artifact, train_ds, test_ds = _artifact_and_splits(args)
     print(f"train: {len(train_ds)} prompts ({train_ds.report.summary()}); "
           f"test: {len(test_ds)} prompts ({test_ds.report.summary()}); "
           f"artifact: {args.artifact or default_artifact_path()} ({artifact.manifest.encoder} encoder)")
@@ -75,15 +83,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_eval_ceiling(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from predictor_service.artifact import Artifact, default_artifact_path
     from evals.ceiling import informed_ceilings
-    from training.data import load_dataset
     from evals.report import format_tables, write_json
     from evals.scorer_metric import format_scorer_table
 
     started = time.perf_counter()
-    artifact = Artifact.load(args.artifact or default_artifact_path())
-    train_ds, test_ds = load_dataset(args.train), load_dataset(args.test)
+    artifact, train_ds, test_ds = _artifact_and_splits(args)
     config = replace(_DEFAULTS, ref_model=args.ref or None, seed=args.seed)
     report = informed_ceilings(train_ds, test_ds, artifact, probes=args.probes, n_probes=args.n_probes,
                                config=config)
