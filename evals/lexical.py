@@ -38,7 +38,7 @@ from predictor_service.head import HeadWeights
 from predictor_service.lexical import LexicalPart
 from training.metrics import log_loss, logit, quality_metrics
 from evals.oof import oof_frontier
-from training.fit import category_smoothed_targets, fit_temperature, fold_assignment
+from training.fit import category_smoothed_targets, fit_temperature, train_folds
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def choose_lexical(artifact: Artifact, result: dict, train_ds: RoutingDataset, *
         return category_smoothed_targets(quality[rows], [categories[i] for i in rows], config.category_smoothing,
                                          config.category_prior_prompts)
 
-    fold = fold_assignment(len(train_ds), int(training.get("folds", 4)), int(training.get("config", {}).get("seed", 0)))
+    fold = train_folds(train_ds, training)
     kinds = [("stacked", l2) for l2 in config.l2_grid] + [("blend", l2) for l2 in config.blend_l2_grid]
     share = config.blend_head_share
 

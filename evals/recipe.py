@@ -98,7 +98,7 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
     served out-of-fold figure the TF-IDF check compares too (tfidf_check["lexical"]). Last, unless
     `prior_shrink` is "off", the shrink toward each model's train mean (evals/prior_shrink.py, one-SE rule)."""
     from evals.head_search import DEFAULT_HEAD, HEAD_CANDIDATES, HEAD_SEEDS, head_candidate
-    from training.fit import TrainConfig, fold_assignment, train
+    from training.fit import TrainConfig, train, train_folds
 
     base = config or TrainConfig()
     if head != "auto":
@@ -137,7 +137,7 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
         candidate = head_candidate(head)
         choice = {"by": "fixed by --head", "kept": head, "candidates": {head: {"config": candidate.describe(base)}}}
     kept_artifact, kept_result = runs[(choice["kept"], base.seed)]
-    fold = fold_assignment(len(train_ds), kept_artifact.manifest.training["folds"], base.seed)
+    fold = train_folds(train_ds, kept_artifact.manifest.training)
     check, tfidf_oof = (_tfidf_check(train_ds, kept_result["oof_quality"], fold) if tfidf_check
                         else ({"skipped": "--skip-tfidf"}, None))
     training = kept_artifact.manifest.training

@@ -43,7 +43,7 @@ from training.data import load_dataset
 SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
 
 
-def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off") -> dict:
+def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off", fold_by: str = "prompt") -> dict:
     started = time.perf_counter()
     test_folder = folder / "test" if (folder / "test").is_dir() else folder / "dev"   # mmlu-pro itself: dev
     train_ds, test_ds = load_dataset(folder / "train"), load_dataset(test_folder)
@@ -51,6 +51,7 @@ def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off") -> dict
     names = train_ds.model_names
     trained = time.perf_counter()
     artifact, result = train_choosing_recipe(train_ds, None, lexical="auto", prior_shrink=prior_shrink,
+                                             fold_by=fold_by,
                                              show_progress=False)
     train_seconds = time.perf_counter() - trained
     choice, candidates = result["window_choice"], result["candidate_artifacts"]
@@ -162,12 +163,14 @@ def main() -> int:
     ap.add_argument("--out-json", help="write every figure as JSON")
     ap.add_argument("--prior-shrink", choices=["auto", "off"], default="off",
                     help="routoo train's --prior-shrink (default off, as routoo train's)")
+    ap.add_argument("--fold-by", choices=["prompt", "category"], default="prompt",
+                    help="routoo train's --fold-by (default prompt, as routoo train's)")
     args = ap.parse_args()
     config = replace(EvalConfig(), bootstrap=args.bootstrap)
     results = []
     for name in [s for s in args.sets.split(",") if s.strip()]:
         folder = Path(name) if Path(name, "train").is_dir() else Path(args.suite) / name   # a path, or a set
-        results.append(run_set(folder, config, args.prior_shrink))
+        results.append(run_set(folder, config, args.prior_shrink, args.fold_by))
         print(f"{name}: done in {results[-1]['seconds']} s", flush=True)
         if args.out_json:
             Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
