@@ -78,7 +78,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     artifact, result = train_choosing_recipe(
         train_ds, dev_ds, window=args.window, head=args.head, tfidf_check=not args.skip_tfidf,
         lexical=args.lexical, prior_shrink=args.prior_shrink, encoder_name=args.encoder, config=config,
-        fold_by=args.fold_by,
         static_table=args.static_table, table_storage=args.table_storage)
     print("\n".join(describe_choice(result)))
     rows = None
@@ -186,11 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "train-only cross-validation (one-standard-error rule, evals/prior_shrink.py) and records "
                         "it in the manifest; off (default: on mmlu-pro it cost the MiniLM head 0.002 dev AUC and "
                         "calibration, docs/evaluation.md \"Prior shrink\")")
-    p.add_argument("--fold-by", choices=["prompt", "category"], default="prompt",
-                   help="how the ensemble's folds, and so every out-of-fold choice above, split the train "
-                        "prompts: prompt (default: random, for traffic like the train prompts) or category "
-                        "(whole categories per fold, for traffic that brings topics the train prompts lack; "
-                        "recorded in the manifest, docs/evaluation.md \"Folds by category\")")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-tfidf", action="store_true",
                    help="skip the TF-IDF baseline on dev and its out-of-fold check on train (faster)")

@@ -164,7 +164,8 @@ def main() -> int:
     ap.add_argument("--prior-shrink", choices=["auto", "off"], default="off",
                     help="routoo train's --prior-shrink (default off, as routoo train's)")
     ap.add_argument("--fold-by", choices=["prompt", "category"], default="prompt",
-                    help="routoo train's --fold-by (default prompt, as routoo train's)")
+                    help="how the ensemble's folds split the train prompts (training.fit.FOLD_BY): prompt "
+                         "(default, routoo train's) or category, a diagnostic of the recipe on new topics")
     args = ap.parse_args()
     config = replace(EvalConfig(), bootstrap=args.bootstrap)
     results = []

@@ -194,11 +194,13 @@ def fit_temperature(logits: np.ndarray, quality: np.ndarray) -> float:
     return best
 
 
-# How prompts are dealt to the ensemble's folds. "prompt": a seeded permutation, so every fold holds every
-# topic and out-of-fold figures measure prompts like the train ones. "category": whole categories per fold,
-# so each member is scored on topics it never saw, the shift a router meets when traffic brings new
-# subjects; on mmlu-pro/train it lowers out-of-fold frontier AUC 0.767 -> 0.744 and, unlike random folds,
-# reproduces the suite's held-out categories: TF-IDF + LR level with the head (docs/evaluation.md).
+# How prompts are dealt to the ensemble's folds. "prompt" (the recipe's): a seeded permutation, so every fold
+# holds every topic. "category": whole categories per fold, so every out-of-fold figure is on topics the
+# member never saw, a train-only view of traffic that brings new subjects (mmlu-pro/train out-of-fold
+# frontier AUC 0.767 -> 0.744; the head and TF-IDF + LR level, as on the suite's held-out categories).
+# A diagnostic, not a recipe: members that never fit whole categories serve a weaker head (suite, default
+# recipe by prompt -> by category: mmlu-pro/dev 0.8014 -> 0.7929, heldout-cats 0.8325 -> 0.8306;
+# `scripts/run_suite.py --fold-by category`, docs/evaluation.md "Held-out categories").
 FOLD_BY = ("prompt", "category")
 
 

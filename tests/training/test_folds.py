@@ -1,4 +1,4 @@
-"""Folds by category (training.fit.fold_assignment with groups, `routoo train --fold-by category`): whole
+"""Folds by category (training.fit.fold_assignment with groups, `scripts/run_suite.py --fold-by category`): whole
 categories per fold, recorded in the manifest, and the same folds reused by the later stages."""
 
 import numpy as np
