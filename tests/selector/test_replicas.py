@@ -299,8 +299,9 @@ def test_a_replica_that_stops_answering_is_taken_out_and_rejoins(tritons):
             load.phase, back = "b back", b_ok()
             # A long stop (a loaded machine stretches the "b out" phase) can make tritonserver restart its
             # Python stub once it runs again, so b may drop out once more: it must rejoin within 30 s...
-            # In one full-suite run b dropped out for good ('Socket closed'): a tritonserver that exits
-            # after the stop is started again, as a pod's restart policy would, and must be taken back.
+            # In full-suite runs b sometimes dropped out for good ('Socket closed'): tritonserver had died of
+            # SIGSEGV (exit -11, seen 2026-12-01) after the stop. Like a pod's restart policy, the test
+            # starts it again, and the selector must take it back.
             try:
                 await _until(lambda: (b_ok() - back >= 20 and healthy(b)) or not b.running(), timeout_s=30)
                 if not b.running():
