@@ -51,8 +51,7 @@ def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off", fold_by
     names = train_ds.model_names
     trained = time.perf_counter()
     artifact, result = train_choosing_recipe(train_ds, None, lexical="auto", prior_shrink=prior_shrink,
-                                             fold_by=fold_by,
-                                             show_progress=False)
+                                             fold_by=fold_by, show_progress=False)
     train_seconds = time.perf_counter() - trained
     choice, candidates = result["window_choice"], result["candidate_artifacts"]
     kept = choice["kept"]

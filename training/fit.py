@@ -224,12 +224,20 @@ def fold_assignment(n: int, folds: int, seed: int, groups: list[str] | None = No
     return fold_of[index]
 
 
+def dataset_folds(train_ds: RoutingDataset, folds: int, seed: int, fold_by: str = "prompt") -> np.ndarray:
+    """(n,) fold of each train prompt, dealt as `fold_by` (FOLD_BY) says: the one place that turns the choice
+    into folds, for train() and for the stages after it (train_folds)."""
+    if fold_by not in FOLD_BY:
+        raise ValueError(f"fold_by must be one of {FOLD_BY}, got {fold_by!r}")
+    groups = [p.category for p in train_ds.prompts] if fold_by == "category" else None
+    return fold_assignment(len(train_ds), folds, seed, groups)
+
+
 def train_folds(train_ds: RoutingDataset, training: dict) -> np.ndarray:
     """The folds an artifact's head was trained on, from its manifest.training record, so later stages
     (lexical part, TF-IDF check) score out of fold on the same prompts."""
-    groups = [p.category for p in train_ds.prompts] if training.get("fold_by") == "category" else None
-    return fold_assignment(len(train_ds), int(training.get("folds", 4)),
-                           int(training.get("config", {}).get("seed", 0)), groups)
+    return dataset_folds(train_ds, int(training.get("folds", 4)), int(training.get("config", {}).get("seed", 0)),
+                         training.get("fold_by", "prompt"))
 
 
 def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_name: str = "static",
@@ -249,10 +257,10 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     if config.folds < 2 or config.hidden % config.folds:
         raise ValueError(f"hidden ({config.hidden}) must be a multiple of folds ({config.folds}, at least 2): "
                          f"each of the {config.folds} ensemble members gets hidden / folds units")
-    if fold_by not in FOLD_BY:
-        raise ValueError(f"fold_by must be one of {FOLD_BY}, got {fold_by!r}")
     if len(train_ds) < 2 * config.folds:
         raise ValueError(f"training needs at least 2 prompts per fold ({2 * config.folds}), got {len(train_ds)}")
+    fold = dataset_folds(train_ds, config.folds, config.seed, fold_by)     # before the embedding: fails fast
+    n_folds = int(fold.max()) + 1
     prices = [[m.input_usd_per_mtok, m.output_usd_per_mtok] for m in train_ds.pool]
     cost_usd, costs_from_prices = fill_unknown_costs(train_ds.texts, train_ds.cost_usd, prices,
                                                      train_ds.model_names)
@@ -262,9 +270,6 @@ def train(train_ds: RoutingDataset, dev_ds: RoutingDataset | None, *, encoder_na
     ll_all = log_lengths(train_ds.texts).numpy()
     quality = train_ds.quality
     categories = [p.category for p in train_ds.prompts]
-    fold = fold_assignment(len(train_ds), config.folds, config.seed,
-                           categories if fold_by == "category" else None)
-    n_folds = int(fold.max()) + 1
     members, epochs = [], []
     oof_logits = np.zeros(quality.shape, dtype=np.float32)
     with _torch_threads(config.threads):
