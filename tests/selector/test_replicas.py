@@ -302,12 +302,13 @@ def test_a_replica_that_stops_answering_is_taken_out_and_rejoins(tritons):
             # In full-suite runs b sometimes dropped out for good ('Socket closed'): tritonserver had died of
             # SIGSEGV (exit -11, seen 2026-12-01) after the stop. Like a pod's restart policy, the test
             # starts it again, and the selector must take it back.
+            rejoined = lambda: b_ok() - back >= 20 and healthy(b)                      # noqa: E731
             try:
-                await _until(lambda: (b_ok() - back >= 20 and healthy(b)) or not b.running(), timeout_s=30)
+                await _until(lambda: rejoined() or not b.running(), timeout_s=30)
                 if not b.running():
                     exited.append(b.exit_status())
                     await asyncio.to_thread(b.restart)
-                    await _until(lambda: b_ok() - back >= 20 and healthy(b), timeout_s=30)
+                    await _until(rejoined, timeout_s=30)
             except AssertionError:
                 raise AssertionError(f"b did not rejoin within 30 s: running {b.running()}, exit status "
                                      f"{b.exit_status()}, log tail:\n{b._log_tail(15)}") from None
