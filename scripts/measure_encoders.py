@@ -7,8 +7,8 @@
 
 Per encoder: training.fit.train's head (the k-fold ensemble, head only: no window, head or lexical search)
 on the train prompts' embeddings of their first 256 tokens. Out-of-fold train frontier AUC, the recipe's way
-to choose, each encoder minus the first one on 200 paired prompt resamples; dev read once: log loss, AUROC
-and the held-out scorer's frontier AUC / gap (evals/scorer_metric.py, the issue's metric); batch-1 latency
+to choose, each encoder minus the first one on 200 paired prompt resamples; dev read once: log loss, AUROC,
+`routoo eval`'s hull AUC / gap and the held-out scorer's AUC / gap (evals/scorer_metric.py); batch-1 latency
 of the encoder alone (text to embedding) on 200 dev prompts, one thread. Candidates are not dependencies of
 Routoo: they are read from the folder the command above fills, so none is adopted by accident.
 """
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import training.fit as fit
+from evals.config import EvalConfig
 from evals.oof import oof_comparison
 from evals.scorer_metric import scorer_aucs
 from predictor_service.encoders import MAX_TOKENS, minilm_path, window_name
@@ -168,13 +169,18 @@ def measure(name: str, train_ds, dev_ds, latency_prompts: int, fold_by: str = "p
     with context:
         artifact, result = fit.train(train_ds, dev_ds, encoder_name=name if name in SERVED else "static",
                                      show_progress=False, fold_by=fold_by)
-    quality, _ = reference_score(artifact.weights, result["x_dev"], log_lengths(dev_ds.texts).numpy(),
-                                 artifact.manifest.inv_temperature)
+    quality, cost = reference_score(artifact.weights, result["x_dev"], log_lengths(dev_ds.texts).numpy(),
+                                    artifact.manifest.inv_temperature)
     scorer = scorer_aucs({name: quality}, train_ds.quality, train_ds.cost_usd, dev_ds.quality, dev_ds.cost_usd,
                          dev_ds.model_names)
+    # `routoo eval`'s hull AUC: deciding with the head's predicted costs, on its full lambda grid (oof_comparison
+    # sweeps half the grid; the default head reads 0.7951 here, as in `make eval`).
+    hull = oof_comparison({name: quality}, dev_ds.quality, dev_ds.cost_usd, dev_ds.model_names, decide_cost=cost,
+                          config=EvalConfig(lambdas=2 * EvalConfig().lambdas))
     rng = np.random.default_rng(0)
     sample = [dev_ds.texts[i] for i in rng.choice(len(dev_ds), min(latency_prompts, len(dev_ds)), replace=False)]
     figures = {"dim": encoder.dim, "dev": rounded_metrics(quality_metrics(dev_ds.quality, quality)),
+               "dev_hull_auc": round(hull["auc"][name], 5), "dev_hull_gap": round(hull["gap_recovered"][name], 4),
                "dev_scorer_auc": scorer[name]["auc"], "dev_scorer_gap": scorer[name]["gap"],
                "batch1_latency": batch1_latency_ms(encoder, sample), "seconds": round(time.time() - start)}
     return figures, result["oof_quality"]
