@@ -180,8 +180,7 @@ def measure(name: str, train_ds, dev_ds, latency_prompts: int, fold_by: str = "p
         context = training_on(encoder)
     start = time.time()
     with context:
-        artifact, result = fit.train(train_ds, dev_ds, encoder_name=name if name in SERVED else "static",
-                                     show_progress=False, fold_by=fold_by)
+        artifact, result = fit.train(train_ds, dev_ds, encoder_name=name, show_progress=False, fold_by=fold_by)
     quality, cost = reference_score(artifact.weights, result["x_dev"], log_lengths(dev_ds.texts).numpy(),
                                     artifact.manifest.inv_temperature)
     scorer = scorer_aucs({name: quality}, train_ds.quality, train_ds.cost_usd, dev_ds.quality, dev_ds.cost_usd,
