@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from evals.oof import paired_difference
 from training.fit import TrainConfig
 
 
@@ -76,12 +77,11 @@ def choose_head(aucs: dict[tuple[str, int], float], boot: np.ndarray, order: lis
     boot_mean = {n: boot[:, [i for i, k in enumerate(order) if k[0] == n]].mean(axis=1) for n in names}
     rows = {}
     for n in names:
-        diff = boot_mean[n] - boot_mean[DEFAULT_HEAD.name]
+        ci95, ahead = paired_difference(boot_mean[n], boot_mean[DEFAULT_HEAD.name])
         rows[n] = {"oof_frontier_auc": round(mean_auc[n], 5),
                    "oof_frontier_auc_per_seed": [round(aucs[k], 5) for k in order if k[0] == n],
                    "minus_default": round(mean_auc[n] - mean_auc[DEFAULT_HEAD.name], 5),
-                   "minus_default_ci95": [round(float(v), 5) for v in np.percentile(diff, [2.5, 97.5])],
-                   "ahead_of_default_share": round(float(np.mean(diff > 0)), 3)}
+                   "minus_default_ci95": ci95, "ahead_of_default_share": ahead}
     for n in names:
         rows[n]["seeds"] = len(rows[n]["oof_frontier_auc_per_seed"])
     # Only a challenger trained with every seed may be kept (one behind on the first seed is not retrained).

@@ -59,3 +59,10 @@ def oof_frontier(oof_quality: np.ndarray, quality: np.ndarray, cost_usd: np.ndar
     res = oof_comparison({"oof": oof_quality}, quality, cost_usd, names, config=config)
     return {"auc": res["auc"]["oof"], "no_prompt_auc": res["no_prompt_auc"], "oracle_auc": res["oracle_auc"],
             "gap_recovered": res["gap_recovered"]["oof"]}
+
+
+def paired_difference(boot_a: np.ndarray, boot_b: np.ndarray) -> tuple[list[float], float]:
+    """(95% interval of a - b, share of resamples where a is ahead) over paired bootstrap AUCs, as every
+    out-of-fold comparison reports them."""
+    diff = np.asarray(boot_a) - np.asarray(boot_b)
+    return [round(float(v), 5) for v in np.percentile(diff, [2.5, 97.5])], round(float(np.mean(diff > 0)), 3)

@@ -198,18 +198,17 @@ def _tfidf_check(train_ds: RoutingDataset, head_oof: np.ndarray, fold: np.ndarra
     """The kept head against TF-IDF + LR out-of-fold on the same folds (paired bootstrap)."""
     from training.baselines import tfidf_logistic_oof
     from evals.head_search import BOOTSTRAP
-    from evals.oof import oof_comparison
+    from evals.oof import oof_comparison, paired_difference
 
     tfidf_oof = tfidf_logistic_oof(train_ds.texts, train_ds.quality, fold)
     res = oof_comparison({"head": head_oof, "tfidf": tfidf_oof}, train_ds.quality, train_ds.cost_usd,
                          train_ds.model_names, n_boot=BOOTSTRAP)
-    diff = res["boot"][:, 0] - res["boot"][:, 1]
     margin = res["auc"]["head"] - res["auc"]["tfidf"]
     check = {"by": "out-of-fold train frontier AUC on the kept head's folds",
              "head_oof_frontier_auc": round(res["auc"]["head"], 5),
              "tfidf_oof_frontier_auc": round(res["auc"]["tfidf"], 5),
              "head_minus_tfidf": round(margin, 5),
-             "head_minus_tfidf_ci95": [round(float(v), 5) for v in np.percentile(diff, [2.5, 97.5])],
+             "head_minus_tfidf_ci95": paired_difference(res["boot"][:, 0], res["boot"][:, 1])[0],
              "head_loses_to_tfidf": bool(margin < 0),
              # The lexical stage (hashed n-gram weights on the head) is the remedy; it sets this when run.
              "lexical": None}

@@ -28,7 +28,7 @@ import torch
 
 import training.fit as fit
 from evals.config import EvalConfig
-from evals.oof import oof_comparison
+from evals.oof import oof_comparison, paired_difference
 from evals.scorer_metric import scorer_aucs
 from predictor_service.encoders import MAX_TOKENS, minilm_path, window_name
 from predictor_service.head import log_lengths, reference_score
@@ -207,12 +207,11 @@ def compare_out_of_fold(oof: dict[str, np.ndarray], train_ds, n_boot: int = 200)
     boot, names = res["boot"], list(oof)
     out = {}
     for j, name in enumerate(names):
-        diff = boot[:, j] - boot[:, 0]
+        ci95, ahead = paired_difference(boot[:, j], boot[:, 0])
         out[name] = {"oof_frontier_auc": round(res["auc"][name], 5),
                      "oof_gap_recovered": round(res["gap_recovered"][name], 4),
                      f"minus_{names[0]}": round(res["auc"][name] - res["auc"][names[0]], 5),
-                     "ci95": [round(float(v), 5) for v in np.percentile(diff, [2.5, 97.5])],
-                     "ahead_share": round(float((diff > 0).mean()), 3)}
+                     "ci95": ci95, "ahead_share": ahead}
     return out
 
 
