@@ -15,6 +15,7 @@ RouteBatches of 20,000 prompts neither multiplies memory (one RouteBatch of 11.3
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Awaitable, Callable
 
 import grpc
@@ -37,6 +38,14 @@ def short_message(message: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     return f"{message[:limit - 40]} ... ({len(message) - limit + 40} more characters cut)"
 
 
+class Rejected(Exception):
+    """A request refused before its handler ran: the metric's reason, the status code and its message."""
+
+    def __init__(self, reason: str, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.reason, self.code, self.message = reason, code, message
+
+
 class Undecodable:
     """The request bytes did not parse as the method's message."""
 
@@ -54,6 +63,25 @@ class Deferred:
     def __init__(self, data: bytes, message_class):
         self.data = data
         self.message_class = message_class
+
+
+def leading_id(data: bytes | None) -> str:
+    """The id of a serialized RouteStreamRequest, read from its first field without decoding the rest (its
+    prompt may be megabytes): the serializers write field 1 first. "" if it is not there or not UTF-8."""
+    if not data or data[:1] != b"\x0a":
+        return ""
+    length, shift, at = 0, 0, 1
+    while at < len(data) and at < 6:
+        byte = data[at]
+        length |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            try:
+                return data[at:at + length].decode("utf-8") if at + length <= len(data) else ""
+            except UnicodeDecodeError:
+                return ""
+        shift += 7
+    return ""
 
 
 def _reason(error: DecodeError, message_class) -> str:
@@ -92,37 +120,50 @@ class Admission:
             kind = type(request)
             if kind is not Deferred and kind is not Undecodable:       # the common, small case
                 return await behavior(request, context)
-            if kind is Undecodable:
-                await self._reject(context, method, "undecodable", grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-            size = len(request.data)
-            if self.in_flight_bytes + size > self.max_in_flight_bytes:
-                await self._reject(context, method, "bytes_in_flight", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"the selector is holding {self.in_flight_bytes} bytes of requests and this "
-                                   f"one is {size} bytes, over its budget of {self.max_in_flight_bytes}; retry "
-                                   f"with backoff or send smaller batches")
-            self.in_flight_bytes += size
             try:
-                async with self._big:
-                    data, request.data = request.data, None
-                    try:
-                        message = request.message_class.FromString(data)
-                    except DecodeError as e:
-                        message = None
-                        reason = _reason(e, request.message_class)
-                    del data
-                    if message is None:
-                        await self._reject(context, method, "undecodable", grpc.StatusCode.INVALID_ARGUMENT,
-                                           reason)
+                async with self.message(request) as message:
                     return await behavior(message, context)
-            finally:
-                self.in_flight_bytes -= size
+            except Rejected as e:
+                self.count_rejection(method, e)
+                await context.abort(e.code, short_message(e.message))
 
         return admitted
 
-    async def _reject(self, context, method: str, reason: str, code: grpc.StatusCode, message: str) -> None:
-        self._metrics.rejected.labels(method, reason).inc()
-        self._metrics.errors.labels(method, code.name).inc()
-        await context.abort(code, short_message(message))
+    @contextlib.asynccontextmanager
+    async def message(self, request):
+        """The decoded message of `request` (what a deserializer above returned), held within the bytes
+        budget and the big gate while the body runs; Rejected if it cannot be. For RouteStream, whose
+        messages are answered one by one rather than by aborting the call."""
+        kind = type(request)
+        if kind is Undecodable:
+            raise Rejected("undecodable", grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        if kind is not Deferred:
+            yield request
+            return
+        size = len(request.data)
+        if self.in_flight_bytes + size > self.max_in_flight_bytes:
+            raise Rejected("bytes_in_flight", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the selector is holding {self.in_flight_bytes} bytes of requests and this one is "
+                           f"{size} bytes, over its budget of {self.max_in_flight_bytes}; retry with backoff "
+                           f"or send smaller batches")
+        self.in_flight_bytes += size
+        try:
+            async with self._big:
+                data, request.data = request.data, None
+                try:
+                    message = request.message_class.FromString(data)
+                except DecodeError as e:
+                    raise Rejected("undecodable", grpc.StatusCode.INVALID_ARGUMENT,
+                                   _reason(e, request.message_class)) from None
+                finally:
+                    del data
+                yield message
+        finally:
+            self.in_flight_bytes -= size
+
+    def count_rejection(self, method: str, rejected: "Rejected") -> None:
+        self._metrics.rejected.labels(method, rejected.reason).inc()
+        self._metrics.errors.labels(method, rejected.code.name).inc()
 
 
 async def materialise(repeated, *, per_slice: int = PROMPTS_PER_SLICE) -> list:
@@ -146,9 +187,25 @@ def add_selector_servicer(servicer, server: grpc.aio.Server, admission: Admissio
     for method in service.methods:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
+        if method.client_streaming:      # RouteStream: each message is admitted by the handler itself
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _streaming(getattr(servicer, method.name), admission),
+                request_deserializer=admission.deserializer(request_class),
+                response_serializer=response_class.SerializeToString)
+            continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             admission.guard(method.name, getattr(servicer, method.name)),
             request_deserializer=admission.deserializer(request_class),
             response_serializer=response_class.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _streaming(behavior, admission: Admission):
+    """A stream handler as grpc.aio wants it (a coroutine function of requests and context), given the
+    admission its messages pass one by one."""
+
+    async def handler(requests, context):
+        await behavior(requests, context, admission)
+
+    return handler

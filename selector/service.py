@@ -16,7 +16,7 @@ import time
 import grpc
 import numpy as np
 
-from selector.admission import materialise, short_message
+from selector.admission import Admission, Deferred, Rejected, leading_id, materialise, short_message
 from selector.budget import BudgetTooSmall, assign_budget
 from selector.coalescer import Overloaded, ScoredBatch
 from selector.config import SelectorConfig
@@ -33,7 +33,8 @@ from selector.triton_scores import PredictorError, PredictorTimeout, PredictorUn
 
 log = logging.getLogger("routoo.selector")
 
-_METHODS = ("Route", "RouteBatch", "Score")
+_METHODS = ("Route", "RouteBatch", "Score", "RouteStream")
+_END_OF_STREAM = object()
 _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
@@ -81,6 +82,47 @@ class SelectorService(pb_grpc.SelectorServicer):
 
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         return await self._answer("Score", self._score_rpc, request, context)
+
+    async def RouteStream(self, requests, context, admission: Admission) -> None:
+        """Route for each message of the stream, answered as each is decided (selector.proto). At most
+        stream_max_in_flight messages are worked on at once; the stream is read no further until one is
+        answered, so gRPC's flow control holds back a writer that outpaces the predictor."""
+        answers: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(self._config.stream_max_in_flight)
+        working: set[asyncio.Task] = set()
+
+        async def answer(item):
+            try:
+                response = await self._stream_route(item, context, admission)
+            except Exception:        # a bug: the message still gets its answer, the stream goes on
+                self.warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
+                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
+                    code="INTERNAL", message="internal error in the selector; see its log"))
+            finally:
+                slots.release()
+            answers.put_nowait(response)
+
+        async def read():
+            try:
+                async for item in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(item))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+                if working:
+                    await asyncio.wait(set(working))
+            finally:
+                answers.put_nowait(_END_OF_STREAM)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not _END_OF_STREAM:
+                await context.write(response)
+            await reader               # re-raises what ended the reading, if it failed
+        finally:
+            reader.cancel()
+            for task in list(working):
+                task.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
@@ -177,16 +219,24 @@ class SelectorService(pb_grpc.SelectorServicer):
     # --- shared steps -------------------------------------------------------------------------------
 
     async def _answer(self, method: str, handler, request, context):
-        """Bounded concurrency, latency metrics, and the mapping of domain errors onto status codes."""
+        """A unary RPC: the handler's response, or the call aborted with the status of what went wrong."""
+        response, failure = await self._settle(method, handler, request, context)
+        if failure is not None:
+            await context.abort(*failure)
+        return response
+
+    async def _settle(self, method: str, handler, request, context):
+        """(response, None) or (None, (status code, message)): bounded concurrency, latency metrics, and the
+        mapping of domain errors onto status codes, shared by the unary RPCs and RouteStream's messages."""
         if self._in_flight >= self._config.max_concurrent_requests:
             self._metrics.errors.labels(method, "RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the selector is handling its limit of {self._config.max_concurrent_requests} "
-                                f"concurrent requests; retry with backoff")
+            return None, (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"the selector is handling its limit of {self._config.max_concurrent_requests} "
+                          f"concurrent requests; retry with backoff")
         self._in_flight += 1
         start = time.perf_counter()
         try:
-            return await handler(request, context)
+            return await handler(request, context), None
         except tuple(_STATUS_OF) as e:
             code, message = next(status for kind, status in _STATUS_OF.items() if isinstance(e, kind)), str(e)
         except asyncio.CancelledError:     # the caller went away: theirs, not ours to warn about
@@ -206,7 +256,24 @@ class SelectorService(pb_grpc.SelectorServicer):
             log.debug("%s -> %s (the caller's deadline): %s", method, code.name, message)
         elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
             self.warnings.warning((method, code.name), "%s -> %s: %s", method, code.name, message)
-        await context.abort(code, message)
+        return None, (code, message)
+
+    async def _stream_route(self, item, context, admission: Admission) -> pb.RouteStreamResponse:
+        """One RouteStream message's answer: its decision or its error, never an exception (but
+        cancellation), so that the stream and its other messages go on."""
+        try:
+            async with admission.message(item) as message:
+                response = pb.RouteStreamResponse(id=message.id)
+                decision, failure = await self._settle("RouteStream", self._route, message.route, context)
+        except Rejected as e:             # not decoded: its id is read from its first bytes, where it can be
+            admission.count_rejection("RouteStream", e)
+            response = pb.RouteStreamResponse(id=leading_id(item.data) if type(item) is Deferred else "")
+            decision, failure = None, (e.code, short_message(e.message))
+        if failure is None:
+            response.decision.CopyFrom(decision)
+        else:
+            response.error.code, response.error.message = failure[0].name, failure[1]
+        return response
 
     async def _predict(self, method: str, prompts: list[str], context) -> tuple[np.ndarray, np.ndarray]:
         """(quality, expected_cost_usd), (batch, n_models) in pool order at pool prices."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dselector/proto/selector.proto\x12\x12routoo.selector.v1\"#\n\x08Tradeoff\x12\x17\n\x0fquality_per_usd\x18\x01 \x01(\x01\"\x1c\n\rQualityTarget\x12\x0b\n\x03tau\x18\x01 \x01(\x01\"\x1a\n\x07\x43ostCap\x12\x0f\n\x07\x63\x61p_usd\x18\x01 \x01(\x01\"\x86\x01\n\x0b\x43onstraints\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x02 \x03(\t\x12\x1b\n\x0emax_latency_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x11\n\x0f_max_latency_msB\x0f\n\r_max_cost_usd\"\xae\x02\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x30\n\x08tradeoff\x18\x02 \x01(\x0b\x32\x1c.routoo.selector.v1.TradeoffH\x00\x12;\n\x0equality_target\x18\x03 \x01(\x0b\x32!.routoo.selector.v1.QualityTargetH\x00\x12/\n\x08\x63ost_cap\x18\x04 \x01(\x0b\x32\x1b.routoo.selector.v1.CostCapH\x00\x12\x34\n\x0b\x63onstraints\x18\x05 \x01(\x0b\x32\x1f.routoo.selector.v1.Constraints\x12\x1b\n\x0einclude_scores\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06policyB\x11\n\x0f_include_scores\"G\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\"*\n\tExclusion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x97\x02\n\rRouteDecision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x32\n\nrunners_up\x18\x05 \x03(\x0b\x32\x1e.routoo.selector.v1.ModelScore\x12.\n\x06scores\x18\x06 \x03(\x0b\x32\x1e.routoo.selector.v1.ModelScore\x12/\n\x08\x65xcluded\x18\x07 \x03(\x0b\x32\x1d.routoo.selector.v1.Exclusion\x12\x10\n\x08\x66\x61llback\x18\x08 \x01(\x08\x12\x14\n\x0c\x63ontent_free\x18\t \x01(\x08\"t\n\x11RouteBatchRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x18\n\x10total_budget_usd\x18\x02 \x01(\x01\x12\x34\n\x0b\x63onstraints\x18\x03 \x01(\x0b\x32\x1f.routoo.selector.v1.Constraints\"\xa0\x01\n\x12RouteBatchResponse\x12\r\n\x05model\x18\x01 \x03(\t\x12\x0f\n\x07quality\x18\x02 \x03(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x03(\x01\x12\x1f\n\x17total_expected_cost_usd\x18\x04 \x01(\x01\x12\x15\n\rtotal_quality\x18\x05 \x01(\x01\x12\x17\n\x0fquality_per_usd\x18\x06 \x01(\x01\"\x1f\n\x0cScoreRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"K\n\rScoreResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\x12\x0f\n\x07quality\x18\x02 \x03(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x03(\x01\"\x13\n\x11ListModelsRequest\"\x8f\x01\n\tPoolModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x02 \x01(\x01\x12\x1b\n\x13output_usd_per_mtok\x18\x03 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x12\n\ncost_scale\x18\x06 \x01(\x01\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.routoo.selector.v1.PoolModel2\xe0\x02\n\x08Selector\x12L\n\x05Route\x12 .routoo.selector.v1.RouteRequest\x1a!.routoo.selector.v1.RouteDecision\x12[\n\nRouteBatch\x12%.routoo.selector.v1.RouteBatchRequest\x1a&.routoo.selector.v1.RouteBatchResponse\x12L\n\x05Score\x12 .routoo.selector.v1.ScoreRequest\x1a!.routoo.selector.v1.ScoreResponse\x12[\n\nListModels\x12%.routoo.selector.v1.ListModelsRequest\x1a&.routoo.selector.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dselector/proto/selector.proto\x12\x12routoo.selector.v1\"#\n\x08Tradeoff\x12\x17\n\x0fquality_per_usd\x18\x01 \x01(\x01\"\x1c\n\rQualityTarget\x12\x0b\n\x03tau\x18\x01 \x01(\x01\"\x1a\n\x07\x43ostCap\x12\x0f\n\x07\x63\x61p_usd\x18\x01 \x01(\x01\"\x86\x01\n\x0b\x43onstraints\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x02 \x03(\t\x12\x1b\n\x0emax_latency_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x11\n\x0f_max_latency_msB\x0f\n\r_max_cost_usd\"\xae\x02\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x30\n\x08tradeoff\x18\x02 \x01(\x0b\x32\x1c.routoo.selector.v1.TradeoffH\x00\x12;\n\x0equality_target\x18\x03 \x01(\x0b\x32!.routoo.selector.v1.QualityTargetH\x00\x12/\n\x08\x63ost_cap\x18\x04 \x01(\x0b\x32\x1b.routoo.selector.v1.CostCapH\x00\x12\x34\n\x0b\x63onstraints\x18\x05 \x01(\x0b\x32\x1f.routoo.selector.v1.Constraints\x12\x1b\n\x0einclude_scores\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06policyB\x11\n\x0f_include_scores\"G\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\"*\n\tExclusion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x97\x02\n\rRouteDecision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x01(\x01\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x32\n\nrunners_up\x18\x05 \x03(\x0b\x32\x1e.routoo.selector.v1.ModelScore\x12.\n\x06scores\x18\x06 \x03(\x0b\x32\x1e.routoo.selector.v1.ModelScore\x12/\n\x08\x65xcluded\x18\x07 \x03(\x0b\x32\x1d.routoo.selector.v1.Exclusion\x12\x10\n\x08\x66\x61llback\x18\x08 \x01(\x08\x12\x14\n\x0c\x63ontent_free\x18\t \x01(\x08\"Q\n\x12RouteStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x05route\x18\x02 \x01(\x0b\x32 .routoo.selector.v1.RouteRequest\"+\n\nRouteError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x93\x01\n\x13RouteStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32!.routoo.selector.v1.RouteDecisionH\x00\x12/\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1e.routoo.selector.v1.RouteErrorH\x00\x42\x08\n\x06result\"t\n\x11RouteBatchRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x18\n\x10total_budget_usd\x18\x02 \x01(\x01\x12\x34\n\x0b\x63onstraints\x18\x03 \x01(\x0b\x32\x1f.routoo.selector.v1.Constraints\"\xa0\x01\n\x12RouteBatchResponse\x12\r\n\x05model\x18\x01 \x03(\t\x12\x0f\n\x07quality\x18\x02 \x03(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x03(\x01\x12\x1f\n\x17total_expected_cost_usd\x18\x04 \x01(\x01\x12\x15\n\rtotal_quality\x18\x05 \x01(\x01\x12\x17\n\x0fquality_per_usd\x18\x06 \x01(\x01\"\x1f\n\x0cScoreRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"K\n\rScoreResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\x12\x0f\n\x07quality\x18\x02 \x03(\x02\x12\x19\n\x11\x65xpected_cost_usd\x18\x03 \x03(\x01\"\x13\n\x11ListModelsRequest\"\x8f\x01\n\tPoolModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x02 \x01(\x01\x12\x1b\n\x13output_usd_per_mtok\x18\x03 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x12\n\ncost_scale\x18\x06 \x01(\x01\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.routoo.selector.v1.PoolModel2\xc4\x03\n\x08Selector\x12L\n\x05Route\x12 .routoo.selector.v1.RouteRequest\x1a!.routoo.selector.v1.RouteDecision\x12\x62\n\x0bRouteStream\x12&.routoo.selector.v1.RouteStreamRequest\x1a\'.routoo.selector.v1.RouteStreamResponse(\x01\x30\x01\x12[\n\nRouteBatch\x12%.routoo.selector.v1.RouteBatchRequest\x1a&.routoo.selector.v1.RouteBatchResponse\x12L\n\x05Score\x12 .routoo.selector.v1.ScoreRequest\x1a!.routoo.selector.v1.ScoreResponse\x12[\n\nListModels\x12%.routoo.selector.v1.ListModelsRequest\x1a&.routoo.selector.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,20 +47,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXCLUSION']._serialized_end=705
   _globals['_ROUTEDECISION']._serialized_start=708
   _globals['_ROUTEDECISION']._serialized_end=987
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=989
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=1105
-  _globals['_ROUTEBATCHRESPONSE']._serialized_start=1108
-  _globals['_ROUTEBATCHRESPONSE']._serialized_end=1268
-  _globals['_SCOREREQUEST']._serialized_start=1270
-  _globals['_SCOREREQUEST']._serialized_end=1301
-  _globals['_SCORERESPONSE']._serialized_start=1303
-  _globals['_SCORERESPONSE']._serialized_end=1378
-  _globals['_LISTMODELSREQUEST']._serialized_start=1380
-  _globals['_LISTMODELSREQUEST']._serialized_end=1399
-  _globals['_POOLMODEL']._serialized_start=1402
-  _globals['_POOLMODEL']._serialized_end=1545
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1547
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1614
-  _globals['_SELECTOR']._serialized_start=1617
-  _globals['_SELECTOR']._serialized_end=1969
+  _globals['_ROUTESTREAMREQUEST']._serialized_start=989
+  _globals['_ROUTESTREAMREQUEST']._serialized_end=1070
+  _globals['_ROUTEERROR']._serialized_start=1072
+  _globals['_ROUTEERROR']._serialized_end=1115
+  _globals['_ROUTESTREAMRESPONSE']._serialized_start=1118
+  _globals['_ROUTESTREAMRESPONSE']._serialized_end=1265
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=1267
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=1383
+  _globals['_ROUTEBATCHRESPONSE']._serialized_start=1386
+  _globals['_ROUTEBATCHRESPONSE']._serialized_end=1546
+  _globals['_SCOREREQUEST']._serialized_start=1548
+  _globals['_SCOREREQUEST']._serialized_end=1579
+  _globals['_SCORERESPONSE']._serialized_start=1581
+  _globals['_SCORERESPONSE']._serialized_end=1656
+  _globals['_LISTMODELSREQUEST']._serialized_start=1658
+  _globals['_LISTMODELSREQUEST']._serialized_end=1677
+  _globals['_POOLMODEL']._serialized_start=1680
+  _globals['_POOLMODEL']._serialized_end=1823
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1825
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1892
+  _globals['_SELECTOR']._serialized_start=1895
+  _globals['_SELECTOR']._serialized_end=2347
 # @@protoc_insertion_point(module_scope)

@@ -92,6 +92,32 @@ class RouteDecision(_message.Message):
     content_free: bool
     def __init__(self, model: _Optional[str] = ..., quality: _Optional[float] = ..., expected_cost_usd: _Optional[float] = ..., policy: _Optional[str] = ..., runners_up: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., excluded: _Optional[_Iterable[_Union[Exclusion, _Mapping]]] = ..., fallback: _Optional[bool] = ..., content_free: _Optional[bool] = ...) -> None: ...
 
+class RouteStreamRequest(_message.Message):
+    __slots__ = ("id", "route")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    route: RouteRequest
+    def __init__(self, id: _Optional[str] = ..., route: _Optional[_Union[RouteRequest, _Mapping]] = ...) -> None: ...
+
+class RouteError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RouteStreamResponse(_message.Message):
+    __slots__ = ("id", "decision", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    decision: RouteDecision
+    error: RouteError
+    def __init__(self, id: _Optional[str] = ..., decision: _Optional[_Union[RouteDecision, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ...) -> None: ...
+
 class RouteBatchRequest(_message.Message):
     __slots__ = ("prompts", "total_budget_usd", "constraints")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]

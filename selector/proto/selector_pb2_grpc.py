@@ -39,6 +39,11 @@ class SelectorStub:
                 request_serializer=selector_dot_proto_dot_selector__pb2.RouteRequest.SerializeToString,
                 response_deserializer=selector_dot_proto_dot_selector__pb2.RouteDecision.FromString,
                 _registered_method=True)
+        self.RouteStream = channel.stream_stream(
+                '/routoo.selector.v1.Selector/RouteStream',
+                request_serializer=selector_dot_proto_dot_selector__pb2.RouteStreamRequest.SerializeToString,
+                response_deserializer=selector_dot_proto_dot_selector__pb2.RouteStreamResponse.FromString,
+                _registered_method=True)
         self.RouteBatch = channel.unary_unary(
                 '/routoo.selector.v1.Selector/RouteBatch',
                 request_serializer=selector_dot_proto_dot_selector__pb2.RouteBatchRequest.SerializeToString,
@@ -61,6 +66,16 @@ class SelectorServicer:
 
     def Route(self, request, context):
         """One prompt: the model that best fits the policy and the constraints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RouteStream(self, request_iterator, context):
+        """Many Routes over one stream, for callers that route at a high rate: each message is decided as a Route
+        call would be, and answered with its id as soon as it is decided (not necessarily in request order).
+        A message that fails gets its error in its own response; the stream and the other messages go on.
+        A message costs the selector about a quarter of a Route call's gRPC work (docs/selector.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +110,11 @@ def add_SelectorServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=selector_dot_proto_dot_selector__pb2.RouteRequest.FromString,
                     response_serializer=selector_dot_proto_dot_selector__pb2.RouteDecision.SerializeToString,
+            ),
+            'RouteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RouteStream,
+                    request_deserializer=selector_dot_proto_dot_selector__pb2.RouteStreamRequest.FromString,
+                    response_serializer=selector_dot_proto_dot_selector__pb2.RouteStreamResponse.SerializeToString,
             ),
             'RouteBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.RouteBatch,
@@ -139,6 +159,33 @@ class Selector:
             '/routoo.selector.v1.Selector/Route',
             selector_dot_proto_dot_selector__pb2.RouteRequest.SerializeToString,
             selector_dot_proto_dot_selector__pb2.RouteDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/routoo.selector.v1.Selector/RouteStream',
+            selector_dot_proto_dot_selector__pb2.RouteStreamRequest.SerializeToString,
+            selector_dot_proto_dot_selector__pb2.RouteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
