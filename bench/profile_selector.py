@@ -30,7 +30,9 @@ from bench.targets import SelectorRouteTarget
 from predictor_service.contract import PREDICTOR_MODEL
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.
-PARTS = (("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
+PARTS = (("RouteStream's messages (selector/service.py: its reading, tasks and answers, and their Routes)",
+          "SelectorService.RouteStream"),
+         ("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
          ("coalesced Triton call (selector/coalescer.py, triton_scores.py, tritonclient stub)",
           "CoalescingScores._call"),
          ("other threads (grpc's poller, /metrics)", "Thread.run"))
@@ -51,11 +53,11 @@ def summarise(collapsed: Path) -> tuple[int, dict[str, int]]:
     return total, dict(parts.most_common())
 
 
-async def profile(out: Path, clients: int, seconds: int, settings: dict, py_spy: str) -> dict:
+async def profile(out: Path, clients: int, seconds: int, settings: dict, py_spy: str, stream: bool = False) -> dict:
     prompts = load_prompts(None, limit=2000)
     with triton_server(ensure_artifact("static"), dynamic_batching=True, models=(PREDICTOR_MODEL,)) as server:
         with selector_process(server.grpc_url, settings=settings) as selector:
-            target = SelectorRouteTarget(selector.address)
+            target = SelectorRouteTarget(selector.address, stream=stream)
             try:
                 await closed_loop(target, prompts, clients, duration_s=1.0)       # warm-up
                 spy = subprocess.Popen([py_spy, "record", "--pid", str(selector.pid), "--rate", "250",
@@ -69,7 +71,7 @@ async def profile(out: Path, clients: int, seconds: int, settings: dict, py_spy:
             finally:
                 await target.close()
     total, parts = summarise(out)
-    return {"clients": clients, "settings": settings, "routes_per_s": round(result.summary()["throughput_rps"]),
+    return {"clients": clients, "settings": settings, "stream": stream, "routes_per_s": round(result.summary()["throughput_rps"]),
             "cpu_ms_per_route": cpu, "samples": total,
             "share": {name: round(n / total, 3) for name, n in parts.items()} if total else {}}
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a SelectorConfig field for the selector, e.g. coalesce=false (repeatable)")
+    parser.add_argument("--stream", action="store_true",
+                        help="each client sends its Routes on a RouteStream (bench target selector_route_stream)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/routoo-selector-profile.txt"),
                         help="py-spy's collapsed stacks (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         field, _, value = item.partition("=")
         settings[field] = json.loads(value)
-    print(json.dumps(asyncio.run(profile(args.out, args.clients, args.seconds, settings, py_spy)), indent=2))
+    print(json.dumps(asyncio.run(profile(args.out, args.clients, args.seconds, settings, py_spy,
+                                                 args.stream)), indent=2))
     return 0
 
 

@@ -24,6 +24,7 @@ TARGET_LABELS = {
     "predictor_batching": "predictor in Triton, dynamic batching",
     "predictor_no_batch": "predictor in Triton, batching off",
     "selector_route": "selector `Route`, end to end",
+    "selector_route_stream": "selector `RouteStream`, one stream per client",
     "selector_route_2w": "selector `Route`, 2 workers, 8 connections",
     "in_process": "predictor in process (no RPC)",
 }

@@ -1,6 +1,6 @@
 """Routoo's serving benchmark: what routing adds, measured side by side in one run on one machine.
 
-    python -m bench.run                 # `make bench`: both encoders, ~6-7 min on 2 cores
+    python -m bench.run                 # `make bench`: both encoders, ~7-8 min on 2 cores
     python -m bench.run --quick         # `make bench-quick`: static encoder, fewer and shorter runs, < 2 min
     python -m bench.run --encoders minilm --targets predictor_batching,predictor_no_batch
 
@@ -255,10 +255,10 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
 
 
 async def _measure_selector(encoder, name, triton_url, measurer, predictor_stats, enc) -> None:
-    settings, channels = SELECTOR_TARGETS[name]
+    settings, channels, stream = SELECTOR_TARGETS[name]
     try:
         with selector_process(triton_url, settings=settings) as selector:
-            target = SelectorRouteTarget(selector.address, channels=channels)
+            target = SelectorRouteTarget(selector.address, channels=channels, stream=stream)
             try:
                 # Server-side split: the Triton calls the selector makes, seen from Triton; and the
                 # selector's coalescing, from its /metrics.

@@ -29,10 +29,12 @@ from predictor_service.contract import (ECHO_FLOOR_MODEL, EXPECTED_COST_USD, PRE
                                         QUALITY, TORCH_THREADS)
 
 ENCODERS = ("static", "minilm")
-TARGETS = ("echo_floor", "predictor_batching", "predictor_no_batch", "selector_route", "selector_route_2w",
-           "in_process")
-# Selector targets: SelectorConfig settings of the selector process, and client connections.
-SELECTOR_TARGETS = {"selector_route": ({}, 1), "selector_route_2w": ({"workers": 2}, 8)}
+TARGETS = ("echo_floor", "predictor_batching", "predictor_no_batch", "selector_route", "selector_route_stream",
+           "selector_route_2w", "in_process")
+# Selector targets: SelectorConfig settings of the selector process, client connections, and whether each
+# client sends its Routes as messages of one RouteStream instead of unary calls.
+SELECTOR_TARGETS = {"selector_route": ({}, 1, False), "selector_route_stream": ({}, 1, True),
+                    "selector_route_2w": ({"workers": 2}, 8, False)}
 TRITON_TARGETS = {"echo_floor": ECHO_FLOOR_MODEL, "predictor_batching": PREDICTOR_MODEL,
                   "predictor_no_batch": PREDICTOR_MODEL}
 
@@ -83,10 +85,15 @@ class TritonTarget:
 @dataclass
 class SelectorRouteTarget:
     """The selector's Route over its gRPC API (grpc.aio stubs), default policy. `channels` connections,
-    used in turn: one connection reaches one selector worker (SO_REUSEPORT spreads connections)."""
+    used in turn: one connection reaches one selector worker (SO_REUSEPORT spreads connections).
+    stream: each Route is a message on a RouteStream instead of a call; a client of the load generator
+    takes an idle stream (or opens one), writes, reads the answer and puts the stream back, so N closed-loop
+    clients hold N streams, one message in flight on each."""
 
     address: str
     channels: int = 1
+    stream: bool = False
+    _idle_streams: list = field(init=False, repr=False, default_factory=list)
     _channels: list = field(init=False, repr=False)
     _stubs: list = field(init=False, repr=False)
     _next: int = field(init=False, repr=False, default=0)
@@ -105,10 +112,32 @@ class SelectorRouteTarget:
         from selector.proto import selector_pb2
 
         self._next = (self._next + 1) % len(self._stubs)
+        if self.stream:
+            return await self._route_on_stream(selector_pb2.RouteRequest(prompt=prompt))
         decision = await self._stubs[self._next].Route(selector_pb2.RouteRequest(prompt=prompt), timeout=10.0)
         return decision.model
 
+    async def _route_on_stream(self, request):
+        import asyncio
+
+        from selector.proto import selector_pb2
+
+        call = self._idle_streams.pop() if self._idle_streams else self._stubs[self._next].RouteStream()
+        try:
+            await call.write(selector_pb2.RouteStreamRequest(route=request))
+            response = await asyncio.wait_for(call.read(), 10.0)
+        except BaseException:
+            call.cancel()              # a stream in an unknown state is not reused
+            raise
+        self._idle_streams.append(call)
+        if response.HasField("error"):
+            raise RuntimeError(f"RouteStream: {response.error.code}: {response.error.message}")
+        return response.decision.model
+
     async def close(self) -> None:
+        for call in self._idle_streams:
+            call.cancel()
+        self._idle_streams.clear()
         for channel in self._channels:
             await channel.close()
 
