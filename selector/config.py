@@ -58,10 +58,13 @@ class SelectorConfig:
     # Requests handled at once; beyond this the selector answers RESOURCE_EXHAUSTED at once instead of
     # queueing without bound (a Route takes ~1-2 ms, so 128 in flight is already a deep queue).
     max_concurrent_requests: int = 128
-    # Messages of one RouteStream worked on at once (each also counts in max_concurrent_requests); the
-    # stream is not read further until one is answered, so a fast writer is slowed by gRPC's flow control
+    # Messages of one RouteStream held at once, from read to answer written; the stream is not read further
+    # until one is written, so gRPC's flow control slows a fast writer (or a slow reader of its answers)
     # instead of filling the selector's memory. 64: one full coalesced call from a single stream.
     stream_max_in_flight: int = 64
+    # The same over all streams together; a stream waits for a slot (it is not refused), and stream messages
+    # do not count in max_concurrent_requests, so streams cannot starve unary calls nor be starved by them.
+    max_concurrent_stream_messages: int = 128
     # Coalescing (selector/coalescer.py): Routes and Scores arriving while a Triton call is in flight join
     # the next call, one ModelInfer of many rows, instead of one call each; a lone request goes at once.
     coalesce: bool = True
@@ -109,6 +112,7 @@ class SelectorConfig:
                     "max_batch_prompts": self.max_batch_prompts, "max_message_bytes": self.max_message_bytes,
                     "max_concurrent_requests": self.max_concurrent_requests,
                     "stream_max_in_flight": self.stream_max_in_flight,
+                    "max_concurrent_stream_messages": self.max_concurrent_stream_messages,
                     "triton_chunk_concurrency": self.triton_chunk_concurrency,
                     "triton_reconnect_backoff_max_ms": self.triton_reconnect_backoff_max_ms,
                     "max_in_flight_bytes": self.max_in_flight_bytes, "big_request_bytes": self.big_request_bytes,

@@ -40,6 +40,9 @@ class SelectorMetrics:
             registry=self.registry)
         self.in_flight = Gauge(
             "routoo_selector_requests_in_flight", "RPCs being handled now", registry=self.registry)
+        self.stream_messages_in_flight = Gauge(
+            "routoo_selector_stream_messages_in_flight", "RouteStream messages being decided now, over all streams",
+            registry=self.registry)
         self.predictor_ready = Gauge(
             "routoo_selector_predictor_ready", "1 while the predictor answers its readiness check",
             registry=self.registry)

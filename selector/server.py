@@ -83,6 +83,7 @@ class SelectorServer:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
+        self.service.drain()
         await self.grpc_server.stop(self._config.grace_s if grace is None else grace)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -58,6 +58,12 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._score_rows = getattr(scores, "score_rows", None)
         self._metrics = metrics
         self._in_flight = 0          # one event loop: a plain counter is safe
+        # RouteStream: messages in flight over all streams (they wait for a slot, not refused), the streams'
+        # readers (stopped by drain()), and whether the server is stopping.
+        self._stream_slots = asyncio.Semaphore(config.max_concurrent_stream_messages)
+        self._stream_readers: set[asyncio.Task] = set()
+        self._draining = False
+        self._stream_messages = 0
         # One line per kind of failure per interval: a predictor outage failed ~750 requests/s, one line each.
         self.warnings = AggregatedLog(log, interval_s=config.log_interval_s,
                                       on_suppressed=metrics.log_lines_suppressed.inc)
@@ -71,6 +77,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._no_constraints = Constraints()
         # Read at scrape time: no gauge lock taken twice per RPC.
         metrics.in_flight.set_function(lambda: self._in_flight)
+        metrics.stream_messages_in_flight.set_function(lambda: self._stream_messages)
 
     # --- RPCs ---------------------------------------------------------------------------------------
 
@@ -84,12 +91,27 @@ class SelectorService(pb_grpc.SelectorServicer):
         return await self._answer("Score", self._score_rpc, request, context)
 
     async def RouteStream(self, requests, context, admission: Admission) -> None:
-        """Route for each message of the stream, answered as each is decided (selector.proto). At most
-        stream_max_in_flight messages are worked on at once; the stream is read no further until one is
-        answered, so gRPC's flow control holds back a writer that outpaces the predictor."""
+        """Route for each message of the stream, answered as each is decided (selector.proto).
+
+        A message holds a slot of its stream (stream_max_in_flight) and one of the server's
+        (max_concurrent_stream_messages) until its answer is written; the stream is read no further while
+        its own slots are taken or a message it read waits for a server slot, so gRPC's flow control holds
+        back a writer that outpaces the predictor or a reader that does not read its answers, and streams
+        wait rather than fail. Stream messages do not count in max_concurrent_requests: streams cannot
+        starve unary calls. When the selector stops, each stream stops reading, answers what it has read,
+        and ends with UNAVAILABLE."""
         answers: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self._config.stream_max_in_flight)
         working: set[asyncio.Task] = set()
+
+        def release():
+            slots.release()
+            self._stream_slots.release()
+
+        def answered(task: asyncio.Task) -> None:
+            working.discard(task)
+            if task.cancelled():             # even before it ran: its slots go back, as no answer will
+                release()
 
         async def answer(item):
             try:
@@ -98,31 +120,75 @@ class SelectorService(pb_grpc.SelectorServicer):
                 self.warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
                 response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
                     code="INTERNAL", message="internal error in the selector; see its log"))
-            finally:
-                slots.release()
-            answers.put_nowait(response)
+            answers.put_nowait(response)            # its slots are released once it is written
 
-        async def read():
+        def start(item) -> None:
+            task = asyncio.create_task(answer(item))
+            working.add(task)
+            task.add_done_callback(answered)
+
+        async def read() -> bool:
+            """Reads until the stream ends (False) or the selector drains (True), then waits for the
+            messages it read to be decided. The stream's slot is taken before a message is read (so a full
+            stream is not read); the server's once one has come (so idle streams hold none)."""
+            holding, drained, waiting = False, False, None     # waiting: read, not yet given a server slot
             try:
-                async for item in requests:
+                try:
                     await slots.acquire()
-                    task = asyncio.create_task(answer(item))
-                    working.add(task)
-                    task.add_done_callback(working.discard)
+                    holding = True
+                    async for item in requests:
+                        waiting = item
+                        await self._stream_slots.acquire()
+                        start(item)
+                        waiting, holding = None, False
+                        await slots.acquire()
+                        holding = True
+                except asyncio.CancelledError:
+                    if not self._draining:
+                        raise
+                    asyncio.current_task().uncancel()
+                    drained = True
+                self._stream_readers.discard(asyncio.current_task())    # drain() stops readers only
+                if waiting is not None:          # read before the drain: it is answered too
+                    await self._stream_slots.acquire()
+                    start(waiting)
+                    holding = False
                 if working:
                     await asyncio.wait(set(working))
+                return drained
             finally:
+                if holding:
+                    slots.release()
                 answers.put_nowait(_END_OF_STREAM)
 
         reader = asyncio.create_task(read())
+        self._stream_readers.add(reader)
         try:
             while (response := await answers.get()) is not _END_OF_STREAM:
-                await context.write(response)
-            await reader               # re-raises what ended the reading, if it failed
+                try:
+                    await context.write(response)
+                finally:
+                    release()
+            drained = await reader             # re-raises what ended the reading, if it failed
         finally:
+            self._stream_readers.discard(reader)
             reader.cancel()
             for task in list(working):
                 task.cancel()
+            while not answers.empty():           # decided, never written (the caller went away)
+                if answers.get_nowait() is not _END_OF_STREAM:
+                    release()
+        if drained:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the selector is shutting down: every message it read was answered; send the "
+                                "rest on a new stream")
+
+    def drain(self) -> None:
+        """Stops every RouteStream reading (SelectorServer.stop, before the grace period): each answers
+        what it has read and ends, instead of being cut off when the grace period is over."""
+        self._draining = True
+        for reader in list(self._stream_readers):
+            reader.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
@@ -133,14 +199,17 @@ class SelectorService(pb_grpc.SelectorServicer):
 
     # --- handlers -----------------------------------------------------------------------------------
 
-    async def _route(self, request: pb.RouteRequest, context) -> pb.RouteDecision:
+    async def _route_streamed(self, request: pb.RouteRequest, context) -> pb.RouteDecision:
+        return await self._route(request, context, "RouteStream")
+
+    async def _route(self, request: pb.RouteRequest, context, method: str = "Route") -> pb.RouteDecision:
         policy = policy_of(request, self._default_policy)
         constraints = constraints_of(request.constraints, self._pool, self._no_constraints)
         check_prompts([request.prompt], "prompt", self._config)
         try:
-            batch, row = await self._predict_rows("Route", [request.prompt], context)
+            batch, row = await self._predict_rows(method, [request.prompt], context)
         except (PredictorUnavailable, PredictorTimeout) as e:
-            fallback = self._fallback(constraints, policy, e)
+            fallback = self._fallback(constraints, policy, e, method)
             if fallback is None:
                 raise
             return fallback
@@ -225,15 +294,19 @@ class SelectorService(pb_grpc.SelectorServicer):
             await context.abort(*failure)
         return response
 
-    async def _settle(self, method: str, handler, request, context):
+    async def _settle(self, method: str, handler, request, context, *, streamed: bool = False):
         """(response, None) or (None, (status code, message)): bounded concurrency, latency metrics, and the
-        mapping of domain errors onto status codes, shared by the unary RPCs and RouteStream's messages."""
-        if self._in_flight >= self._config.max_concurrent_requests:
+        mapping of domain errors onto status codes, shared by the unary RPCs and RouteStream's messages
+        (`streamed`: bounded by RouteStream's slots instead of max_concurrent_requests)."""
+        if streamed:
+            self._stream_messages += 1
+        elif self._in_flight >= self._config.max_concurrent_requests:
             self._metrics.errors.labels(method, "RESOURCE_EXHAUSTED").inc()
             return None, (grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"the selector is handling its limit of {self._config.max_concurrent_requests} "
                           f"concurrent requests; retry with backoff")
-        self._in_flight += 1
+        else:
+            self._in_flight += 1
         start = time.perf_counter()
         try:
             return await handler(request, context), None
@@ -247,7 +320,10 @@ class SelectorService(pb_grpc.SelectorServicer):
             self.warnings.log(logging.ERROR, (method, "bug"), "%s failed", method, exc_info=True)
             code, message = grpc.StatusCode.INTERNAL, "internal error in the selector; see its log"
         finally:
-            self._in_flight -= 1
+            if streamed:
+                self._stream_messages -= 1
+            else:
+                self._in_flight -= 1
             self._request_seconds[method].observe(time.perf_counter() - start)
         self._metrics.errors.labels(method, code.name).inc()
         message = short_message(message)
@@ -264,7 +340,8 @@ class SelectorService(pb_grpc.SelectorServicer):
         try:
             async with admission.message(item) as message:
                 response = pb.RouteStreamResponse(id=message.id)
-                decision, failure = await self._settle("RouteStream", self._route, message.route, context)
+                decision, failure = await self._settle("RouteStream", self._route_streamed, message.route, context,
+                                                       streamed=True)
         except Rejected as e:             # not decoded: its id is read from its first bytes, where it can be
             admission.count_rejection("RouteStream", e)
             response = pb.RouteStreamResponse(id=leading_id(item.data) if type(item) is Deferred else "")
@@ -313,7 +390,8 @@ class SelectorService(pb_grpc.SelectorServicer):
                                  f"non-finite values for {stop - first} prompt(s)")
         return batch, first
 
-    def _fallback(self, constraints: Constraints, policy: Policy, error: Exception) -> pb.RouteDecision | None:
+    def _fallback(self, constraints: Constraints, policy: Policy, error: Exception,
+                  method: str = "Route") -> pb.RouteDecision | None:
         """The configured fallback model, unscored, if the constraints that need no scores allow it."""
         name = self._config.fallback_model
         if name is None or constraints.max_cost_usd is not None:    # its cost is unknown without the predictor
@@ -322,7 +400,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         no_cost = np.zeros((1, len(self._pool)))
         if constraints.exclusions(self._pool, no_cost)[0, j]:
             return None
-        self.warnings.warning(("Route", "fallback"), "Route -> fallback %s: %s", name, error)
+        self.warnings.warning((method, "fallback"), "%s -> fallback %s: %s", method, name, error)
         self._decisions[j].inc()
         return pb.RouteDecision(model=name, quality=math.nan, expected_cost_usd=math.nan,
                                 policy=policy.describe(), fallback=True)

@@ -1,5 +1,5 @@
-"""Fixtures of the selector server's two test modules, test_rpcs.py and test_lifecycle.py: one tritonserver
-and one selector over it for both (package scope: this folder only), as when they were one module; each
+"""Fixtures of the selector server's test modules, test_rpcs.py, test_route_stream.py and test_lifecycle.py:
+one tritonserver and one selector over it for all three (package scope: this folder only); each
 Triton start costs ~5-20 s on 2 busy cores. The rest of tests/selector keeps the root conftest's Triton,
 one per module: with one Triton for the whole folder, test_admission.py's cancel test (SIGSTOP) or
 test_replicas.py's rejoin share failed in each of 3 folder runs at load 6 (without it: 116 passed).

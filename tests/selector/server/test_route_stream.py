@@ -7,6 +7,11 @@ unary requests; a cancelled stream leaves nothing in flight.
 """
 
 import logging
+import math
+import os
+import signal
+import threading
+import time
 
 import grpc
 import pytest
@@ -14,6 +19,7 @@ import pytest
 from selector.client import SelectorClient, make_route_request
 from selector.config import SelectorConfig
 from selector.proto import selector_pb2 as pb
+from selector.proto.selector_pb2_grpc import SelectorStub
 from tests.selector.server.test_rpcs import BAD_INPUTS, CANARY
 from tests.support.selector_harness import PROMPTS, SelectorThread, wait_for
 
@@ -34,6 +40,16 @@ def by_id(responses) -> dict[str, pb.RouteStreamResponse]:
     return out
 
 
+def assert_same_decision(streamed: pb.RouteDecision, called: pb.RouteDecision) -> None:
+    """Equal decisions; scores to float32 precision (a coalesced batch and a lone call may differ there)."""
+    assert (streamed.model, streamed.policy) == (called.model, called.policy)
+    assert [r.model for r in streamed.runners_up] == [r.model for r in called.runners_up]
+    assert [s.model for s in streamed.scores] == [s.model for s in called.scores]
+    for a, b in zip([streamed, *streamed.scores], [called, *called.scores]):
+        assert math.isclose(a.quality, b.quality, rel_tol=1e-6)
+        assert math.isclose(a.expected_cost_usd, b.expected_cost_usd, rel_tol=1e-6)
+
+
 def test_every_message_gets_the_decision_a_route_call_gets(selector):
     requests = requests_with_policies()
     with SelectorClient(selector.address) as client:
@@ -42,7 +58,8 @@ def test_every_message_gets_the_decision_a_route_call_gets(selector):
     for i, request in enumerate(requests):
         answer = answers[str(i)]
         assert answer.WhichOneof("result") == "decision", answer.error
-        assert answer.decision == selector.stub.Route(request, timeout=30)
+        assert_same_decision(answer.decision, selector.stub.Route(request, timeout=30))
+    assert selector.metric("routoo_selector_triton_call_seconds_count", {"method": "RouteStream"}) > 0
 
 
 def test_a_bad_message_gets_its_own_error_and_the_stream_goes_on(selector):
@@ -122,9 +139,118 @@ def test_big_messages_pass_the_bytes_budget(one_at_a_time):
     requests = [make_route_request(long_prompt), make_route_request(too_big), make_route_request(PROMPTS[0])]
     with SelectorClient(one_at_a_time.address) as client:
         answers = by_id(client.route_stream(requests))
-    assert answers["0"].decision == one_at_a_time.stub.Route(requests[0], timeout=30)
+    assert_same_decision(answers["0"].decision, one_at_a_time.stub.Route(requests[0], timeout=30))
     assert answers["1"].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.name
     assert "over its budget of 8192" in answers["1"].error.message
     assert answers["2"].decision.model
     assert one_at_a_time.metric("routoo_selector_rejected_total",
                                 {"method": "RouteStream", "reason": "bytes_in_flight"}) == 1
+
+
+def test_a_caller_that_does_not_read_its_answers_is_not_read_further(one_at_a_time):
+    """Answers not yet written hold their slots: once the caller's flow-control window is full, the
+    selector stops reading instead of deciding and queueing answers nobody reads. (BDP probing off, so
+    the window stays at gRPC's initial 64 KiB: ~50 answers with their scores.)"""
+    sent = 5_000
+    requests = (pb.RouteStreamRequest(id=str(i), route=make_route_request(PROMPTS[i % len(PROMPTS)]))
+                for i in range(sent))
+    decided = []
+
+    def settled() -> bool:
+        decided.append(one_at_a_time.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"}))
+        return len(decided) > 1 and decided[-1] == decided[-2]
+
+    before = one_at_a_time.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"})
+    with grpc.insecure_channel(one_at_a_time.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        responses = SelectorStub(channel).RouteStream(requests, timeout=300)
+        assert wait_for(settled, attempts=40, pause_s=0.5), f"still deciding unread messages: {decided}"
+        assert 0 < decided[-1] - before < 500
+        assert len(by_id(responses)) == sent
+
+
+@pytest.fixture(scope="module")
+def small_slots(triton_server):
+    """A selector whose streams hold at most 4 messages each and 6 over all streams."""
+    running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url, stream_max_in_flight=4,
+                                            max_concurrent_stream_messages=6))
+    yield running
+    running.close()
+
+
+class FrozenPredictor:
+    """tritonserver stopped (SIGSTOP) for the block: calls wait on it. Kept well under the selector's 10 s
+    Triton deadline."""
+
+    def __init__(self, triton_server):
+        self.pid = triton_server.pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def stream_of(n: int, tag: str):
+    return (pb.RouteStreamRequest(id=f"{tag}{i}", route=make_route_request(PROMPTS[i % len(PROMPTS)]))
+            for i in range(n))
+
+
+def in_flight(selector) -> float:
+    return selector.metric("routoo_selector_stream_messages_in_flight")
+
+
+def test_streams_wait_for_the_servers_slots_and_leave_unary_calls_theirs(small_slots, triton_server):
+    calls = [small_slots.stub.RouteStream(stream_of(10, tag), timeout=120) for tag in "abc"]
+    with FrozenPredictor(triton_server):
+        assert wait_for(lambda: in_flight(small_slots) == 6, attempts=50, pause_s=0.05)
+        route = small_slots.stub.Route.future(make_route_request(PROMPTS[0]), timeout=60)
+        assert wait_for(lambda: small_slots.metric("routoo_selector_requests_in_flight") == 1, attempts=50,
+                        pause_s=0.05)            # admitted beside the six, not refused
+        assert in_flight(small_slots) == 6
+    answers = [answer for call in calls for answer in call]
+    assert len(answers) == 30 and all(a.WhichOneof("result") == "decision" for a in answers)
+    assert route.result().model
+
+
+def test_a_cancelled_stream_gives_its_slots_back(small_slots, triton_server):
+    with FrozenPredictor(triton_server):
+        call = small_slots.stub.RouteStream(stream_of(10, "x"), timeout=120)
+        assert wait_for(lambda: in_flight(small_slots) == 4, attempts=50, pause_s=0.05)
+        call.cancel()
+    assert wait_for(lambda: in_flight(small_slots) == 0)
+    with FrozenPredictor(triton_server):          # all six server slots are free again
+        calls = [small_slots.stub.RouteStream(stream_of(5, tag), timeout=120) for tag in "yz"]
+        assert wait_for(lambda: in_flight(small_slots) == 6, attempts=50, pause_s=0.05)
+    assert sum(1 for call in calls for answer in call if answer.decision.model) == 10
+
+
+def test_stopping_the_selector_answers_what_each_stream_read_then_ends_it(triton_server):
+    running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))
+    answers, ended = [], {}
+
+    def slowly():
+        for i in range(5000):
+            yield pb.RouteStreamRequest(id=str(i), route=make_route_request(PROMPTS[i % len(PROMPTS)]))
+            time.sleep(0.002)
+
+    def consume():
+        try:
+            for answer in running.stub.RouteStream(slowly(), timeout=120):
+                answers.append(answer)
+        except grpc.RpcError as e:
+            ended["code"], ended["details"] = e.code(), e.details()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    try:
+        assert wait_for(lambda: len(answers) >= 20, attempts=100, pause_s=0.05)
+        running.call(running.server.stop(30))
+        reader.join(60)
+    finally:
+        running.close()
+    assert ended.get("code") == grpc.StatusCode.UNAVAILABLE
+    assert "every message it read was answered" in ended["details"]
+    ids = sorted(int(a.id) for a in answers)
+    assert ids == list(range(len(ids))) and all(a.decision.model for a in answers)
