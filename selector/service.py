@@ -35,6 +35,8 @@ log = logging.getLogger("routoo.selector")
 
 _METHODS = ("Route", "RouteBatch", "Score", "RouteStream")
 _END_OF_STREAM = object()
+_SHUTTING_DOWN = ("the selector is shutting down: every message it read was answered; send the rest on a new "
+                  "stream")
 _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
@@ -62,6 +64,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         # readers (stopped by drain()), and whether the server is stopping.
         self._stream_slots = asyncio.Semaphore(config.max_concurrent_stream_messages)
         self._stream_readers: set[asyncio.Task] = set()
+        self._drain_asked: set[asyncio.Task] = set()
         self._draining = False
         self._stream_messages = 0
         # One line per kind of failure per interval: a predictor outage failed ~750 requests/s, one line each.
@@ -93,25 +96,24 @@ class SelectorService(pb_grpc.SelectorServicer):
     async def RouteStream(self, requests, context, admission: Admission) -> None:
         """Route for each message of the stream, answered as each is decided (selector.proto).
 
-        A message holds a slot of its stream (stream_max_in_flight) and one of the server's
-        (max_concurrent_stream_messages) until its answer is written; the stream is read no further while
-        its own slots are taken or a message it read waits for a server slot, so gRPC's flow control holds
-        back a writer that outpaces the predictor or a reader that does not read its answers, and streams
-        wait rather than fail. Stream messages do not count in max_concurrent_requests: streams cannot
-        starve unary calls. When the selector stops, each stream stops reading, answers what it has read,
-        and ends with UNAVAILABLE."""
+        A message holds a slot of its stream (stream_max_in_flight) until its answer is written, and one of
+        the server's (max_concurrent_stream_messages) while it is decided. The stream is read no further
+        while its own slots are taken or a message it read waits for a server slot, so gRPC's flow control
+        holds back a writer that outpaces the predictor or a reader that does not read its answers (whose
+        unwritten answers hold only its own slots), and streams wait rather than fail. Stream messages do
+        not count in max_concurrent_requests: streams cannot starve unary calls. When the selector stops,
+        each stream stops reading, answers what it has read, and ends with UNAVAILABLE."""
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         answers: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self._config.stream_max_in_flight)
         working: set[asyncio.Task] = set()
 
-        def release():
-            slots.release()
-            self._stream_slots.release()
-
         def answered(task: asyncio.Task) -> None:
             working.discard(task)
-            if task.cancelled():             # even before it ran: its slots go back, as no answer will
-                release()
+            if task.cancelled():             # even before it ran: no answer will come, its slots go back
+                slots.release()
+                self._stream_slots.release()
 
         async def answer(item):
             try:
@@ -120,7 +122,8 @@ class SelectorService(pb_grpc.SelectorServicer):
                 self.warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
                 response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
                     code="INTERNAL", message="internal error in the selector; see its log"))
-            answers.put_nowait(response)            # its slots are released once it is written
+            self._stream_slots.release()             # decided; its stream's slot goes back once written
+            answers.put_nowait(response)
 
         def start(item) -> None:
             task = asyncio.create_task(answer(item))
@@ -131,24 +134,31 @@ class SelectorService(pb_grpc.SelectorServicer):
             """Reads until the stream ends (False) or the selector drains (True), then waits for the
             messages it read to be decided. The stream's slot is taken before a message is read (so a full
             stream is not read); the server's once one has come (so idle streams hold none)."""
-            holding, drained, waiting = False, False, None     # waiting: read, not yet given a server slot
+            me = asyncio.current_task()
+            holding, drained, waiting = False, self._draining, None   # waiting: read, not yet given a server slot
             try:
-                try:
-                    await slots.acquire()
-                    holding = True
-                    async for item in requests:
-                        waiting = item
-                        await self._stream_slots.acquire()
-                        start(item)
-                        waiting, holding = None, False
+                if not drained:
+                    self._stream_readers.add(me)      # from its first step: drain() cancels only running readers
+                    try:
                         await slots.acquire()
                         holding = True
-                except asyncio.CancelledError:
-                    if not self._draining:
-                        raise
-                    asyncio.current_task().uncancel()
-                    drained = True
-                self._stream_readers.discard(asyncio.current_task())    # drain() stops readers only
+                        async for item in requests:
+                            waiting = item
+                            await self._stream_slots.acquire()
+                            start(item)
+                            waiting, holding = None, False
+                            await slots.acquire()
+                            holding = True
+                    except asyncio.CancelledError:
+                        # drain()'s cancel alone is a request to stop reading; any other (the caller's, the
+                        # handler's, the end of the grace period) ends the reader.
+                        if me not in self._drain_asked or me.cancelling() != 1:
+                            raise
+                        me.uncancel()
+                        drained = True
+                    finally:
+                        self._stream_readers.discard(me)
+                        self._drain_asked.discard(me)
                 if waiting is not None:          # read before the drain: it is answered too
                     await self._stream_slots.acquire()
                     start(waiting)
@@ -162,33 +172,32 @@ class SelectorService(pb_grpc.SelectorServicer):
                 answers.put_nowait(_END_OF_STREAM)
 
         reader = asyncio.create_task(read())
-        self._stream_readers.add(reader)
         try:
             while (response := await answers.get()) is not _END_OF_STREAM:
                 try:
                     await context.write(response)
                 finally:
-                    release()
+                    slots.release()
             drained = await reader             # re-raises what ended the reading, if it failed
         finally:
-            self._stream_readers.discard(reader)
             reader.cancel()
             for task in list(working):
                 task.cancel()
             while not answers.empty():           # decided, never written (the caller went away)
                 if answers.get_nowait() is not _END_OF_STREAM:
-                    release()
+                    slots.release()
         if drained:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the selector is shutting down: every message it read was answered; send the "
-                                "rest on a new stream")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
 
     def drain(self) -> None:
         """Stops every RouteStream reading (SelectorServer.stop, before the grace period): each answers
-        what it has read and ends, instead of being cut off when the grace period is over."""
+        what it has read and ends, instead of being cut off when the grace period is over; a stream that
+        starts after this ends at once."""
         self._draining = True
         for reader in list(self._stream_readers):
-            reader.cancel()
+            if reader not in self._drain_asked:
+                self._drain_asked.add(reader)
+                reader.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
@@ -337,6 +346,8 @@ class SelectorService(pb_grpc.SelectorServicer):
     async def _stream_route(self, item, context, admission: Admission) -> pb.RouteStreamResponse:
         """One RouteStream message's answer: its decision or its error, never an exception (but
         cancellation), so that the stream and its other messages go on."""
+        # A big message's id is read from its first bytes now: they are gone once it is decoded.
+        wire_id = leading_id(item.data) if type(item) is Deferred else ""
         try:
             async with admission.message(item) as message:
                 response = pb.RouteStreamResponse(id=message.id)
@@ -344,7 +355,7 @@ class SelectorService(pb_grpc.SelectorServicer):
                                                        streamed=True)
         except Rejected as e:             # not decoded: its id is read from its first bytes, where it can be
             admission.count_rejection("RouteStream", e)
-            response = pb.RouteStreamResponse(id=leading_id(item.data) if type(item) is Deferred else "")
+            response = pb.RouteStreamResponse(id=wire_id)
             decision, failure = None, (e.code, short_message(e.message))
         if failure is None:
             response.decision.CopyFrom(decision)

@@ -12,7 +12,8 @@ from cli.main import main as routoo
 from predictor_service.predictor import Predictor
 from tests.support.datasets import TOPICS
 
-CODE = 'def add(a, b):\n\t"""Return a + b — “quoted” ✓ 日本語"""\n    return a + b\n\nassert add(1, 2) == 3  # 🚀\n'
+CODE = ('def add(a, b):\n\t"""Return a + b — “quoted” ✓ 日本語"""\n    return a + b\n\n'
+        'assert add(1, 2) == 3  # 🚀\n')
 MODELS = ["math_whiz", "lawyer", "partial", "sparse"]
 
 

@@ -94,6 +94,16 @@ def test_an_undecodable_message_is_answered_with_an_empty_id_and_the_next_ones_a
     assert next(a for a in answers if a.id == "after").decision.model
 
 
+def test_a_big_message_that_does_not_decode_keeps_its_id(one_at_a_time):
+    """one_at_a_time takes messages over 1 KiB as big: decoded behind the gate, after their id was read."""
+    data = bytearray(pb.RouteStreamRequest(id="big", route=make_route_request("x" * 2000)).SerializeToString())
+    data[-10] = 0xFF                      # inside the prompt: valid wire format, not UTF-8
+    call = one_at_a_time.channel.stream_stream(METHOD, request_serializer=lambda b: b,
+                                               response_deserializer=pb.RouteStreamResponse.FromString)
+    [answer] = list(call(iter([bytes(data)]), timeout=60))
+    assert answer.id == "big" and answer.error.code == "INVALID_ARGUMENT"
+
+
 def test_prompt_text_never_reaches_the_log(selector, caplog):
     caplog.set_level(logging.DEBUG)
     requests = [make_route_request(f"Tell me about {CANARY}"), make_route_request(f"{CANARY} " * 20_000),
@@ -214,6 +224,24 @@ def test_streams_wait_for_the_servers_slots_and_leave_unary_calls_theirs(small_s
     assert route.result().model
 
 
+def test_callers_that_do_not_read_hold_only_their_own_slots(small_slots):
+    """Two streams whose answers nobody reads fill their own 4 slots each (8 > the server's 6), and a third
+    stream is still answered: unwritten answers hold no server slot."""
+    with grpc.insecure_channel(small_slots.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        stalled = [SelectorStub(channel).RouteStream(stream_of(2000, tag), timeout=120) for tag in "pq"]
+        decided = []
+
+        def settled() -> bool:
+            decided.append(small_slots.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"}))
+            return len(decided) > 1 and decided[-1] == decided[-2]
+
+        assert wait_for(settled, attempts=40, pause_s=0.5)
+        assert in_flight(small_slots) == 0
+        answers = list(small_slots.stub.RouteStream(stream_of(20, "r"), timeout=60))
+        assert len(answers) == 20 and all(a.decision.model for a in answers)
+        assert all(len(list(call)) == 2000 for call in stalled)
+
+
 def test_a_cancelled_stream_gives_its_slots_back(small_slots, triton_server):
     with FrozenPredictor(triton_server):
         call = small_slots.stub.RouteStream(stream_of(10, "x"), timeout=120)
@@ -224,6 +252,19 @@ def test_a_cancelled_stream_gives_its_slots_back(small_slots, triton_server):
         calls = [small_slots.stub.RouteStream(stream_of(5, tag), timeout=120) for tag in "yz"]
         assert wait_for(lambda: in_flight(small_slots) == 6, attempts=50, pause_s=0.05)
     assert sum(1 for call in calls for answer in call if answer.decision.model) == 10
+
+
+def test_a_stream_that_starts_once_the_selector_drains_ends_at_once(triton_server):
+    running = SelectorThread(SelectorConfig(port=0, triton_url=triton_server.grpc_url))
+    try:
+        running.loop.call_soon_threadsafe(running.server.service.drain)
+        with pytest.raises(grpc.RpcError) as error:
+            list(running.stub.RouteStream(stream_of(3, "d"), timeout=30))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in error.value.details()
+        assert running.stub.Route(make_route_request(PROMPTS[0]), timeout=30).model    # unary calls go on
+    finally:
+        running.close()
 
 
 def test_stopping_the_selector_answers_what_each_stream_read_then_ends_it(triton_server):
