@@ -118,6 +118,13 @@ class SelectorService(pb_grpc.SelectorServicer):
         async def answer(item):
             try:
                 response = await self._stream_route(item, context, admission)
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise            # the stream is ending: no answer is owed
+                # Not this task's cancellation but one from below it (a predictor channel closed under
+                # its call): the message is answered and the stream goes on.
+                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
+                    code="UNAVAILABLE", message="the predictor call was cancelled; retry"))
             except Exception:        # a bug: the message still gets its answer, the stream goes on
                 self.warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
                 response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
@@ -172,6 +179,8 @@ class SelectorService(pb_grpc.SelectorServicer):
                 answers.put_nowait(_END_OF_STREAM)
 
         reader = asyncio.create_task(read())
+        # Retrieved here, so that a reader failing after the handler has gone logs no "never retrieved".
+        reader.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             while (response := await answers.get()) is not _END_OF_STREAM:
                 try:
