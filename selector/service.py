@@ -29,14 +29,12 @@ from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.requests import check_prompts, constraints_of, is_content_free, policy_of
 from selector.scores_wire import ScoresWire
+from selector.streams import RouteStreams
 from selector.triton_scores import PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource
 
 log = logging.getLogger("routoo.selector")
 
 _METHODS = ("Route", "RouteBatch", "Score", "RouteStream")
-_END_OF_STREAM = object()
-_SHUTTING_DOWN = ("the selector is shutting down: every message it read was answered; send the rest on a new "
-                  "stream")
 _STATUS_OF = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
               NoEligibleModel: grpc.StatusCode.FAILED_PRECONDITION,
               BudgetTooSmall: grpc.StatusCode.FAILED_PRECONDITION,
@@ -60,16 +58,11 @@ class SelectorService(pb_grpc.SelectorServicer):
         self._score_rows = getattr(scores, "score_rows", None)
         self._metrics = metrics
         self._in_flight = 0          # one event loop: a plain counter is safe
-        # RouteStream: messages in flight over all streams (they wait for a slot, not refused), the streams'
-        # readers (stopped by drain()), and whether the server is stopping.
-        self._stream_slots = asyncio.Semaphore(config.max_concurrent_stream_messages)
-        self._stream_readers: set[asyncio.Task] = set()
-        self._drain_asked: set[asyncio.Task] = set()
-        self._draining = False
-        self._stream_messages = 0
+        self._stream_messages = 0    # RouteStream messages being decided, over all streams
         # One line per kind of failure per interval: a predictor outage failed ~750 requests/s, one line each.
         self.warnings = AggregatedLog(log, interval_s=config.log_interval_s,
                                       on_suppressed=metrics.log_lines_suppressed.inc)
+        self._streams = RouteStreams(config, self.warnings)
         # Labelled metric children looked up once (labels() takes a lock and a dict lookup per call).
         self._decisions = [metrics.decisions.labels(name) for name in pool.names]
         self._request_seconds = {m: metrics.request_seconds.labels(m) for m in _METHODS}
@@ -94,119 +87,13 @@ class SelectorService(pb_grpc.SelectorServicer):
         return await self._answer("Score", self._score_rpc, request, context)
 
     async def RouteStream(self, requests, context, admission: Admission) -> None:
-        """Route for each message of the stream, answered as each is decided (selector.proto).
-
-        A message holds a slot of its stream (stream_max_in_flight) until its answer is written, and one of
-        the server's (max_concurrent_stream_messages) while it is decided. The stream is read no further
-        while its own slots are taken or a message it read waits for a server slot, so gRPC's flow control
-        holds back a writer that outpaces the predictor or a reader that does not read its answers (whose
-        unwritten answers hold only its own slots), and streams wait rather than fail. Stream messages do
-        not count in max_concurrent_requests: streams cannot starve unary calls. When the selector stops,
-        each stream stops reading, answers what it has read, and ends with UNAVAILABLE."""
-        if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-        answers: asyncio.Queue = asyncio.Queue()
-        slots = asyncio.Semaphore(self._config.stream_max_in_flight)
-        working: set[asyncio.Task] = set()
-
-        def answered(task: asyncio.Task) -> None:
-            working.discard(task)
-            if task.cancelled():             # even before it ran: no answer will come, its slots go back
-                slots.release()
-                self._stream_slots.release()
-
-        async def answer(item):
-            try:
-                response = await self._stream_route(item, context, admission)
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    raise            # the stream is ending: no answer is owed
-                # Not this task's cancellation but one from below it (a predictor channel closed under
-                # its call): the message is answered and the stream goes on.
-                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
-                    code="UNAVAILABLE", message="the predictor call was cancelled; retry"))
-            except Exception:        # a bug: the message still gets its answer, the stream goes on
-                self.warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
-                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
-                    code="INTERNAL", message="internal error in the selector; see its log"))
-            self._stream_slots.release()             # decided; its stream's slot goes back once written
-            answers.put_nowait(response)
-
-        def start(item) -> None:
-            task = asyncio.create_task(answer(item))
-            working.add(task)
-            task.add_done_callback(answered)
-
-        async def read() -> bool:
-            """Reads until the stream ends (False) or the selector drains (True), then waits for the
-            messages it read to be decided. The stream's slot is taken before a message is read (so a full
-            stream is not read); the server's once one has come (so idle streams hold none)."""
-            me = asyncio.current_task()
-            holding, drained, waiting = False, self._draining, None   # waiting: read, not yet given a server slot
-            try:
-                if not drained:
-                    self._stream_readers.add(me)      # from its first step: drain() cancels only running readers
-                    try:
-                        await slots.acquire()
-                        holding = True
-                        async for item in requests:
-                            waiting = item
-                            await self._stream_slots.acquire()
-                            start(item)
-                            waiting, holding = None, False
-                            await slots.acquire()
-                            holding = True
-                    except asyncio.CancelledError:
-                        # drain()'s cancel alone is a request to stop reading; any other (the caller's, the
-                        # handler's, the end of the grace period) ends the reader.
-                        if me not in self._drain_asked or me.cancelling() != 1:
-                            raise
-                        me.uncancel()
-                        drained = True
-                    finally:
-                        self._stream_readers.discard(me)
-                        self._drain_asked.discard(me)
-                if waiting is not None:          # read before the drain: it is answered too
-                    await self._stream_slots.acquire()
-                    start(waiting)
-                    holding = False
-                if working:
-                    await asyncio.wait(set(working))
-                return drained
-            finally:
-                if holding:
-                    slots.release()
-                answers.put_nowait(_END_OF_STREAM)
-
-        reader = asyncio.create_task(read())
-        # Retrieved here, so that a reader failing after the handler has gone logs no "never retrieved".
-        reader.add_done_callback(lambda task: task.cancelled() or task.exception())
-        try:
-            while (response := await answers.get()) is not _END_OF_STREAM:
-                try:
-                    await context.write(response)
-                finally:
-                    slots.release()
-            drained = await reader             # re-raises what ended the reading, if it failed
-        finally:
-            reader.cancel()
-            for task in list(working):
-                task.cancel()
-            while not answers.empty():           # decided, never written (the caller went away)
-                if answers.get_nowait() is not _END_OF_STREAM:
-                    slots.release()
-        if drained:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        """Route for each message of the stream, answered as each is decided (selector.proto; the slots,
+        the order of answers and the drain are selector/streams.py's)."""
+        await self._streams.serve(requests, context, lambda item: self._stream_route(item, context, admission))
 
     def drain(self) -> None:
-        """Stops every RouteStream reading (SelectorServer.stop, before the grace period): each answers
-        what it has read and ends, instead of being cut off when the grace period is over; a stream that
-        starts after this ends at once."""
-        self._draining = True
-        for reader in list(self._stream_readers):
-            if reader not in self._drain_asked:
-                self._drain_asked.add(reader)
-                reader.cancel()
+        """Stops every RouteStream reading (SelectorServer.stop, before the grace period)."""
+        self._streams.drain()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[

@@ -157,6 +157,23 @@ def test_big_messages_pass_the_bytes_budget(one_at_a_time):
                                 {"method": "RouteStream", "reason": "bytes_in_flight"}) == 1
 
 
+def decided(selector) -> float:
+    """RouteStream messages the selector has decided so far."""
+    return selector.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"})
+
+
+def settled_decided(selector) -> float:
+    """decided() once it holds still over half a second; fails if it keeps growing for 20 s."""
+    counts = []
+
+    def settled() -> bool:
+        counts.append(decided(selector))
+        return len(counts) > 1 and counts[-1] == counts[-2]
+
+    assert wait_for(settled, attempts=40, pause_s=0.5), f"still deciding unread messages: {counts}"
+    return counts[-1]
+
+
 def test_a_caller_that_does_not_read_its_answers_is_not_read_further(one_at_a_time):
     """Answers not yet written hold their slots: once the caller's flow-control window is full, the
     selector stops reading instead of deciding and queueing answers nobody reads. (BDP probing off, so
@@ -164,17 +181,10 @@ def test_a_caller_that_does_not_read_its_answers_is_not_read_further(one_at_a_ti
     sent = 5_000
     requests = (pb.RouteStreamRequest(id=str(i), route=make_route_request(PROMPTS[i % len(PROMPTS)]))
                 for i in range(sent))
-    decided = []
-
-    def settled() -> bool:
-        decided.append(one_at_a_time.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"}))
-        return len(decided) > 1 and decided[-1] == decided[-2]
-
-    before = one_at_a_time.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"})
+    before = decided(one_at_a_time)
     with grpc.insecure_channel(one_at_a_time.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         responses = SelectorStub(channel).RouteStream(requests, timeout=300)
-        assert wait_for(settled, attempts=40, pause_s=0.5), f"still deciding unread messages: {decided}"
-        assert 0 < decided[-1] - before < 500
+        assert 0 < settled_decided(one_at_a_time) - before < 500
         assert len(by_id(responses)) == sent
 
 
@@ -229,13 +239,7 @@ def test_callers_that_do_not_read_hold_only_their_own_slots(small_slots):
     stream is still answered: unwritten answers hold no server slot."""
     with grpc.insecure_channel(small_slots.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         stalled = [SelectorStub(channel).RouteStream(stream_of(2000, tag), timeout=120) for tag in "pq"]
-        decided = []
-
-        def settled() -> bool:
-            decided.append(small_slots.metric("routoo_selector_request_seconds_count", {"method": "RouteStream"}))
-            return len(decided) > 1 and decided[-1] == decided[-2]
-
-        assert wait_for(settled, attempts=40, pause_s=0.5)
+        settled_decided(small_slots)
         assert in_flight(small_slots) == 0
         answers = list(small_slots.stub.RouteStream(stream_of(20, "r"), timeout=60))
         assert len(answers) == 20 and all(a.decision.model for a in answers)
