@@ -62,8 +62,10 @@ class SelectorConfig:
     # until one is written, so gRPC's flow control slows a fast writer (or a slow reader of its answers)
     # instead of filling the selector's memory. 64: one full coalesced call from a single stream.
     stream_max_in_flight: int = 64
-    # The same over all streams together; a stream waits for a slot (it is not refused), and stream messages
-    # do not count in max_concurrent_requests, so streams cannot starve unary calls nor be starved by them.
+    # RouteStream messages being decided at once over all streams (a message's slot here goes back once it
+    # is decided, so callers that do not read their answers hold none); a stream waits for one rather than
+    # being refused, and stream messages do not count in max_concurrent_requests: streams cannot starve
+    # unary calls nor be starved by them.
     max_concurrent_stream_messages: int = 128
     # Coalescing (selector/coalescer.py): Routes and Scores arriving while a Triton call is in flight join
     # the next call, one ModelInfer of many rows, instead of one call each; a lone request goes at once.
