@@ -15,7 +15,7 @@ import pytest
 
 from predictor_service.contract import PREDICTOR_MODEL, PROMPT, PROMPT_DATATYPE
 from predictor_service.triton_server import PROJECT_ROOT, free_port
-from selector.admission import MAX_ERROR_MESSAGE_CHARS, short_message
+from selector.admission import MAX_ERROR_MESSAGE_CHARS, leading_id, short_message
 from selector.client import make_route_request
 from selector.config import MIB, SelectorConfig
 from selector.log_limits import AggregatedLog
@@ -237,3 +237,18 @@ def test_a_call_the_client_cancels_is_counted_not_warned(selector, triton_server
         os.kill(triton_server.pid, signal.SIGCONT)
     assert not [r for r in caplog.records if r.name == "routoo.selector" and r.levelno >= logging.WARNING]
     assert selector.stub.Route(make_route_request("What is 2 + 2?"), timeout=30).model
+
+
+@pytest.mark.parametrize("request_id", ["", "a", "x" * 200, "é" * 70 + "🚀", "7" * 20_000])
+def test_leading_id_reads_a_route_stream_requests_id_from_its_wire_bytes(request_id):
+    data = pb.RouteStreamRequest(id=request_id, route=make_route_request("p" * 5000)).SerializeToString()
+    assert leading_id(data) == request_id
+
+
+@pytest.mark.parametrize("data", [None, b"", b"\x12\x03abc",        # field 2 first: no id where it is looked for
+                                  b"\x0a\x05ab",                     # cut short
+                                  b"\x0a\x02\xff\xfe",               # not UTF-8
+                                  b"\x0a\x80\x80\x80\x80\x80\x01"])  # a length varint over 5 bytes
+def test_leading_id_is_empty_where_there_is_none_to_read(data):
+    assert leading_id(data) == ""
+
