@@ -30,8 +30,9 @@ from bench.targets import SelectorRouteTarget
 from predictor_service.contract import PREDICTOR_MODEL
 
 # First match wins, in this order: a sample inside the handler is the handler's, whatever it calls.
-PARTS = (("RouteStream's messages (selector/service.py: its reading, tasks and answers, and their Routes)",
-          "SelectorService.RouteStream"),
+# "RouteStream" matches the servicer's method and selector/streams.py's RouteStreams, whose reading and
+# answering run in tasks of their own (stacks that start there, not in the servicer).
+PARTS = (("RouteStream's messages (selector/streams.py: reading, tasks, writing; and their Routes)", "RouteStream"),
          ("Route handler (selector/service.py, policies, protobuf building)", "SelectorService.Route"),
          ("coalesced Triton call (selector/coalescer.py, triton_scores.py, tritonclient stub)",
           "CoalescingScores._call"),
@@ -71,7 +72,8 @@ async def profile(out: Path, clients: int, seconds: int, settings: dict, py_spy:
             finally:
                 await target.close()
     total, parts = summarise(out)
-    return {"clients": clients, "settings": settings, "stream": stream, "routes_per_s": round(result.summary()["throughput_rps"]),
+    return {"clients": clients, "settings": settings, "stream": stream,
+            "routes_per_s": round(result.summary()["throughput_rps"]),
             "cpu_ms_per_route": cpu, "samples": total,
             "share": {name: round(n / total, 3) for name, n in parts.items()} if total else {}}
 

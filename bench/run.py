@@ -1,6 +1,7 @@
 """Routoo's serving benchmark: what routing adds, measured side by side in one run on one machine.
 
-    python -m bench.run                 # `make bench`: both encoders, ~7-8 min on 2 cores
+    python -m bench.run                 # `make bench`: both encoders, ~6-7 min on 2 cores, + ~35 s per encoder
+                                        # for selector_route_stream (measured for static)
     python -m bench.run --quick         # `make bench-quick`: static encoder, fewer and shorter runs, < 2 min
     python -m bench.run --encoders minilm --targets predictor_batching,predictor_no_batch
 

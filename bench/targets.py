@@ -20,6 +20,7 @@ role in bench/cpu_time.py, server-side statistics in bench/server_stats.py.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,18 +114,15 @@ class SelectorRouteTarget:
 
         self._next = (self._next + 1) % len(self._stubs)
         if self.stream:
-            return await self._route_on_stream(selector_pb2.RouteRequest(prompt=prompt))
+            return await self._route_on_stream(
+                selector_pb2.RouteStreamRequest(route=selector_pb2.RouteRequest(prompt=prompt)))
         decision = await self._stubs[self._next].Route(selector_pb2.RouteRequest(prompt=prompt), timeout=10.0)
         return decision.model
 
-    async def _route_on_stream(self, request):
-        import asyncio
-
-        from selector.proto import selector_pb2
-
+    async def _route_on_stream(self, message):
         call = self._idle_streams.pop() if self._idle_streams else self._stubs[self._next].RouteStream()
         try:
-            await call.write(selector_pb2.RouteStreamRequest(route=request))
+            await call.write(message)
             response = await asyncio.wait_for(call.read(), 10.0)
         except BaseException:
             call.cancel()              # a stream in an unknown state is not reused

@@ -27,6 +27,11 @@ SHUTTING_DOWN = ("the selector is shutting down: every message it read was answe
                  "stream")
 
 
+def _error(item, code: str, message: str) -> pb.RouteStreamResponse:
+    """An answer that is an error, for a message that `decide` could not answer itself."""
+    return pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(code=code, message=message))
+
+
 class RouteStreams:
     """The server's streams: the server-wide slots, the running readers, and whether it is draining."""
 
@@ -61,12 +66,10 @@ class RouteStreams:
                     raise            # the stream is ending: no answer is owed
                 # Not this task's cancellation but one from below it (a predictor channel closed under
                 # its call): the message is answered and the stream goes on.
-                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
-                    code="UNAVAILABLE", message="the predictor call was cancelled; retry"))
+                response = _error(item, "UNAVAILABLE", "the predictor call was cancelled; retry")
             except Exception:        # a bug: the message still gets its answer, the stream goes on
                 self._warnings.log(logging.ERROR, ("RouteStream", "bug"), "RouteStream failed", exc_info=True)
-                response = pb.RouteStreamResponse(id=getattr(item, "id", ""), error=pb.RouteError(
-                    code="INTERNAL", message="internal error in the selector; see its log"))
+                response = _error(item, "INTERNAL", "internal error in the selector; see its log")
             self._slots.release()             # decided; its stream's slot goes back once written
             answers.put_nowait(response)
 
