@@ -12,6 +12,8 @@ is taken from *train* prompts, never from a test question; seeded, so the same f
   which so starts well past the first 256 tokens.
 - heldout-cats: train on 10 categories, test on the other 4 (chosen by the seed): topics never seen.
 - pool-2: gpt-4o@2024-05 vs Mixtral-8x7B-Instruct-v0.1 only (a strong and a cheap model).
+- pool-open: the open-weights models only (every name without `routoo eval`'s closed prefixes, 28 of 32),
+  trained on that pool alone, as a user with only open models would.
 - train-500: 500 random train prompts; the test side is the full dev split.
 Costs: the added text is input the models would have been billed for, so each known cost grows by
 ceil(added characters / 4) x the model's input price (models without a price keep their cost).
@@ -26,6 +28,9 @@ import json
 import math
 import random
 from pathlib import Path
+
+from evals.config import EvalConfig
+from evals.references import closed_model
 
 FEWSHOT_K = 5
 RAG_PASSAGES = (2, 12)          # passages of context per prompt, inclusive
@@ -147,6 +152,11 @@ def build(data: Path, out: Path, seed: int) -> list[str]:
     write_split(out / "pool-2" / "train", train, train["prompts"], models=list(POOL_2))
     write_split(out / "pool-2" / "test", dev, dev["prompts"], models=list(POOL_2))
     made.append("pool-2")
+
+    open_pool = [m for m in train["models"] if not closed_model(m, EvalConfig().closed_model_prefixes)]
+    write_split(out / "pool-open" / "train", train, train["prompts"], models=open_pool)
+    write_split(out / "pool-open" / "test", dev, dev["prompts"], models=open_pool)
+    made.append("pool-open")
 
     small = random.Random(seed).sample(train["prompts"], min(SMALL_TRAIN, len(train["prompts"])))
     write_split(out / "train-500" / "train", train, small)

@@ -3,7 +3,7 @@ kNN and the told-category router on every set, AUC with bootstrap CIs and gap re
 
     PYTHONPATH=$PWD .venv/bin/python scripts/make_suite.py --out /tmp/suite
     PYTHONPATH=$PWD .venv/bin/python scripts/run_suite.py --suite /tmp/suite \
-        --sets fewshot-5,long-rag,heldout-cats,pool-2,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
+        --sets fewshot-5,long-rag,heldout-cats,pool-2,pool-open,train-500,../shared/data/mmlu-pro --out-json docs/suite.json
 
 Per set: `routoo train`'s default recipe (static encoder, --window auto --head auto --lexical auto:
 recipe.train_choosing_recipe, which keeps the window, then the head settings, with the best *out-of-fold
@@ -41,7 +41,7 @@ from training import baselines
 from training.data import load_dataset
 from training.fit import FOLD_BY
 
-SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "train-500")
+SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "pool-open", "train-500")
 
 
 def run_set(folder: Path, config: EvalConfig, prior_shrink: str = "off", fold_by: str = "prompt") -> dict:
