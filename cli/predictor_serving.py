@@ -77,7 +77,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve-predictor", help="serve the predictor in Triton Inference Server")
-    p.add_argument("--artifact", help="artifact folder (default: the committed default, trained if missing)")
+    p.add_argument("--artifact", help="artifact folder (default: the committed default; a missing one is an error)")
     p.add_argument("--host", default=LOOPBACK, help="address every endpoint binds (default: loopback)")
     p.add_argument("--grpc-port", type=int, default=TRITON_GRPC_PORT, help="0 picks a free port")
     p.add_argument("--http-port", type=int, default=TRITON_HTTP_PORT, help="0 picks a free port")

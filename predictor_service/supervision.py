@@ -8,7 +8,7 @@ give up (so that a process manager or Kubernetes takes over) when it keeps dying
 
 A child is anything with `name`, `start()` (blocks until ready, raises if it cannot get there),
 `exit_status()` (None while it runs) and `stop()` (idempotent; stops its whole process group and releases
-what it held, e.g. shared memory). `TritonServer` is one; `ProcessChild` wraps any command (the gateway's).
+what it held, e.g. shared memory). `TritonServer` is one; `ProcessChild` wraps any command.
 
 Processes are started in a session of their own (so one signal reaches their helpers: the Python backend's
 stubs are tritonserver's children) with a parent-death signal (PR_SET_PDEATHSIG), so that a `routoo serve`

@@ -75,7 +75,7 @@ class SelectorServicer:
         """Many Routes over one stream, for callers that route at a high rate: each message is decided as a Route
         call would be, and answered with its id as soon as it is decided (not necessarily in request order).
         A message that fails gets its error in its own response; the stream and the other messages go on.
-        A message costs the selector about a quarter of a Route call's gRPC work (docs/selector.md).
+        A message costs the selector about half the CPU of a Route call (docs/selector.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
