@@ -7,6 +7,7 @@ Prompt text and keys are never logged: the log has model names, statuses and fai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -19,12 +20,14 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import ContainFailures, GatewayError, bad_request
+from gateway.jsonwire import has_lone_surrogate, to_bytes
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_schema
 from gateway.prompt import BadMessages, scored_text
@@ -33,13 +36,15 @@ from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_bo
 from gateway.stream import EventRewriter, RelayResponse
 from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
                               load_upstreams, read_limited)
+from selector.log_limits import AggregatedLog
 from selector.pool import load_pool
 from selector.proto import selector_pb2 as pb
 from selector.server import SERVICE_NAME
 
 log = logging.getLogger("routoo.gateway")
 
-# Headers of the upstream's answer that describe its body and are passed on (hop-by-hop ones are not).
+# Headers of the upstream's answer that describe its body and are passed on (hop-by-hop ones are not), where
+# their values are printable ASCII (HTTP/1.1 sends latin-1 at most; anything else is dropped, not a 500).
 _PASSED_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
 
 
@@ -51,6 +56,7 @@ class Gateway:
         self.pool = load_pool(config.pool_path)
         self.upstreams = load_upstreams(self.pool, environ)
         self.metrics = GatewayMetrics()
+        self.log = AggregatedLog(log)      # a line per kind of failure per 10 s, whatever the request rate
         self.client_key: bytes | None = None
         if config.api_key_env is not None:
             key = environ.get(config.api_key_env)
@@ -90,7 +96,7 @@ class Gateway:
                   Route("/health", self.health, methods=["GET"]),
                   Route("/metrics", self.prometheus, methods=["GET"]),
                   Route("/openapi.json", self.openapi, methods=["GET"])]
-        return Starlette(routes=routes, lifespan=self.lifespan,
+        return Starlette(routes=routes, lifespan=self.lifespan, middleware=[Middleware(ContainFailures, log=self.log)],
                          exception_handlers={GatewayError: _gateway_error,
                                              404: _not_found, 405: _not_allowed})
 
@@ -110,13 +116,17 @@ class Gateway:
             decision, stream = await self._decide(body)
             forward = {k: v for k, v in body.items() if k != "routoo"}
             answer = await self.forwarder.open(decision.candidates, forward, stream=stream)
-            response = await self._respond(answer, decision, stream)
+            try:
+                response = await self._respond(answer, decision, stream)
+            except BaseException:
+                answer.response.close()   # whatever failed, the upstream's connection is not left open
+                raise
             handed_over = isinstance(response, RelayResponse)
             return response
         except GatewayError as e:
             self.metrics.requests.labels("none", str(e.status)).inc()
             if e.status >= 500:
-                log.warning("chat completion -> %d %s", e.status, e.code)
+                self.log.warning(("chat", e.status, e.code), "chat completion -> %d %s", e.status, e.code)
             return e.response()
         finally:
             if not handed_over:
@@ -130,7 +140,8 @@ class Gateway:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("'messages' must be a non-empty list of {role, content} objects", param="messages")
-        stream = body.get("stream", False)
+        stream = body.get("stream")
+        stream = False if stream is None else stream        # null is OpenAI's "not set"
         if not isinstance(stream, bool):
             raise bad_request(f"'stream' must be true or false, got {stream!r}", param="stream")
         if not is_routed(model):
@@ -158,8 +169,8 @@ class Gateway:
             raise_unless_selector_down(e)
             if self.config.fallback_model is None:
                 raise
-            log.warning("selector unavailable (%s): forwarding to the fallback model %s", e.code,
-                        self.config.fallback_model)
+            self.log.warning(("fallback", e.code), "selector unavailable (%s): forwarding to the fallback model %s",
+                             e.code, self.config.fallback_model)
             return unrouted(self.config.fallback_model, fallback=True), stream
         self.metrics.routing_seconds.observe(decision.route_seconds)
         return decision, stream
@@ -168,7 +179,8 @@ class Gateway:
         upstream, upstream_response = answer.upstream, answer.response
         status = upstream_response.status
         headers = self._decision_headers(decision, upstream.model, answer.attempts)
-        headers.update({k.lower(): v for k, v in upstream_response.headers.items() if k.lower() in _PASSED_HEADERS})
+        headers.update({k.lower(): v for k, v in upstream_response.headers.items()
+                        if k.lower() in _PASSED_HEADERS and v.isascii() and v.isprintable()})
         content_type = upstream_response.headers.get("content-type", "")
         if stream and status < 300 and content_type.startswith("text/event-stream"):
             rewriter = EventRewriter(upstream.model)
@@ -178,11 +190,15 @@ class Gateway:
                 self.metrics.upstream_seconds.labels(upstream.model).observe(time.perf_counter() - answer.started)
                 if outcome == "broken":
                     self.metrics.upstream_failures.labels(upstream.model, "broken_mid_stream").inc()
+                elif outcome == "relay_failed":
+                    self.log.warning(("relay", relay.failure), "relaying a stream failed on an unexpected %s",
+                                     relay.failure)
                 if rewriter.usage is not None:
                     self._account(upstream, rewriter.usage, decision)
 
             self.metrics.requests.labels(upstream.model, str(status)).inc()
-            return RelayResponse(upstream_response, rewriter, status, headers, done)
+            relay = RelayResponse(upstream_response, rewriter, status, headers, done)
+            return relay
         try:
             data = await read_limited(upstream_response, MAX_ANSWER_BYTES if status < 300 else MAX_ERROR_BODY_BYTES)
         except UPSTREAM_ERRORS as e:     # the answer broke off after its headers
@@ -199,15 +215,15 @@ class Gateway:
     def _rewrite_answer(self, data: bytes, upstream, decision: Decision) -> bytes:
         try:
             answer = json.loads(data)
-        except ValueError:
-            return data                  # not JSON: passed on untouched
+        except (ValueError, RecursionError):
+            return data                  # not JSON (or nested past Python's limit): passed on untouched
         if not isinstance(answer, dict):
             return data
         if isinstance(answer.get("usage"), dict):
             self._account(upstream, answer["usage"], decision)
         if "model" in answer:
             answer["model"] = upstream.model
-        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return to_bytes(answer)
 
     def _account(self, upstream, usage: dict, decision: Decision) -> None:
         cost = upstream.cost_usd(usage)
@@ -238,8 +254,9 @@ class Gateway:
         if "messages" in body:            # a convenience: the chat's text under the gateway's prompt rule
             if "prompt" in body:
                 raise bad_request("give 'prompt' or 'messages', not both", param="messages")
+            messages = body.pop("messages")
             try:
-                body = {**body, "prompt": scored_text(body.pop("messages"), self.config.prompt_rule)}
+                body = {**body, "prompt": scored_text(messages, self.config.prompt_rule)}
             except BadMessages as e:
                 raise bad_request(str(e), param="messages") from e
         decision = await self.router.call("Route", _parse(body, pb.RouteRequest()))
@@ -299,17 +316,27 @@ class Gateway:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
-                raise too_large
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):    # a trickling client holds its slot no longer
+                async for chunk in request.stream():
+                    data += chunk
+                    if len(data) > limit:
+                        raise too_large
+        except TimeoutError as e:
+            raise GatewayError(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s",
+                               code="request_timeout") from e
         try:
             body = json.loads(data)
         except ValueError as e:           # the decoder's message gives a position, never the text
             raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from e
+        except RecursionError as e:
+            raise bad_request("the request body is nested too deeply to parse", code="invalid_json") from e
         if not isinstance(body, dict):
             raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}",
                               code="invalid_json")
+        if has_lone_surrogate(body, data):
+            raise bad_request("the request body has a lone UTF-16 surrogate escape (such as \\ud800 with no pair) in "
+                              "a string: that is not text; pair it or remove it", code="invalid_json")
         return body
 
 

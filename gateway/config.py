@@ -46,8 +46,9 @@ class GatewayConfig:
     # Chat completions handled at once; beyond this, 429 at once instead of an unbounded queue. Streams hold
     # a slot for their whole length, so this is also the number of concurrent streams.
     max_concurrent_requests: int = 256
-    # Idle keep-alive connections kept open to the upstreams (per process).
-    max_keepalive_connections: int = 100
+    # Longest wait for a request's whole body once its headers are in: a client that trickles its body holds a
+    # concurrency slot no longer than this (408). 1 MiB arrives in well under a second on any real link.
+    body_timeout_s: float = 10.0
     # Seconds in-flight requests get to finish on shutdown.
     grace_s: float = 5.0
 
@@ -56,7 +57,7 @@ class GatewayConfig:
                     "upstream_connect_timeout_s": self.upstream_connect_timeout_s,
                     "upstream_timeout_s": self.upstream_timeout_s, "max_attempts": self.max_attempts,
                     "max_body_bytes": self.max_body_bytes, "max_concurrent_requests": self.max_concurrent_requests,
-                    "max_keepalive_connections": self.max_keepalive_connections}
+                    "body_timeout_s": self.body_timeout_s}
         bad = {name: value for name, value in positive.items() if not value > 0}
         if bad:
             raise ValueError(f"these gateway settings must be > 0: {bad}")

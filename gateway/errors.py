@@ -1,9 +1,15 @@
-"""Errors in OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with their HTTP status."""
+"""Errors in OpenAI's JSON shape, `{"error": {"message", "type", "param", "code"}}`, with their HTTP status, and
+the last line of defence for the ones no handler expected (`ContainFailures`)."""
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import grpc
 from starlette.responses import JSONResponse
+
+from selector.log_limits import AggregatedLog
 
 
 class GatewayError(Exception):
@@ -47,3 +53,37 @@ def from_selector_error(error: grpc.RpcError, address: str) -> GatewayError:
     else:
         message = error.details() or error.code().name
     return GatewayError(status, message, type=type_, code=code)
+
+
+class ContainFailures:
+    """ASGI middleware: an exception that no handler caught becomes OpenAI's JSON 500 (when the response has not
+    started) and at most one log line per kind and interval, naming the exception's type and where it was
+    raised, never its message (which can quote the request's text). Without it Starlette answered text/plain
+    and uvicorn logged a whole traceback per request: 20 bad requests wrote 840 lines."""
+
+    def __init__(self, app, log: AggregatedLog):
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:             # noqa: BLE001 - what this middleware is for
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+            self.log.warning((type(e).__name__, where), "a request failed on an unexpected %s at %s (answered 500)",
+                             type(e).__name__, where)
+            if not started:
+                error = GatewayError(500, f"the gateway failed on this request ({type(e).__name__}); the failure is "
+                                          f"logged, without the request's text", type="api_error",
+                                     code="internal_error")
+                await error.response()(scope, receive, send)

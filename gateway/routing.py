@@ -96,7 +96,13 @@ def constraints_from_body(routoo, pool_names: list[str], callable_models: list[s
             value = routoo[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad_request(f"routoo.{key} must be a number, got {value!r}", param=f"routoo.{key}")
-            setattr(constraints, key, float(value))
+            try:
+                number = float(value)
+            except OverflowError:         # an integer of hundreds of digits
+                number = math.inf
+            if not math.isfinite(number):
+                raise bad_request(f"routoo.{key} must be a finite number", param=f"routoo.{key}")
+            setattr(constraints, key, number)
     return constraints
 
 

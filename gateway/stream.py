@@ -1,6 +1,7 @@
 """Server-sent events from the upstream to the client, chunk by chunk.
 
-Only an incomplete last line is held back (an event is never split mid-JSON); each `data:` event has its
+Only an incomplete last line is held back (an event is never split mid-JSON), and at most MAX_LINE_BYTES of it:
+an upstream that never ends its line gets an error event, not the gateway's memory. Each `data:` event has its
 `model` renamed to the pool model and its `usage`, if any, noted. A client that disconnects cancels the relay
 at once, which closes the upstream connection: the upstream stops generating for nobody.
 """
@@ -13,26 +14,46 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
+from gateway.jsonwire import to_bytes
+
 _DATA = b"data:"
+# The longest incomplete line held back. A chunk event is a few hundred bytes; 1 MiB allows a whole answer in one.
+MAX_LINE_BYTES = 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """The upstream sent more than MAX_LINE_BYTES without ending its line."""
 
 
 class EventRewriter:
     def __init__(self, model: str):
         self.model = model
         self.usage: dict | None = None
-        self._partial = b""
+        self._held: list[bytes] = []        # the incomplete last line, in pieces: joined once, when it ends
+        self._held_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._partial + chunk
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
+        cut = chunk.rfind(b"\n") + 1       # only the new chunk is searched: a long line costs linear time
         if not cut:
+            self._hold(chunk)
             return b""
-        return b"\n".join(self._line(line) for line in data[:cut - 1].split(b"\n")) + b"\n"
+        data = b"".join([*self._held, chunk[:cut - 1]])
+        self._held, self._held_bytes = [], 0
+        self._hold(chunk[cut:])
+        return b"\n".join(self._line(line) for line in data.split(b"\n")) + b"\n"
 
     def flush(self) -> bytes:
-        tail, self._partial = self._partial, b""
+        tail = b"".join(self._held)
+        self._held, self._held_bytes = [], 0
         return self._line(tail) if tail else b""
+
+    def _hold(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._held.append(piece)
+        self._held_bytes += len(piece)
+        if self._held_bytes > MAX_LINE_BYTES:
+            raise EventTooLarge(f"the upstream sent over {MAX_LINE_BYTES} bytes without ending a line")
 
     def _line(self, line: bytes) -> bytes:
         if not line.startswith(_DATA):
@@ -42,7 +63,7 @@ class EventRewriter:
             return line
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):        # not JSON, or nested past Python's limit: as it came
             return line
         if not isinstance(event, dict):
             return line
@@ -50,7 +71,7 @@ class EventRewriter:
             self.usage = event["usage"]
         if "model" in event:
             event["model"] = self.model
-        return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return b"data: " + to_bytes(event)
 
 
 def error_event(message: str, code: str) -> bytes:
@@ -61,7 +82,8 @@ def error_event(message: str, code: str) -> bytes:
 
 class RelayResponse:
     """An ASGI response that relays `response`'s body through `rewriter`, then calls `done(outcome)`:
-    "complete", "broken" (the upstream failed mid-stream) or "disconnected" (the client left)."""
+    "complete", "broken" (the upstream failed mid-stream), "relay_failed" (the gateway did) or "disconnected"
+    (the client left)."""
 
     def __init__(self, response: aiohttp.ClientResponse, rewriter: EventRewriter, status: int, headers: dict[str, str],
                  done: Callable[[str], Awaitable[None]]):
@@ -70,6 +92,7 @@ class RelayResponse:
         self._status = status
         self._headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         self._done = done
+        self.failure: str | None = None     # the exception's type name, where the outcome is "relay_failed"
 
     async def __call__(self, scope, receive, send) -> None:
         outcome = "disconnected"
@@ -110,6 +133,18 @@ class RelayResponse:
             await send({"type": "http.response.body", "more_body": True,
                         "body": error_event(f"the upstream broke off mid-stream ({type(e).__name__})",
                                             "upstream_broken")})
+        except EventTooLarge as e:
+            outcome = "broken"
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": error_event(str(e), "upstream_answer_too_large")})
+        except OSError:                     # the client's socket, under a send: nobody to tell
+            raise
+        except Exception as e:              # noqa: BLE001 - the client still gets a well-formed end
+            outcome = "relay_failed"
+            self.failure = type(e).__name__
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": error_event(f"the gateway could not relay the upstream's stream ({type(e).__name__})",
+                                            "relay_failed")})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return outcome
 

@@ -1,8 +1,10 @@
 """The pool's upstreams and the forwarding of one chat completion to them, with the runner-up retry.
 
 An attempt fails over to the next candidate only before the upstream's first byte: when it cannot be
-reached, answers 5xx, or sends nothing within the timeout. Once an answer has started, it is the answer:
-a 4xx passes through to the client as it is, and a stream that breaks ends with an error event.
+reached, answers 5xx, refuses the gateway's own key for it (401 or 403: the client's key was fine, so
+passing that on would make the client's library blame its key; the body, which may quote the key, is
+dropped), or sends nothing within the timeout. Once an answer has started, it is the answer: another 4xx
+passes through to the client as it is, and a stream that breaks ends with an error event.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import aiohttp
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.jsonwire import to_bytes
 from gateway.metrics import GatewayMetrics
 from selector.pool import Pool
 
@@ -24,6 +27,10 @@ from selector.pool import Pool
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # A non-streamed answer is read whole to name its model and count its usage: 16 MiB is ~4M tokens of text.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+_MAX_TOKENS = 2 ** 53
+_KEY_REFUSED = (401, 403)
 
 
 class UpstreamConfigError(ValueError):
@@ -40,8 +47,11 @@ class Upstream:
     headers: dict[str, str] = field(repr=False, default_factory=dict)   # Authorization with its key; not in reprs
 
     def cost_usd(self, usage: dict) -> float | None:
+        """The answer's cost at pool prices; None where `usage` has no plausible token counts (negative, not
+        integers, or past 2**53, where a float no longer counts them), so accounting never fails an answer."""
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+        counts = (prompt, completion)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < _MAX_TOKENS for n in counts):
             return None
         return (prompt * self.input_usd_per_mtok + completion * self.output_usd_per_mtok) / 1e6
 
@@ -103,7 +113,7 @@ class Forwarder:
         tried = [m for m in candidates if m in self._upstreams][:self._config.max_attempts]
         for attempt, name in enumerate(tried, start=1):
             upstream = self._upstreams[name]
-            payload = json.dumps({**body, "model": upstream.upstream_model}, ensure_ascii=False).encode("utf-8")
+            payload = to_bytes({**body, "model": upstream.upstream_model})
             headers = {**upstream.headers, "content-type": "application/json", "accept-encoding": "identity",
                        "accept": "text/event-stream" if stream else "application/json"}
             started = time.perf_counter()
@@ -117,18 +127,26 @@ class Forwarder:
                 failures.append((name, "unreachable", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__))
             else:
                 self._metrics.upstream_ttfb_seconds.labels(name).observe(time.perf_counter() - started)
-                if response.status < 500:
+                if response.status in _KEY_REFUSED:
+                    response.close()
+                    failures.append((name, "key_refused", f"HTTP {response.status}: it refused the gateway's key "
+                                                          f"for it (api_key_env in the pool file)"))
+                elif response.status < 500:
                     return Answer(upstream, response, attempt, started)
-                detail = await _error_summary(response)
-                failures.append((name, "status_5xx", f"HTTP {response.status}{detail}"))
+                else:
+                    detail = await _error_summary(response)
+                    failures.append((name, "status_5xx", f"HTTP {response.status}{detail}"))
             self._metrics.upstream_failures.labels(name, failures[-1][1]).inc()
         if not tried:
             raise GatewayError(503, f"none of the models {candidates} has an upstream (base_url in the pool file)",
                                type="service_unavailable", code="upstream_not_configured")
-        timeouts = all(kind in ("timeout", "connect_timeout") for _, kind, _ in failures)
+        kinds = {kind for _, kind, _ in failures}
+        timeouts = kinds <= {"timeout", "connect_timeout"}
+        code = ("upstream_timeout" if timeouts else "upstream_key_refused" if kinds == {"key_refused"}
+                else "upstream_failed")
         summary = "; ".join(f"{model}: {detail}" for model, _, detail in failures)
         raise GatewayError(504 if timeouts else 502, f"no upstream answered after {len(failures)} attempt(s): {summary}",
-                           type="upstream_error", code="upstream_timeout" if timeouts else "upstream_failed")
+                           type="upstream_error", code=code)
 
     def _timeout_of(self, kind: str) -> float:
         return self._config.upstream_connect_timeout_s if kind == "connect_timeout" else self._config.upstream_timeout_s

@@ -1,7 +1,9 @@
-"""The gateway's pure pieces: the pool file's upstream fields, the prompt rule, the model-name syntax and the
-SSE rewriter. No servers: these are the rules the end-to-end tests (tests/gateway/test_gateway_*.py) rely on."""
+"""The gateway's pure pieces: the pool file's upstream fields, the prompt rule, the model-name syntax, the
+SSE rewriter and the last-resort error middleware. No servers: these are the rules the end-to-end tests
+(tests/gateway/test_gateway_*.py) rely on."""
 
 import json
+import logging
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway.prompt import BadMessages, scored_text
 from gateway.routing import parse_policy
-from gateway.stream import EventRewriter
+from gateway.errors import ContainFailures
+from gateway.stream import MAX_LINE_BYTES, EventRewriter, EventTooLarge
 from gateway.upstream import UpstreamConfigError, load_upstreams
 from selector.pool import Pool, PoolError, PoolModel, load_pool, pool_toml
 
@@ -114,3 +117,39 @@ def test_the_sse_rewriter_gives_the_same_bytes_however_the_stream_is_cut(cuts):
     assert rewriter.usage == {"prompt_tokens": 9, "completion_tokens": 2}
     assert [json.loads(line[6:])["model"] for line in expected.split(b"\n") if line.startswith(b"data: {")] == \
         ["pool"] * 5
+
+
+def test_the_sse_rewriter_holds_at_most_max_line_bytes_of_an_unended_line():
+    rewriter = EventRewriter("pool")
+    piece = b"x" * 4096
+    for _ in range(MAX_LINE_BYTES // len(piece)):
+        assert rewriter.feed(piece) == b""
+    with pytest.raises(EventTooLarge, match="without ending a line"):
+        rewriter.feed(b"x")
+    # Up to the cap, the held pieces are one line when it ends.
+    rewriter = EventRewriter("pool")
+    assert rewriter.feed(b"data: [DO") == b"" and rewriter.feed(b"NE]") == b""
+    assert rewriter.feed(b"\n\n") == b"data: [DONE]\n\n"
+
+
+def test_an_unexpected_exception_is_an_openai_500_logged_once_without_its_message(caplog):
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from selector.log_limits import AggregatedLog
+
+    async def broken(request):
+        raise RuntimeError("marmoset-canary-8812 was in the prompt")
+
+    log = AggregatedLog(logging.getLogger("routoo.gateway"))
+    app = Starlette(routes=[Route("/x", broken)], middleware=[Middleware(ContainFailures, log=log)])
+    with caplog.at_level(logging.WARNING), TestClient(app, raise_server_exceptions=False) as client:
+        answers = [client.get("/x") for _ in range(20)]
+    assert {r.status_code for r in answers} == {500}
+    assert answers[0].json()["error"]["code"] == "internal_error"
+    assert "RuntimeError" in answers[0].json()["error"]["message"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "RuntimeError at test_gateway_units.py" in lines[0]
+    assert "marmoset" not in caplog.text and "marmoset" not in answers[0].text

@@ -23,10 +23,13 @@ def prompt_tokens(body: dict) -> int:
 
 
 class FakeUpstream:
-    """One OpenAI-compatible upstream. `mode`: "ok", "status_500", "status_400", "slow" (sleeps `delay_s`
-    before its headers), "break_mid_stream" (one chunk, then the connection drops), "endless_stream" (a chunk
-    every 50 ms until the client goes away, then `disconnected` is set). `stop()` closes the port
-    (connections refused) and `start()` opens it again."""
+    """One OpenAI-compatible upstream. `mode`: "ok", "status_500", "status_400", "status_401" (its error quotes
+    a masked key, as OpenAI's does), "slow" (sleeps `delay_s` before its headers), "break_mid_stream" (one
+    chunk, then the connection drops), "endless_stream" (a chunk every 50 ms until the client goes away, then
+    `disconnected` is set), "endless_line" (a stream whose first line never ends, sent until the client goes
+    away), and answers that are well-formed but odd: "lone_surrogate" (an escaped "\\ud800" in the text),
+    "utf8_header" (an x-request-id header of UTF-8 bytes), "huge_usage" (a prompt_tokens of 401 digits).
+    `stop()` closes the port (connections refused) and `start()` opens it again."""
 
     def __init__(self, name: str):
         self.name = name
@@ -96,21 +99,29 @@ class FakeUpstream:
         mode = self.mode
         if mode == "slow":
             time.sleep(self.delay_s)
-        if mode in ("status_500", "status_400"):
-            status = 500 if mode == "status_500" else 400
-            return self._json(h, status, {"error": {"message": f"{self.name} says {status}", "type": "fake",
-                                                    "param": None, "code": f"fake_{status}"}})
-        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": COMPLETION_TOKENS,
-                 "total_tokens": prompt_tokens(body) + COMPLETION_TOKENS}
+        if mode in ("status_500", "status_400", "status_401"):
+            status = int(mode[-3:])
+            message = f"{self.name} says {status}"
+            if status == 401:
+                message += ": incorrect API key provided: sk-up***-key"
+            return self._json(h, status, {"error": {"message": message, "type": "fake", "param": None,
+                                                    "code": f"fake_{status}"}})
+        usage = {"prompt_tokens": 10 ** 400 if mode == "huge_usage" else prompt_tokens(body),
+                 "completion_tokens": COMPLETION_TOKENS, "total_tokens": prompt_tokens(body) + COMPLETION_TOKENS}
         model = body.get("model")
+        # json.dumps escapes it as \ud800, as a server of another language might send it
+        text = "answer \ud800 half a pair" if mode == "lone_surrogate" else "answer"
+        headers = {"x-request-id": "\u20ac-1".encode().decode("latin-1")} if mode == "utf8_header" else {}
         if not body.get("stream"):
             return self._json(h, 200, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer from {self.name}"},
-                             "finish_reason": "stop"}], "usage": usage})
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"{text} from {self.name}"},
+                             "finish_reason": "stop"}], "usage": usage}, headers)
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
         h.send_header("transfer-encoding", "chunked")
+        for key, value in headers.items():
+            h.send_header(key, value)
         h.end_headers()
 
         def event(delta: dict | None, *, finish=None, with_usage=False) -> bytes:
@@ -125,7 +136,12 @@ class FakeUpstream:
             h.wfile.flush()
 
         try:
-            send(event({"role": "assistant", "content": "answer"}))
+            if mode == "endless_line":
+                send(b'data: {"id": "')
+                for _ in range(256):           # 16 MiB at most, if nobody stops it
+                    send(b"x" * 65536)
+                return
+            send(event({"role": "assistant", "content": text}))
             if mode == "break_mid_stream":
                 h.connection.shutdown(socket.SHUT_RDWR)
                 return
@@ -146,11 +162,13 @@ class FakeUpstream:
         h.close_connection = True
 
     @staticmethod
-    def _json(h: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
+    def _json(h: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
         h.send_response(status)
         h.send_header("content-type", "application/json")
         h.send_header("content-length", str(len(data)))
+        for key, value in (headers or {}).items():
+            h.send_header(key, value)      # latin-1 on the wire: a str made of UTF-8 bytes sends those bytes
         h.end_headers()
         h.wfile.write(data)
 
