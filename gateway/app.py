@@ -115,12 +115,13 @@ class Gateway:
             body = await self._read_json(request)
             decision, stream = await self._decide(body)
             forward = {k: v for k, v in body.items() if k != "routoo"}
-            answer = await self.forwarder.open(decision.candidates, forward, stream=stream)
-            try:
-                response = await self._respond(answer, decision, stream)
-            except BaseException:
-                answer.response.close()   # whatever failed, the upstream's connection is not left open
-                raise
+            if stream:                    # headers come after the prefill only; then RelayResponse watches
+                response = await self._forward(decision, forward, stream)
+            else:
+                response = await _unless_client_leaves(request, self._forward(decision, forward, stream))
+            if response is None:          # gone before its answer: the upstream call was cancelled, and closed
+                self.metrics.requests.labels("none", "499").inc()
+                return Response(status_code=499)
             handed_over = isinstance(response, RelayResponse)
             return response
         except GatewayError as e:
@@ -167,13 +168,23 @@ class Gateway:
             decision = await self.router.route(prompt, policy, constraints, self._best_among)
         except GatewayError as e:
             raise_unless_selector_down(e)
-            if self.config.fallback_model is None:
-                raise
+            fallback = self.config.fallback_model
+            if fallback is None or fallback in constraints.deny or (constraints.allow and fallback not in
+                                                                   constraints.allow):
+                raise                     # no fallback, or one the request's own allow/deny rules out
             self.log.warning(("fallback", e.code), "selector unavailable (%s): forwarding to the fallback model %s",
                              e.code, self.config.fallback_model)
             return unrouted(self.config.fallback_model, fallback=True), stream
         self.metrics.routing_seconds.observe(decision.route_seconds)
         return decision, stream
+
+    async def _forward(self, decision: Decision, body: dict, stream: bool) -> Response:
+        answer = await self.forwarder.open(decision.candidates, body, stream=stream)
+        try:
+            return await self._respond(answer, decision, stream)
+        except BaseException:
+            answer.response.close()       # whatever failed, the upstream's connection is not left open
+            raise
 
     async def _respond(self, answer: Answer, decision: Decision, stream: bool) -> Response:
         upstream, upstream_response = answer.upstream, answer.response
@@ -338,6 +349,30 @@ class Gateway:
             raise bad_request("the request body has a lone UTF-16 surrogate escape (such as \\ud800 with no pair) in "
                               "a string: that is not text; pair it or remove it", code="invalid_json")
         return body
+
+
+async def _unless_client_leaves(request: Request, work) -> Response | None:
+    """`work`'s response, or None (and `work` cancelled) if the client disconnects first. A non-streamed answer
+    takes the upstream's whole generation before its first byte; a client that gave up should not pay for
+    it. (Streams skip this: their first byte comes after the prefill, and from then on RelayResponse
+    watches. The extra turns of the event loop here made aiohttp drop the chunk before a break: it raises
+    a stream's error before the bytes it still holds.)"""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+    return None if task.cancelled() else task.result()
+
+
+async def _client_gone(request: Request) -> None:
+    # The body has been read, so the only message left is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _parse(body: dict, message):

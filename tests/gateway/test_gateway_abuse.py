@@ -131,3 +131,44 @@ def test_an_upstream_refusing_the_gateways_key_fails_over_and_never_shows_its_bo
     assert e.value.status_code == 502 and e.value.code == "upstream_key_refused"
     assert "sk-" not in e.value.message and "api_key_env" in e.value.message
     assert metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen, reason="key_refused") >= 2
+
+
+def test_a_client_that_leaves_before_a_non_streamed_answer_stops_its_upstream_call(fresh):
+    gateway = fresh.start_gateway(upstream_timeout_s=10.0)
+    url = f"http://127.0.0.1:{gateway.port}"
+    upstream = fresh.upstreams["Yi-6B"]
+    upstream.mode, upstream.delay_s = "slow", 2.0            # generating for 2 s before its first byte
+    try:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json={"model": "Yi-6B", "messages": chat(QUESTION)},
+                       headers=AUTH, timeout=0.5)
+        while metric(httpx.get(url + "/metrics", timeout=10).text, "routoo_gateway_requests_total",
+                     model="none", status="499") < 1:
+            assert time.monotonic() - started < 1.8, "the gateway waited for the upstream's answer"
+            time.sleep(0.05)
+        assert metric(httpx.get(url + "/metrics", timeout=10).text, "routoo_gateway_requests_in_flight") == 0
+        assert len(upstream.received) == 1                   # it was asked, then left alone
+    finally:
+        fresh.loop.call(gateway.stop())
+
+
+def test_the_fallback_model_keeps_to_the_requests_allow_and_deny(fresh):
+    gateway = fresh.start_gateway(fallback_model="Yi-6B")
+    url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+    fresh.stop_selector()
+    try:
+        denied = httpx.post(url, headers=AUTH, timeout=10, json={"model": "routoo", "messages": chat(QUESTION),
+                                                                 "routoo": {"deny": ["Yi-6B"]}})
+        assert denied.status_code == 503 and error_of(denied)["code"] == "selector_unavailable"
+        allowed = httpx.post(url, headers=AUTH, timeout=10, json={"model": "routoo", "messages": chat(QUESTION)})
+        assert allowed.status_code == 200 and allowed.headers["x-routoo-fallback"] == "true"
+    finally:
+        fresh.start_selector()
+        fresh.loop.call(gateway.stop())
+    assert list(fresh.received()) == ["Yi-6B"]
+    deadline = time.monotonic() + 15          # the shared gateway reconnects before the next test routes
+    while httpx.post(fresh.url + "/v1/routoo/route", json={"prompt": QUESTION}, headers=AUTH,
+                     timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not reconnect to the selector"
+        time.sleep(0.1)

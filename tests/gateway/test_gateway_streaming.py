@@ -46,10 +46,13 @@ def test_a_stream_that_breaks_off_ends_in_an_error_for_the_client(fresh):
     chosen, _ = first_two(fresh, QUESTION)
     fresh.upstreams[chosen].mode = "break_mid_stream"
     stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
-    first = next(iter(stream))
-    assert first.choices[0].delta.content == "answer"
+    chunks = []
     with pytest.raises(openai.APIError, match="mid-stream"):
-        list(stream)
+        for chunk in stream:
+            chunks.append(chunk.choices[0].delta.content)
+    # The chunk before the break arrives unless the break reached aiohttp first: its StreamReader raises a
+    # stream's error before the bytes it still holds (seen once in ten runs of this folder).
+    assert chunks in ([], ["answer"])
     assert list(fresh.received()) == [chosen]       # after the first byte there is no retry
 
 
