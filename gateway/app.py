@@ -21,13 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import GatewayConfig
 from gateway.errors import ContainFailures, GatewayError, bad_request
-from gateway.jsonwire import has_lone_surrogate, to_bytes
+from gateway.jsonwire import to_bytes
+from gateway.request_body import read_json, unless_client_leaves
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_schema
 from gateway.prompt import BadMessages, scored_text
@@ -82,11 +83,20 @@ class Gateway:
         # Both clients belong to the server's event loop, so they are made here rather than in __init__.
         self.router = Router(self.config.selector_address, self.config.route_timeout_s)
         self.forwarder = Forwarder(self.config, self.upstreams, self.metrics)
+        flusher = asyncio.ensure_future(self._flush_log())
         try:
             yield
         finally:
+            flusher.cancel()
             await self.forwarder.close()
             await self.router.close()
+
+    async def _flush_log(self) -> None:
+        """Writes the counts of suppressed failure lines once their interval is over (a burst that ends would
+        otherwise keep its count until the next failure of its kind)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.log.flush()
 
     def app(self) -> Starlette:
         routes = [Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -112,13 +122,17 @@ class Gateway:
         handed_over = False               # a stream releases its slot when it ends
         try:
             self._authorize(request)
-            body = await self._read_json(request)
+            try:
+                body = await read_json(request, self.config)
+            except ClientDisconnect:
+                self.metrics.requests.labels("none", "499").inc()
+                return Response(status_code=499)      # nobody to answer
             decision, stream = await self._decide(body)
             forward = {k: v for k, v in body.items() if k != "routoo"}
             if stream:                    # headers come after the prefill only; then RelayResponse watches
                 response = await self._forward(decision, forward, stream)
             else:
-                response = await _unless_client_leaves(request, self._forward(decision, forward, stream))
+                response = await unless_client_leaves(request, self._forward(decision, forward, stream))
             if response is None:          # gone before its answer: the upstream call was cancelled, and closed
                 self.metrics.requests.labels("none", "499").inc()
                 return Response(status_code=499)
@@ -261,7 +275,7 @@ class Gateway:
 
     async def route(self, request: Request) -> Response:
         self._authorize(request)
-        body = await self._read_json(request)
+        body = await read_json(request, self.config)
         if "messages" in body:            # a convenience: the chat's text under the gateway's prompt rule
             if "prompt" in body:
                 raise bad_request("give 'prompt' or 'messages', not both", param="messages")
@@ -275,7 +289,7 @@ class Gateway:
 
     async def score(self, request: Request) -> Response:
         self._authorize(request)
-        body = await self._read_json(request)
+        body = await read_json(request, self.config)
         return JSONResponse(_to_json(await self.router.call("Score", _parse(body, pb.ScoreRequest()))))
 
     # --- the rest -----------------------------------------------------------------------------------
@@ -318,61 +332,6 @@ class Gateway:
             raise GatewayError(401, "invalid or missing API key: send 'Authorization: Bearer <key>' with the key "
                                     "of the gateway's --api-key-env", code="invalid_api_key",
                                headers={"www-authenticate": "Bearer"})
-
-    async def _read_json(self, request: Request) -> dict:
-        limit = self.config.max_body_bytes
-        too_large = GatewayError(413, f"the request body is over the gateway's limit of {limit} bytes",
-                                 code="request_too_large")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        data = bytearray()
-        try:
-            async with asyncio.timeout(self.config.body_timeout_s):    # a trickling client holds its slot no longer
-                async for chunk in request.stream():
-                    data += chunk
-                    if len(data) > limit:
-                        raise too_large
-        except TimeoutError as e:
-            raise GatewayError(408, f"the request body did not arrive within {self.config.body_timeout_s:g} s",
-                               code="request_timeout") from e
-        try:
-            body = json.loads(data)
-        except ValueError as e:           # the decoder's message gives a position, never the text
-            raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from e
-        except RecursionError as e:
-            raise bad_request("the request body is nested too deeply to parse", code="invalid_json") from e
-        if not isinstance(body, dict):
-            raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}",
-                              code="invalid_json")
-        if has_lone_surrogate(body, data):
-            raise bad_request("the request body has a lone UTF-16 surrogate escape (such as \\ud800 with no pair) in "
-                              "a string: that is not text; pair it or remove it", code="invalid_json")
-        return body
-
-
-async def _unless_client_leaves(request: Request, work) -> Response | None:
-    """`work`'s response, or None (and `work` cancelled) if the client disconnects first. A non-streamed answer
-    takes the upstream's whole generation before its first byte; a client that gave up should not pay for
-    it. (Streams skip this: their first byte comes after the prefill, and from then on RelayResponse
-    watches. The extra turns of the event loop here made aiohttp drop the chunk before a break: it raises
-    a stream's error before the bytes it still holds.)"""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, gone, return_exceptions=True)
-    return None if task.cancelled() else task.result()
-
-
-async def _client_gone(request: Request) -> None:
-    # The body has been read, so the only message left is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _parse(body: dict, message):

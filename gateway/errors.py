@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 
 import grpc
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from selector.log_limits import AggregatedLog
@@ -77,11 +78,13 @@ class ContainFailures:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:           # the client left while its body was read: nobody to answer or blame
+            return
         except Exception as e:             # noqa: BLE001 - what this middleware is for
             frame = traceback.extract_tb(e.__traceback__)[-1]
             where = f"{Path(frame.filename).name}:{frame.lineno}"
-            self.log.warning((type(e).__name__, where), "a request failed on an unexpected %s at %s (answered 500)",
-                             type(e).__name__, where)
+            self.log.warning((type(e).__name__, where, started), "a request failed on an unexpected %s at %s (%s)",
+                             type(e).__name__, where, "its answer had started: cut off" if started else "answered 500")
             if not started:
                 error = GatewayError(500, f"the gateway failed on this request ({type(e).__name__}); the failure is "
                                           f"logged, without the request's text", type="api_error",

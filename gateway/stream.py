@@ -33,9 +33,13 @@ class EventRewriter:
         self._held_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        """The complete lines so far, rewritten. EventTooLarge once the held line passes MAX_LINE_BYTES; where
+        the chunk also ended lines, they are returned first and the next call raises."""
+        self._check()
         cut = chunk.rfind(b"\n") + 1       # only the new chunk is searched: a long line costs linear time
         if not cut:
             self._hold(chunk)
+            self._check()
             return b""
         data = b"".join([*self._held, chunk[:cut - 1]])
         self._held, self._held_bytes = [], 0
@@ -43,15 +47,17 @@ class EventRewriter:
         return b"\n".join(self._line(line) for line in data.split(b"\n")) + b"\n"
 
     def flush(self) -> bytes:
+        self._check()
         tail = b"".join(self._held)
         self._held, self._held_bytes = [], 0
         return self._line(tail) if tail else b""
 
     def _hold(self, piece: bytes) -> None:
-        if not piece:
-            return
-        self._held.append(piece)
-        self._held_bytes += len(piece)
+        if piece:
+            self._held.append(piece)
+            self._held_bytes += len(piece)
+
+    def _check(self) -> None:
         if self._held_bytes > MAX_LINE_BYTES:
             raise EventTooLarge(f"the upstream sent over {MAX_LINE_BYTES} bytes without ending a line")
 

@@ -130,7 +130,8 @@ class Forwarder:
                 if response.status in _KEY_REFUSED:
                     response.close()
                     failures.append((name, "key_refused", f"HTTP {response.status}: it refused the gateway's key "
-                                                          f"for it (api_key_env in the pool file)"))
+                                                          f"or its access to the model (api_key_env in the pool "
+                                                          f"file)"))
                 elif response.status < 500:
                     return Answer(upstream, response, attempt, started)
                 else:
@@ -165,7 +166,7 @@ async def _error_summary(response: aiohttp.ClientResponse) -> str:
         response.close()
     try:
         message = json.loads(data)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return ""
     return f" ({str(message)[:200]})" if message else ""
 

@@ -30,6 +30,8 @@ def test_bodies_that_crashed_the_parser_get_400s_naming_the_problem(fresh):
     for model in (b"routoo", b"Yi-6B"):
         r = _post(fresh, lone % model)
         assert r.status_code == 400 and "surrogate" in error_of(r)["message"], model
+        r = _post(fresh, (lone % model).replace(b"\\ud800", "\ud800".encode("utf-8", "surrogatepass")))
+        assert r.status_code == 400 and "UTF-8" in error_of(r)["message"], model     # the raw bytes of one
     r = _post(fresh, b'{"prompt": "hi \\ud800"}', "/v1/routoo/route")
     assert r.status_code == 400 and "surrogate" in error_of(r)["message"]
     paired = _post(fresh, b'{"model": "Yi-6B", "messages": [{"role": "user", "content": "hi \\ud83d\\ude00"}]}')
@@ -55,13 +57,16 @@ def test_the_route_endpoint_takes_messages(fresh):
 
 
 def test_a_trickling_body_gets_408_and_gives_its_slot_back(fresh):
-    gateway = fresh.start_gateway(body_timeout_s=0.5, max_concurrent_requests=1)
+    gateway = fresh.start_gateway(body_timeout_s=2.0, max_concurrent_requests=1)
     url = f"http://127.0.0.1:{gateway.port}"
     try:
         slow = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                      b"authorization: Bearer " + CLIENT_KEY.encode() + b"\r\ncontent-length: 100\r\n\r\n{")
-        time.sleep(0.2)
+        sent = time.monotonic()
+        while metric(httpx.get(url + "/metrics", timeout=10).text, "routoo_gateway_requests_in_flight") < 1:
+            assert time.monotonic() - sent < 1.5, "the gateway did not take the trickler's request"
+            time.sleep(0.02)                                   # until the trickler holds its slot
         held = httpx.post(url + "/v1/chat/completions", json={"model": "Yi-6B", "messages": chat("x")},
                           headers=AUTH, timeout=10)
         assert held.status_code == 429                                     # the trickler holds the one slot
@@ -120,6 +125,13 @@ def test_a_line_that_never_ends_gets_an_error_event_and_the_upstream_is_closed(f
     assert fresh.upstreams["Yi-6B"].disconnected.wait(10)
 
 
+def test_a_5xx_with_a_body_nested_past_the_parser_still_fails_over(fresh):
+    chosen, runner_up = first_two(fresh, QUESTION)
+    fresh.upstreams[chosen].mode = "nested_500"
+    raw = fresh.client().chat.completions.with_raw_response.create(model="routoo", messages=chat(QUESTION))
+    assert raw.headers["x-routoo-model"] == runner_up
+
+
 def test_an_upstream_refusing_the_gateways_key_fails_over_and_never_shows_its_body(fresh):
     chosen, runner_up = first_two(fresh, QUESTION)
     fresh.upstreams[chosen].mode = "status_401"
@@ -148,7 +160,8 @@ def test_a_client_that_leaves_before_a_non_streamed_answer_stops_its_upstream_ca
             assert time.monotonic() - started < 1.8, "the gateway waited for the upstream's answer"
             time.sleep(0.05)
         assert metric(httpx.get(url + "/metrics", timeout=10).text, "routoo_gateway_requests_in_flight") == 0
-        assert len(upstream.received) == 1                   # it was asked, then left alone
+        assert len(upstream.received) == 1
+        assert upstream.disconnected.wait(5), "the gateway left the upstream's connection open"
     finally:
         fresh.loop.call(gateway.stop())
 

@@ -153,3 +153,11 @@ def test_an_unexpected_exception_is_an_openai_500_logged_once_without_its_messag
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "RuntimeError at test_gateway_units.py" in lines[0]
     assert "marmoset" not in caplog.text and "marmoset" not in answers[0].text
+
+
+def test_lines_ended_in_the_chunk_that_overflows_are_returned_before_the_error():
+    rewriter = EventRewriter("pool")
+    out = rewriter.feed(b"data: [DONE]\n" + b"x" * (MAX_LINE_BYTES + 1))
+    assert out == b"data: [DONE]\n"
+    with pytest.raises(EventTooLarge):
+        rewriter.feed(b"more")

@@ -24,12 +24,13 @@ def prompt_tokens(body: dict) -> int:
 
 class FakeUpstream:
     """One OpenAI-compatible upstream. `mode`: "ok", "status_500", "status_400", "status_401" (its error quotes
-    a masked key, as OpenAI's does), "slow" (sleeps `delay_s` before its headers), "break_mid_stream" (one
-    chunk, then the connection drops), "endless_stream" (a chunk every 50 ms until the client goes away, then
-    `disconnected` is set), "endless_line" (a stream whose first line never ends, sent until the client goes
-    away), and answers that are well-formed but odd: "lone_surrogate" (an escaped "\\ud800" in the text),
-    "utf8_header" (an x-request-id header of UTF-8 bytes), "huge_usage" (a prompt_tokens of 401 digits).
-    `stop()` closes the port (connections refused) and `start()` opens it again."""
+    a masked key, as OpenAI's does), "nested_500" (a 500 whose body is 60,000 "["), "slow" (sleeps `delay_s`
+    before its headers, and sets `disconnected` instead if the gateway closed meanwhile), "break_mid_stream"
+    (one chunk, then the connection drops), "endless_stream" (a chunk every 50 ms until the client goes away,
+    then `disconnected` is set), "endless_line" (a stream whose first line never ends, sent until the client
+    goes away), and answers that are well-formed but odd: "lone_surrogate" (an escaped "\\ud800" in the
+    text), "utf8_header" (an x-request-id header of UTF-8 bytes), "huge_usage" (a prompt_tokens of 401
+    digits). `stop()` closes the port (connections refused) and `start()` opens it again."""
 
     def __init__(self, name: str):
         self.name = name
@@ -99,6 +100,16 @@ class FakeUpstream:
         mode = self.mode
         if mode == "slow":
             time.sleep(self.delay_s)
+            if _peer_closed(h.connection):   # the gateway gave up and closed: nobody to answer
+                self.disconnected.set()
+                return
+        if mode == "nested_500":             # an error body no JSON parser should be trusted to read
+            data = b"[" * 60_000
+            h.send_response(500)
+            h.send_header("content-type", "application/json")
+            h.send_header("content-length", str(len(data)))
+            h.end_headers()
+            return h.wfile.write(data)
         if mode in ("status_500", "status_400", "status_401"):
             status = int(mode[-3:])
             message = f"{self.name} says {status}"
@@ -171,6 +182,18 @@ class FakeUpstream:
             h.send_header(key, value)      # latin-1 on the wire: a str made of UTF-8 bytes sends those bytes
         h.end_headers()
         h.wfile.write(data)
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    connection.setblocking(False)
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:          # open, nothing sent: still waiting for us
+        return False
+    except OSError:
+        return True
+    finally:
+        connection.setblocking(True)
 
 
 class LoopThread:
