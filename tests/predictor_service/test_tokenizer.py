@@ -19,7 +19,7 @@ def _tokenizer_ids(encoder, text):
     "Which of these is a prime? A. 4 B. 7\nC. 9", "naïve café 東京タワー (Tokyo)", "tab\tsep\nnew\rline",
     "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
     "supercalifragilistic" * 8, "", "   ", "word " * 400, "a." * 20_000, "(x+1)^2=" * 5_000 + " tail",
-    "[UNK]", "see[PAD]here [unk] [UNK]x",
+    "[UNK]", "see[PAD]here [unk] [UNK]x", "split\x0bby\x0ccontrols\x85and\u2029separators " * 300,
 ])
 def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder, text):
     static_encoder.clear_caches()
@@ -29,7 +29,7 @@ def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder,
 
 
 # Characters, plus the tokenizer's added tokens, which it matches in the raw text before normalising.
-TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0", "[UNK]", "[PAD]", "[unk]"]
+TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0\x1c\x1d\x1e\x1f\x85\u2028\u2029", "[UNK]", "[PAD]", "[unk]"]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every CI run

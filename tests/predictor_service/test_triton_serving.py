@@ -142,6 +142,7 @@ def test_bad_requests_fail_alone_and_server_stays_up(triton_server, predictor):
         if raw in bad:
             assert isinstance(result, InferenceServerException), f"bad prompt got an answer: {result}"
             assert bad[raw] in result.message() and result.status() == "StatusCode.INVALID_ARGUMENT"
+            assert result.message().startswith("PROMPT: "), result.message()     # names the input
             assert CANARY not in result.message()   # errors never echo the prompt
             continue
         assert not isinstance(result, Exception), f"good prompt failed: {result}"

@@ -45,7 +45,7 @@ def _decode_rows(rows) -> list:
         try:
             texts.append(_decode(raw))
         except PromptError as e:
-            raise PromptError(f"{PROMPT} row {i}: {e}" if len(rows) > 1 else str(e)) from e
+            raise PromptError(f"{PROMPT} row {i}: {e}" if len(rows) > 1 else f"{PROMPT}: {e}") from e
     return texts
 
 
