@@ -54,6 +54,18 @@ _SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
 # 0.2 ms, and a 64-row request of them held Triton's instance for 5.8 s.)
 _BERT_STRIPS = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
 _BERT_SPACES = re.compile("[\u2028\u2029]")
+# Characters BERT's pre-tokeniser always makes words of their own: ASCII punctuation, the CJK ideographs its
+# normaliser pads with spaces (BertNormalizer's handle_chinese_chars ranges), and common CJK punctuation
+# (Unicode P*). A whitespace chunk cut just after one of them tokenizes to the same ids, so a long chunk is
+# cut there (LONG_CHUNK_CHARS) and the window stops reading once it has its tokens: 256 KiB of Chinese
+# with no spaces is one chunk, which went to the tokenizer whole (~100-150 ms).
+_ISOLATED_CHARS = ("!-/:-@\\[-`{-~\u3001\u3002\u300c-\u300f\uff01\uff0c\uff1a\uff1b\uff1f\u3400-\u4dbf\u4e00-\u9fff"
+                   "\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f")
+_ISOLATED = re.compile(f"[{_ISOLATED_CHARS}]")
+# The pieces of a chunk: up to and including the next isolated character, or the rest. Found lazily
+# (finditer), so a head-only window reads ~256 pieces of a 256 KiB chunk, not all of them.
+_PIECES = re.compile(f"[^{_ISOLATED_CHARS}]*[{_ISOLATED_CHARS}]|[^{_ISOLATED_CHARS}]+")
+LONG_CHUNK_CHARS = 256
 
 
 def minilm_path() -> Path:
@@ -214,11 +226,14 @@ class StaticEncoder:
         if _SPLIT_DISAGREES.search(text):
             text = _BERT_SPACES.sub(" ", _BERT_STRIPS.sub("", text))
         ids, cache, chunks = [], self._chunk_ids, text.split()
+        if max(map(len, chunks), default=0) > LONG_CHUNK_CHARS:     # rare: the common text skips the generator
+            chunks = itertools.chain.from_iterable(self._cut(c) if len(c) > LONG_CHUNK_CHARS else (c,)
+                                                   for c in chunks)
+        chunks = iter(chunks)
         # Windows of max_tokens chunks: nearly every chunk gives >= 1 token, so one window usually
         # suffices, and a 256 KiB prompt never tokenizes past what truncation keeps (with a tail, every
         # window is read: the tail is the end of the prompt).
-        for start in range(0, len(chunks), self.max_tokens):
-            window = chunks[start:start + self.max_tokens]
+        while window := list(itertools.islice(chunks, self.max_tokens)):
             try:
                 pieces = list(map(cache.__getitem__, window))
             except KeyError:   # unseen chunks: tokenize them once (the common case skips this scan)
@@ -231,6 +246,13 @@ class StaticEncoder:
                 break
         ids = _window(ids, self.max_tokens, self.tail_tokens)
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
+
+    def _cut(self, chunk: str):
+        """A long chunk as pieces ending just after each character BERT isolates (_ISOLATED), lazily; whole
+        where it holds an added token, which the tokenizer matches across punctuation ("[UNK]")."""
+        if self.holds_added_token(chunk):
+            return (chunk,)
+        return (m.group() for m in _PIECES.finditer(chunk))
 
     def _tokenize_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
         """The ids of unseen chunks, cached where short enough. Plain chunks take the compiled WordPiece,

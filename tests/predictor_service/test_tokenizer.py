@@ -43,6 +43,29 @@ def test_static_tokenizer_matches_on_any_text(static_encoder, text):
     assert static_encoder._token_ids(text) == expected
 
 
+# No whitespace: every example is one long chunk, which the chunk path cuts after the characters BERT
+# isolates (encoders._ISOLATED), here beside the ones it must not cut at (letters, accents, a combining mark,
+# a compatibility ideograph, CJK Extension B and the gap BERT's ranges skip at U+2B820).
+LONG_CHUNK_PIECES = [*string.ascii_letters[:8], *string.punctuation, *"東京中文。，「」é\u0301\uf900\u3005\uff04",
+                     "\U00020000", "\U0002b820", "\U0002b920", "[UNK]", "[PAD]", "x" * 101]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(LONG_CHUNK_PIECES), min_size=100, max_size=600).map("".join))
+def test_long_chunks_cut_where_bert_splits_give_the_tokenizers_ids(static_encoder, text):
+    static_encoder.clear_caches()
+    assert static_encoder._token_ids("é " + text) == _tokenizer_ids(static_encoder, "é " + text)
+
+
+def test_a_long_unspaced_cjk_prompt_is_read_only_as_far_as_the_window():
+    from predictor_service.artifact import static_encoder_from
+
+    encoder = static_encoder_from()
+    text = "東京は日本の首都である。" * 20_000
+    assert sum(1 for _ in encoder._cut(text)) == 7 * 20_000   # one chunk, cut after each ideograph and 。
+    assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:1000])[:encoder.max_tokens]
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from([*string.ascii_letters, *string.digits, *string.punctuation, " ", "\n", "\t",
                                  "un", "##", "able", "ing", "x" * 101, "é"]), max_size=400).map("".join))
@@ -89,3 +112,17 @@ def test_static_tokenizer_caches_only_short_chunks(static_encoder):
         assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
     assert "see" in static_encoder._chunk_ids
     assert all(len(chunk) <= encoders.CACHED_CHUNK_CHARS for chunk in static_encoder._chunk_ids)
+
+
+def test_every_character_the_chunk_path_cuts_after_is_one_bert_isolates(static_encoder):
+    """All ~81,000 of them (encoders._ISOLATED), each between letters: a word of its own (~2 s)."""
+    from predictor_service.encoders import _ISOLATED
+
+    tokenizer = static_encoder.tokenizer
+    ab, cd = (tokenizer.encode(s, add_special_tokens=False).ids for s in ("ab", "cd"))
+    chars = [chr(c) for c in range(0x21, 0x30000) if _ISOLATED.fullmatch(chr(c))]
+    assert len(chars) > 80_000
+    batch = lambda texts: [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
+    alone, between, after = batch(chars), batch([f"ab{c}cd" for c in chars]), batch([f"ab{c}" for c in chars])
+    wrong = [hex(ord(c)) for c, a, b, x in zip(chars, alone, between, after) if b != ab + a + cd or x != ab + a]
+    assert wrong == []

@@ -35,7 +35,8 @@ def _expected(encoder, text):
 @pytest.mark.parametrize("text", [
     "word " * 400 + "the question at the end?", "naïve café 東京 " * 60 + "tail ünïcode end", "a\x1cb c " * 80,
     "x\u2028y " * 90 + "last", "(x+1)^2=" * 500 + " tail", "short", "", "[UNK] " * 70 + "end [UNK]",
-    "supercalifragilisticexpialidocious" * 4 + " q" * 60,
+    "supercalifragilisticexpialidocious" * 4 + " q" * 60, "東京は日本の首都である。" * 300 + "最後の質問は？",
+    "é!" * 3000 + "[UNK]" + "é?" * 200,
 ])
 def test_window_keeps_head_and_tail_on_every_path(windowed, text):
     windowed.clear_caches()
