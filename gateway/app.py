@@ -28,10 +28,10 @@ from starlette.routing import Route
 from gateway.config import GatewayConfig
 from gateway.errors import ContainFailures, GatewayError, bad_request
 from gateway.jsonwire import to_bytes
-from gateway.request_body import read_json, unless_client_leaves
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_schema
 from gateway.prompt import BadMessages, scored_text
+from gateway.request_body import read_json, unless_client_leaves
 from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_body, is_routed, parse_policy,
                              raise_unless_selector_down, unrouted)
 from gateway.stream import EventRewriter, RelayResponse
