@@ -125,8 +125,7 @@ class Gateway:
             try:
                 body = await read_json(request, self.config)
             except ClientDisconnect:
-                self.metrics.requests.labels("none", "499").inc()
-                return Response(status_code=499)      # nobody to answer
+                return self._client_left()
             decision, stream = await self._decide(body)
             forward = {k: v for k, v in body.items() if k != "routoo"}
             if stream:                    # headers come after the prefill only; then RelayResponse watches
@@ -134,8 +133,7 @@ class Gateway:
             else:
                 response = await unless_client_leaves(request, self._forward(decision, forward, stream))
             if response is None:          # gone before its answer: the upstream call was cancelled, and closed
-                self.metrics.requests.labels("none", "499").inc()
-                return Response(status_code=499)
+                return self._client_left()
             handed_over = isinstance(response, RelayResponse)
             return response
         except GatewayError as e:
@@ -146,6 +144,10 @@ class Gateway:
         finally:
             if not handed_over:
                 self._in_flight -= 1
+
+    def _client_left(self) -> Response:
+        self.metrics.requests.labels("none", "499").inc()
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
     async def _decide(self, body: dict) -> tuple[Decision, bool]:
         model = body.get("model")
