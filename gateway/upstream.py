@@ -103,7 +103,9 @@ class Forwarder:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream_connect_timeout_s,
                                           sock_read=config.upstream_timeout_s),
-            auto_decompress=False,         # bodies pass through as sent (identity is asked for anyway)
+            # identity is asked for; an upstream that compresses anyway is decompressed here, since the answer
+            # is passed on without its content-encoding (and its usage must be readable).
+            auto_decompress=True,
             trust_env=False,               # no proxy or netrc from the environment
             skip_auto_headers=("User-Agent",))
 

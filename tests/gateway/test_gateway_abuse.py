@@ -70,9 +70,11 @@ def test_a_trickling_body_gets_408_and_gives_its_slot_back(fresh):
         held = httpx.post(url + "/v1/chat/completions", json={"model": "Yi-6B", "messages": chat("x")},
                           headers=AUTH, timeout=10)
         assert held.status_code == 429                                     # the trickler holds the one slot
-        answer = slow.recv(65536).decode("latin-1")
-        assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
+        answer = b""
+        while chunk := slow.recv(65536):      # the 408 closes the connection: read to its end, not one segment
+            answer += chunk
         slow.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
         after = httpx.post(url + "/v1/chat/completions", json={"model": "Yi-6B", "messages": chat("x")},
                            headers=AUTH, timeout=10)
         assert after.status_code == 200
@@ -115,6 +117,14 @@ def test_odd_but_well_formed_answers_reach_the_client(fresh, stream):
         assert "x-request-id" not in raw.headers or mode != "utf8_header"     # dropped, not a 500
         if mode == "huge_usage":        # a count no float holds is not billed
             assert metric(fresh.metrics(), "routoo_gateway_spend_usd_total", model="Yi-6B", routed="false") == spent
+
+
+def test_an_answer_compressed_against_the_request_is_passed_on_decompressed(fresh):
+    fresh.upstreams["Yi-6B"].mode = "gzip"
+    spent = metric(fresh.metrics(), "routoo_gateway_spend_usd_total", model="Yi-6B", routed="false")
+    answer = fresh.client().chat.completions.create(model="Yi-6B", messages=chat(QUESTION))
+    assert answer.choices[0].message.content == "answer from Yi-6B"
+    assert metric(fresh.metrics(), "routoo_gateway_spend_usd_total", model="Yi-6B", routed="false") > spent
 
 
 def test_a_line_that_never_ends_gets_an_error_event_and_the_upstream_is_closed(fresh):

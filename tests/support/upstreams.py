@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import socket
 import threading
@@ -30,7 +31,7 @@ class FakeUpstream:
     then `disconnected` is set), "endless_line" (a stream whose first line never ends, sent until the client
     goes away), and answers that are well-formed but odd: "lone_surrogate" (an escaped "\\ud800" in the
     text), "utf8_header" (an x-request-id header of UTF-8 bytes), "huge_usage" (a prompt_tokens of 401
-    digits). `stop()` closes the port (connections refused) and `start()` opens it again."""
+    digits), "gzip" (gzip-compressed although the gateway asks for identity). `stop()` closes the port (connections refused) and `start()` opens it again."""
 
     def __init__(self, name: str):
         self.name = name
@@ -172,9 +173,10 @@ class FakeUpstream:
             self.disconnected.set()
         h.close_connection = True
 
-    @staticmethod
-    def _json(h: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+    def _json(self, h: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
+        if self.mode == "gzip":
+            data, headers = gzip.compress(data), {**(headers or {}), "content-encoding": "gzip"}
         h.send_response(status)
         h.send_header("content-type", "application/json")
         h.send_header("content-length", str(len(data)))
