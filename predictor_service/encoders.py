@@ -61,7 +61,6 @@ _BERT_SPACES = re.compile("[\u2028\u2029]")
 # with no spaces is one chunk, which went to the tokenizer whole (~100-150 ms).
 _ISOLATED_CHARS = ("!-/:-@\\[-`{-~\u3001\u3002\u300c-\u300f\uff01\uff0c\uff1a\uff1b\uff1f\u3400-\u4dbf\u4e00-\u9fff"
                    "\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f")
-_ISOLATED = re.compile(f"[{_ISOLATED_CHARS}]")
 # The pieces of a chunk: up to and including the next isolated character, or the rest. Found lazily
 # (finditer), so a head-only window reads ~256 pieces of a 256 KiB chunk, not all of them.
 _PIECES = re.compile(f"[^{_ISOLATED_CHARS}]*[{_ISOLATED_CHARS}]|[^{_ISOLATED_CHARS}]+")
@@ -248,7 +247,7 @@ class StaticEncoder:
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
     def _cut(self, chunk: str):
-        """A long chunk as pieces ending just after each character BERT isolates (_ISOLATED), lazily; whole
+        """A long chunk as pieces ending just after each character BERT isolates (_ISOLATED_CHARS), lazily; whole
         where it holds an added token, which the tokenizer matches across punctuation ("[UNK]")."""
         if self.holds_added_token(chunk):
             return (chunk,)

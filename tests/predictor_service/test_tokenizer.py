@@ -44,7 +44,7 @@ def test_static_tokenizer_matches_on_any_text(static_encoder, text):
 
 
 # No whitespace: every example is one long chunk, which the chunk path cuts after the characters BERT
-# isolates (encoders._ISOLATED), here beside the ones it must not cut at (letters, accents, a combining mark,
+# isolates (encoders._ISOLATED_CHARS), here beside the ones it must not cut at (letters, accents, a combining mark,
 # a compatibility ideograph, CJK Extension B and the gap BERT's ranges skip at U+2B820).
 LONG_CHUNK_PIECES = [*string.ascii_letters[:8], *string.punctuation, *"東京中文。，「」é\u0301\uf900\u3005\uff04",
                      "\U00020000", "\U0002b820", "\U0002b920", "[UNK]", "[PAD]", "x" * 101]
@@ -115,12 +115,16 @@ def test_static_tokenizer_caches_only_short_chunks(static_encoder):
 
 
 def test_every_character_the_chunk_path_cuts_after_is_one_bert_isolates(static_encoder):
-    """All ~81,000 of them (encoders._ISOLATED), each between letters: a word of its own (~2 s)."""
-    from predictor_service.encoders import _ISOLATED
+    """All ~81,000 of them (encoders._ISOLATED_CHARS), each between letters: a word of its own (~2 s)."""
+    import re
+
+    from predictor_service.encoders import _ISOLATED_CHARS
+
+    isolated = re.compile(f"[{_ISOLATED_CHARS}]")
 
     tokenizer = static_encoder.tokenizer
     ab, cd = (tokenizer.encode(s, add_special_tokens=False).ids for s in ("ab", "cd"))
-    chars = [chr(c) for c in range(0x21, 0x30000) if _ISOLATED.fullmatch(chr(c))]
+    chars = [chr(c) for c in range(0x21, 0x30000) if isolated.fullmatch(chr(c))]
     assert len(chars) > 80_000
     batch = lambda texts: [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
     alone, between, after = batch(chars), batch([f"ab{c}cd" for c in chars]), batch([f"ab{c}" for c in chars])
