@@ -215,8 +215,9 @@ class Gateway:
             async def done(outcome: str) -> None:
                 self._in_flight -= 1
                 self.metrics.upstream_seconds.labels(upstream.model).observe(time.perf_counter() - answer.started)
-                if outcome == "broken":
-                    self.metrics.upstream_failures.labels(upstream.model, "broken_mid_stream").inc()
+                if outcome in ("broken", "truncated"):
+                    reason = "broken_mid_stream" if outcome == "broken" else "stream_ended_early"
+                    self.metrics.upstream_failures.labels(upstream.model, reason).inc()
                 elif outcome == "relay_failed":
                     self.log.warning(("relay", relay.failure), "relaying a stream failed on an unexpected %s",
                                      relay.failure)

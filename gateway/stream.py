@@ -4,6 +4,11 @@ Only an incomplete last line is held back (an event is never split mid-JSON), an
 an upstream that never ends its line gets an error event, not the gateway's memory. Each `data:` event has its
 `model` renamed to the pool model and its `usage`, if any, noted. A client that disconnects cancels the relay
 at once, which closes the upstream connection: the upstream stops generating for nobody.
+
+A stream is complete only once the upstream said so: `data: [DONE]`, a choice with a `finish_reason`, or an
+error event of its own. One that closes cleanly before any of them (a proxy's idle cut, a crashed worker
+behind a load balancer) ends in an error event for the client, who would otherwise take a cut answer for a
+whole one (the openai clients end such a stream silently).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class EventRewriter:
     def __init__(self, model: str):
         self.model = model
         self.usage: dict | None = None
+        self.ended = False                  # the upstream marked its stream's end (module docstring)
         self._held: list[bytes] = []        # the incomplete last line, in pieces: joined once, when it ends
         self._held_bytes = 0
 
@@ -66,6 +72,7 @@ class EventRewriter:
             return line
         payload = line[len(_DATA):].strip()
         if not payload.startswith(b"{"):             # "[DONE]" and anything else pass as they are
+            self.ended = self.ended or payload == b"[DONE]"
             return line
         try:
             event = json.loads(payload)
@@ -75,6 +82,10 @@ class EventRewriter:
             return line
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
+        if not self.ended:
+            choices = event.get("choices")
+            self.ended = "error" in event or (isinstance(choices, list) and any(
+                isinstance(c, dict) and c.get("finish_reason") for c in choices))
         if "model" in event:
             event["model"] = self.model
         return b"data: " + to_bytes(event)
@@ -88,8 +99,8 @@ def error_event(message: str, code: str) -> bytes:
 
 class RelayResponse:
     """An ASGI response that relays `response`'s body through `rewriter`, then calls `done(outcome)`:
-    "complete", "broken" (the upstream failed mid-stream), "relay_failed" (the gateway did) or "disconnected"
-    (the client left)."""
+    "complete", "broken" (the upstream failed mid-stream), "truncated" (it closed the stream cleanly before
+    its end), "relay_failed" (the gateway did) or "disconnected" (the client left)."""
 
     def __init__(self, response: aiohttp.ClientResponse, rewriter: EventRewriter, status: int, headers: dict[str, str],
                  done: Callable[[str], Awaitable[None]]):
@@ -130,6 +141,11 @@ class RelayResponse:
             tail = self._rewriter.flush()
             if tail:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
+            if not self._rewriter.ended:
+                outcome = "truncated"
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": error_event("the upstream closed its stream before its end ([DONE] or a "
+                                                "finish_reason)", "upstream_truncated")})
         except asyncio.TimeoutError:        # aiohttp's sock_read timeout is one
             outcome = "broken"
             await send({"type": "http.response.body", "more_body": True,

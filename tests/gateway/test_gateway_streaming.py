@@ -1,6 +1,6 @@
 """The gateway end to end, streaming: every event passed through, the async client, a stream that breaks off,
-a client that leaves mid-stream, and the concurrency bound held by a live stream. The stack (fake
-upstreams, selector, gateway) is conftest.py's, shared by the folder.
+a stream closed before its end, a client that leaves mid-stream, and the concurrency bound held by a live
+stream. The stack (fake upstreams, selector, gateway) is conftest.py's, shared by the folder.
 """
 
 import asyncio
@@ -54,6 +54,25 @@ def test_a_stream_that_breaks_off_ends_in_an_error_for_the_client(fresh):
     # stream's error before the bytes it still holds (seen once in ten runs of this folder).
     assert chunks in ([], ["answer"])
     assert list(fresh.received()) == [chosen]       # after the first byte there is no retry
+
+
+def test_a_stream_closed_before_its_end_ends_in_an_error_and_is_counted(fresh):
+    chosen, _ = first_two(fresh, QUESTION)
+    fresh.upstreams[chosen].mode = "end_without_done"
+    stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
+    chunks = []
+    with pytest.raises(openai.APIError, match=r"before its end \(\[DONE\] or a finish_reason\)"):
+        for chunk in stream:
+            chunks.append(chunk.choices[0].delta.content)
+    assert chunks == ["answer"]
+    assert metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen,
+                  reason="stream_ended_early") == 1
+    # A finish_reason is an end too: an upstream that never sends [DONE] after it is not an error.
+    fresh.upstreams[chosen].mode = "finish_without_done"
+    stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"answer from {chosen}"
+    assert metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen,
+                  reason="stream_ended_early") == 1
 
 
 def test_a_client_that_leaves_mid_stream_cancels_the_upstream(fresh):

@@ -119,6 +119,21 @@ def test_the_sse_rewriter_gives_the_same_bytes_however_the_stream_is_cut(cuts):
         ["pool"] * 5
 
 
+def test_the_sse_rewriter_knows_when_the_upstream_marked_its_end():
+    def ended(*events) -> bool:
+        rewriter = EventRewriter("pool")
+        for e in events:
+            rewriter.feed(b"data: " + (e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n\n")
+        return rewriter.ended
+
+    delta = {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}
+    assert not ended() and not ended(delta) and not ended(delta, {"choices": []}, b"[DON", b"{not json")
+    assert not ended(delta, {"choices": "stop"}, {"choices": [None, "stop"]}, [1, 2])
+    assert ended(delta, b"[DONE]")
+    assert ended(delta, {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    assert ended({"error": {"message": "overloaded"}})
+
+
 def test_the_sse_rewriter_holds_at_most_max_line_bytes_of_an_unended_line():
     rewriter = EventRewriter("pool")
     piece = b"x" * 4096

@@ -27,7 +27,9 @@ class FakeUpstream:
     """One OpenAI-compatible upstream. `mode`: "ok", "status_500", "status_400", "status_401" (its error quotes
     a masked key, as OpenAI's does), "nested_500" (a 500 whose body is 60,000 "["), "slow" (sleeps `delay_s`
     before its headers, and sets `disconnected` instead if the gateway closed meanwhile), "break_mid_stream"
-    (one chunk, then the connection drops), "endless_stream" (a chunk every 50 ms until the client goes away,
+    (one chunk, then the connection drops), "end_without_done" (one chunk, then a clean end of the body: no
+    finish_reason, no [DONE]), "finish_without_done" (the whole answer with its finish_reason, no [DONE]),
+    "endless_stream" (a chunk every 50 ms until the client goes away,
     then `disconnected` is set), "endless_line" (a stream whose first line never ends, sent until the client
     goes away), and answers that are well-formed but odd: "lone_surrogate" (an escaped "\\ud800" in the
     text), "utf8_header" (an x-request-id header of UTF-8 bytes), "huge_usage" (a prompt_tokens of 401
@@ -157,6 +159,10 @@ class FakeUpstream:
             if mode == "break_mid_stream":
                 h.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if mode == "end_without_done":
+                h.wfile.write(b"0\r\n\r\n")
+                h.wfile.flush()
+                return
             if mode == "endless_stream":
                 while True:
                     time.sleep(0.05)
@@ -166,7 +172,8 @@ class FakeUpstream:
             send(event({}, finish="stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 send(event(None, with_usage=True))
-            send(b"data: [DONE]\n\n")
+            if mode != "finish_without_done":
+                send(b"data: [DONE]\n\n")
             h.wfile.write(b"0\r\n\r\n")
             h.wfile.flush()
         except OSError:                       # the gateway closed the connection
