@@ -47,12 +47,13 @@ class Rejected(Exception):
 
 
 class Undecodable:
-    """The request bytes did not parse as the method's message."""
+    """The request bytes did not parse as the method's message; `id` is a RouteStreamRequest's, read from
+    its first bytes (leading_id), so that its error answer still names it."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "id")
 
-    def __init__(self, reason: str):
-        self.reason = reason
+    def __init__(self, reason: str, id: str = ""):
+        self.reason, self.id = reason, id
 
 
 class Deferred:
@@ -85,8 +86,9 @@ def leading_id(data: bytes | None) -> str:
 
 
 def _reason(error: DecodeError, message_class) -> str:
-    return (f"the request is not a valid {message_class.DESCRIPTOR.full_name} (string fields must be valid "
-            f"UTF-8): {str(error)[:200]}")
+    # upb's own text names only the type, not what is wrong, so the message lists what it can be.
+    return (f"the request is not a valid {message_class.DESCRIPTOR.full_name} (truncated or malformed bytes, "
+            f"or invalid UTF-8 in a string field): {str(error)[:200]}")
 
 
 class Admission:
@@ -102,6 +104,7 @@ class Admission:
 
     def deserializer(self, message_class) -> Callable[[bytes], object]:
         big = self.big_request_bytes
+        streamed = message_class.DESCRIPTOR.full_name.endswith(".RouteStreamRequest")
 
         def decode(data: bytes):
             if len(data) >= big:
@@ -109,7 +112,7 @@ class Admission:
             try:
                 return message_class.FromString(data)
             except DecodeError as e:
-                return Undecodable(_reason(e, message_class))
+                return Undecodable(_reason(e, message_class), leading_id(data) if streamed else "")
 
         return decode
 
@@ -141,6 +144,11 @@ class Admission:
             yield request
             return
         size = len(request.data)
+        if size > self.max_in_flight_bytes:       # never admissible: a retry would be refused the same way
+            raise Rejected("over_budget", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"this request is {size} bytes, over the selector's whole budget of "
+                           f"{self.max_in_flight_bytes} bytes for requests in flight (--max-in-flight-mib): "
+                           f"it can never be admitted; send smaller batches")
         if self.in_flight_bytes + size > self.max_in_flight_bytes:
             raise Rejected("bytes_in_flight", grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"the selector is holding {self.in_flight_bytes} bytes of requests and this one is "

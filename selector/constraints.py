@@ -44,9 +44,10 @@ class Constraints:
     def validate(self, pool: Pool) -> None:
         known = set(pool.names)
         for field, names in (("constraints.allow", self.allow), ("constraints.deny", self.deny)):
-            unknown = [n for n in names if n not in known]
+            unknown = list(dict.fromkeys(n for n in names if n not in known))      # each once, in order
             if unknown:
-                raise InvalidRequest(field, f"unknown model(s) {unknown}; valid models are {pool.names}")
+                shown = unknown if len(unknown) <= 8 else [*unknown[:8], f"... {len(unknown) - 8} more"]
+                raise InvalidRequest(field, f"unknown model(s) {shown}; valid models are {pool.names}")
         for field, value in (("constraints.max_latency_ms", self.max_latency_ms),
                              ("constraints.max_cost_usd", self.max_cost_usd)):
             if value is not None and not value >= 0:
@@ -90,8 +91,9 @@ class Constraints:
         return codes
 
     def _too_expensive(self, expected_cost_usd: np.ndarray) -> np.ndarray:
-        # Compared in the costs' own dtype (float32 from Triton), for one prompt as for a batch.
-        return np.asarray(expected_cost_usd) > self.max_cost_usd
+        # In float64, for one prompt as for a batch: against float32 costs (Triton's) numpy would round the
+        # cap to float32 too, and a cost just above the cap could pass it.
+        return np.asarray(expected_cost_usd, dtype=np.float64) > self.max_cost_usd
 
     def reason(self, code: int, pool: Pool, model: int, expected_cost_usd: float) -> str:
         """Why model `model` is excluded, naming the constraint and the numbers."""

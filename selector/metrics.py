@@ -27,8 +27,8 @@ class SelectorMetrics:
             "routoo_selector_errors", "RPCs answered with an error, by status code", ["method", "code"],
             registry=self.registry)
         self.rejected = Counter(
-            "routoo_selector_rejected", "Requests refused before any work: undecodable, bytes_in_flight "
-            "(also counted in routoo_selector_errors)", ["method", "reason"], registry=self.registry)
+            "routoo_selector_rejected", "Requests refused before any work: undecodable, bytes_in_flight, "
+            "over_budget (also counted in routoo_selector_errors)", ["method", "reason"], registry=self.registry)
         self.cancelled = Counter(
             "routoo_selector_cancelled", "RPCs the caller cancelled (or whose deadline passed) mid-call",
             ["method"], registry=self.registry)

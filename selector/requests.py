@@ -28,10 +28,22 @@ def policy_of(request: pb.RouteRequest, default: Policy) -> Policy:
     return make_policy(which, getattr(getattr(request, which), POLICIES[which].parameter))
 
 
+def max_model_list(pool: Pool) -> int:
+    """The longest allow or deny list accepted: room for every pool name a few times over (repeats are
+    harmless), far short of the 20M names a 64 MiB message can carry, whose checking alone held the event
+    loop for seconds."""
+    return max(256, 4 * len(pool.names))
+
+
 def constraints_of(message: pb.Constraints, pool: Pool, unconstrained: Constraints) -> Constraints:
     """The request's constraints, validated against the pool; `unconstrained` where the message is empty."""
     if message.ByteSize() == 0:        # unset or empty: no constraints
         return unconstrained
+    limit = max_model_list(pool)
+    for field, names in (("constraints.allow", message.allow), ("constraints.deny", message.deny)):
+        if len(names) > limit:             # len() of a repeated field makes no strings
+            raise InvalidRequest(field, f"holds {len(names)} names, over the limit of {limit} (the pool has "
+                                        f"{len(pool.names)} models)")
     constraints = Constraints(
         allow=tuple(message.allow), deny=tuple(message.deny),
         max_latency_ms=message.max_latency_ms if message.HasField("max_latency_ms") else None,
@@ -40,16 +52,22 @@ def constraints_of(message: pb.Constraints, pool: Pool, unconstrained: Constrain
     return constraints
 
 
+def check_prompt_count(count: int, config: SelectorConfig) -> None:
+    """Raises InvalidRequest unless the repeated field "prompts" holds 1 to max_batch_prompts prompts. Called
+    on len() of the field before its strings are made: 16M two-byte prompts fit a 64 MiB message, and making
+    them took 1.1 GB and seconds of the event loop before the count refused them."""
+    if not count:
+        raise InvalidRequest("prompts", "must hold at least one prompt")
+    if count > config.max_batch_prompts:
+        raise InvalidRequest("prompts", f"{count} prompts is over the limit of {config.max_batch_prompts} per call")
+
+
 def check_prompts(prompts: list[str], field: str, config: SelectorConfig) -> None:
     """Raises InvalidRequest unless every prompt is 1 to max_prompt_bytes of text and, for the repeated
     field "prompts", there are 1 to max_batch_prompts of them; `field` is "prompt" or "prompts"."""
     limit = config.max_prompt_bytes
     if field == "prompts":
-        if not prompts:
-            raise InvalidRequest("prompts", "must hold at least one prompt")
-        if len(prompts) > config.max_batch_prompts:
-            raise InvalidRequest("prompts", f"{len(prompts)} prompts is over the limit of "
-                                            f"{config.max_batch_prompts} per call")
+        check_prompt_count(len(prompts), config)
     for i, prompt in enumerate(prompts):
         name = field if field == "prompt" else f"prompts[{i}]"
         if not prompt.strip():

@@ -16,7 +16,8 @@ import time
 import grpc
 import numpy as np
 
-from selector.admission import Admission, Deferred, Rejected, leading_id, materialise, short_message
+from selector.admission import (Admission, Deferred, Rejected, Undecodable, leading_id, materialise,
+                                short_message)
 from selector.budget import BudgetTooSmall, assign_budget
 from selector.coalescer import Overloaded, ScoredBatch
 from selector.config import SelectorConfig
@@ -27,7 +28,7 @@ from selector.policies import Policy, TradeoffPolicy, rank_rows
 from selector.pool import Pool, PoolColumns
 from selector.proto import selector_pb2 as pb
 from selector.proto import selector_pb2_grpc as pb_grpc
-from selector.requests import check_prompts, constraints_of, is_content_free, policy_of
+from selector.requests import check_prompt_count, check_prompts, constraints_of, is_content_free, policy_of
 from selector.scores_wire import ScoresWire
 from selector.streams import RouteStreams
 from selector.triton_scores import PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource
@@ -162,6 +163,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         if not budget_usd >= 0:
             raise InvalidRequest("total_budget_usd", f"must be a number >= 0 (USD), got {budget_usd}")
         constraints = constraints_of(request.constraints, self._pool, self._no_constraints)
+        check_prompt_count(len(request.prompts), self._config)       # before 20,000+ strings are made
         prompts = await materialise(request.prompts)
         check_prompts(prompts, "prompts", self._config)
         quality, cost = await self._predict("RouteBatch", prompts, context)        # (batch, n_models) each
@@ -182,6 +184,7 @@ class SelectorService(pb_grpc.SelectorServicer):
         return response
 
     async def _score_rpc(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        check_prompt_count(len(request.prompts), self._config)
         prompts = await materialise(request.prompts)
         check_prompts(prompts, "prompts", self._config)
         quality, cost = await self._predict("Score", prompts, context)
@@ -242,8 +245,10 @@ class SelectorService(pb_grpc.SelectorServicer):
     async def _stream_route(self, item, context, admission: Admission) -> pb.RouteStreamResponse:
         """One RouteStream message's answer: its decision or its error, never an exception (but
         cancellation), so that the stream and its other messages go on."""
-        # A big message's id is read from its first bytes now: they are gone once it is decoded.
-        wire_id = leading_id(item.data) if type(item) is Deferred else ""
+        # A big message's id is read from its first bytes now: they are gone once it is decoded. A small one
+        # that did not decode had its id read by the deserializer.
+        kind = type(item)
+        wire_id = leading_id(item.data) if kind is Deferred else item.id if kind is Undecodable else ""
         try:
             async with admission.message(item) as message:
                 response = pb.RouteStreamResponse(id=message.id)

@@ -64,15 +64,38 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument_and_counted(selector
     assert isinstance(_raw(selector.channel, ROUTE, good), bytes)
 
 
-def test_an_allow_list_of_16_kb_of_unknown_names_names_the_field(selector):
-    names = [f"no-such-model-{i:05d}" for i in range(900)]          # ~17 KB
-    request = make_route_request("What is 2 + 2?", allow=names)
+def _refusal(call, request) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as error:
-        selector.stub.Route(request, timeout=30)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.value.details().startswith("constraints.allow")
-    assert len(error.value.details()) <= MAX_ERROR_MESSAGE_CHARS and "more characters cut" in error.value.details()
+        call(request, timeout=30)
+    return error.value
+
+
+def test_long_model_lists_are_refused_by_their_length_and_unknown_names_listed_briefly(selector):
+    error = _refusal(selector.stub.Route, make_route_request("What is 2 + 2?",
+                                                              deny=[f"no-such-model-{i:05d}" for i in range(900)]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "constraints.deny: holds 900 names, over the limit of 256 (the pool has 32 models)"
+    # Under the limit, each unknown name once and the first 8 of them.
+    names = [f"no-such-model-{i:03d}" for i in range(120)] * 2 + ["gpt-4o@2024-05"]
+    error = _refusal(selector.stub.Route, make_route_request("What is 2 + 2?", allow=names))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details()
+    assert details.startswith("constraints.allow: unknown model(s) ['no-such-model-000', ")
+    assert "'no-such-model-007', '... 112 more']; valid models are [" in details
+    assert "no-such-model-008" not in details and len(details) < MAX_ERROR_MESSAGE_CHARS
     assert short_message("x" * 10) == "x" * 10
+    cut = short_message("constraints.allow: " + "x" * 5000)
+    assert len(cut) <= MAX_ERROR_MESSAGE_CHARS and cut.startswith("constraints.allow: ") and "more characters cut" in cut
+
+
+def test_too_many_prompts_are_refused_by_the_count_before_any_prompt_is_read(selector):
+    # 30,000 prompts of which the first is empty: the count is what is named, as it is checked first.
+    request = pb.RouteBatchRequest(prompts=[""] + ["ab"] * 29_999, total_budget_usd=1.0)
+    for call in (selector.stub.RouteBatch, selector.stub.Score):
+        message = request if call is selector.stub.RouteBatch else pb.ScoreRequest(prompts=request.prompts)
+        error = _refusal(call, message)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "prompts: 30000 prompts is over the limit of 20000 per call"
 
 
 def test_big_requests_past_the_bytes_budget_get_resource_exhausted(selector):

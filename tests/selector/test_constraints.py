@@ -51,6 +51,25 @@ def test_constraints_name_the_bad_field_and_the_valid_values():
                 Constraints(**{field: value}).validate(pool)
 
 
+def test_unknown_names_are_listed_once_each_and_at_most_eight():
+    pool = Pool((PoolModel("a", 1, 1, 100),))
+    with pytest.raises(InvalidRequest) as error:
+        Constraints(deny=("zz", "a", "zz") + tuple(f"n{i}" for i in range(20))).validate(pool)
+    assert str(error.value).startswith(
+        "constraints.deny: unknown model(s) ['zz', 'n0', 'n1', 'n2', 'n3', 'n4', 'n5', 'n6', '... 13 more']")
+
+
+def test_a_cost_cap_below_a_float32_cost_excludes_it():
+    # Compared in float32, the cap would round up to the cost itself and let the model through.
+    pool = Pool((PoolModel("a", 1, 1, 100), PoolModel("b", 1, 1, 100)))
+    cost = np.array([1e-4, 1e-5], dtype=np.float32)
+    cap = float(cost[0]) - 1e-15
+    assert np.float32(cap) == cost[0]
+    constraints = Constraints(max_cost_usd=cap)
+    assert constraints.exclusions(pool, cost[None, :])[0].tolist() == [TOO_EXPENSIVE, ELIGIBLE]
+    assert constraints.exclusions_one(pool, cost) == [TOO_EXPENSIVE, ELIGIBLE]
+
+
 def test_exclusion_reasons_and_the_message_when_nothing_is_left():
     pool = Pool((PoolModel("off", 1, 1, 100, enabled=False), PoolModel("slow", 1, 1, 5000),
                  PoolModel("denied", 1, 1, 100), PoolModel("pricey", 1, 1, 100), PoolModel("other", 1, 1, 100)))

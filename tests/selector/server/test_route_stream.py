@@ -94,6 +94,18 @@ def test_an_undecodable_message_is_answered_with_an_empty_id_and_the_next_ones_a
     assert next(a for a in answers if a.id == "after").decision.model
 
 
+def test_a_small_message_that_does_not_decode_keeps_its_id(selector):
+    """As a big one does (below): answers come in any order, so an error without its id could not be matched."""
+    data = bytearray(pb.RouteStreamRequest(id="bad-utf8", route=make_route_request("ab-x-cd")).SerializeToString())
+    data[data.index(b"-x-") + 1] = 0xFF                # inside the prompt: valid wire format, not UTF-8
+    good = pb.RouteStreamRequest(id="good", route=make_route_request(PROMPTS[0])).SerializeToString()
+    call = selector.channel.stream_stream(METHOD, request_serializer=lambda b: b,
+                                          response_deserializer=pb.RouteStreamResponse.FromString)
+    answers = {a.id: a for a in call(iter([bytes(data), good]), timeout=60)}
+    assert set(answers) == {"bad-utf8", "good"}
+    assert answers["bad-utf8"].error.code == "INVALID_ARGUMENT" and answers["good"].decision.model
+
+
 def test_a_big_message_that_does_not_decode_keeps_its_id(one_at_a_time):
     """one_at_a_time takes messages over 1 KiB as big: decoded behind the gate, after their id was read."""
     data = bytearray(pb.RouteStreamRequest(id="big", route=make_route_request("x" * 2000)).SerializeToString())
@@ -151,10 +163,12 @@ def test_big_messages_pass_the_bytes_budget(one_at_a_time):
         answers = by_id(client.route_stream(requests))
     assert_same_decision(answers["0"].decision, one_at_a_time.stub.Route(requests[0], timeout=30))
     assert answers["1"].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.name
-    assert "over its budget of 8192" in answers["1"].error.message
+    # Larger than the whole budget: refused as never admissible, not "retry with backoff".
+    assert "over the selector's whole budget of 8192 bytes" in answers["1"].error.message
+    assert "can never be admitted" in answers["1"].error.message
     assert answers["2"].decision.model
     assert one_at_a_time.metric("routoo_selector_rejected_total",
-                                {"method": "RouteStream", "reason": "bytes_in_flight"}) == 1
+                                {"method": "RouteStream", "reason": "over_budget"}) == 1
 
 
 def decided(selector) -> float:
