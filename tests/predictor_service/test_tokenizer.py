@@ -66,6 +66,19 @@ def test_a_long_unspaced_cjk_prompt_is_read_only_as_far_as_the_window():
     assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:1000])[:encoder.max_tokens]
 
 
+def test_a_long_chunk_with_an_added_token_is_still_cut_and_read_only_as_far_as_the_window():
+    from predictor_service.artifact import static_encoder_from
+
+    encoder = static_encoder_from()
+    text = "[PAD]" + "a," * 131_069 + "[UNK]b"          # one 256 KiB chunk; it went to the tokenizer whole
+    pieces = encoder._cut(text)
+    assert [next(pieces) for _ in range(3)] == ["[PAD]", "a,", "a,"]       # lazily, the token a piece of its own
+    assert sum(1 for _ in pieces) == 131_069 - 2 + 2                        # the rest, then "[UNK]" and "b"
+    assert list(encoder._cut("x[UNK]y[PAD][PAD]")) == ["x", "[UNK]", "y", "[PAD]", "[PAD]"]
+    encoder.clear_caches()
+    assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:2000])[:encoder.max_tokens]
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from([*string.ascii_letters, *string.digits, *string.punctuation, " ", "\n", "\t",
                                  "un", "##", "able", "ing", "x" * 101, "é"]), max_size=400).map("".join))
