@@ -62,7 +62,9 @@ def scored_text(messages, rule: str = "last_user", max_bytes: int = MAX_PROMPT_B
         raise BadMessages(f"messages[{last_user}] (the last user message) has no text to score")
     if system:
         text = "\n\n".join([*(s for s in system if s.strip()), text])
-    return _cut_utf8(text, max_bytes)
+    # Stripped before the cut: the edges' whitespace gives no token, and a paste that starts with 256 KiB of
+    # it would otherwise be cut to nothing and refused as empty.
+    return _cut_utf8(text.strip(), max_bytes)
 
 
 def _cut_utf8(text: str, max_bytes: int) -> str:

@@ -68,6 +68,8 @@ def test_the_prompt_rule_scores_the_last_user_message_or_the_system_prompt_too()
     assert scored_text(messages) == "second\npart"
     assert scored_text(messages, "system_and_last_user") == "Be terse.\n\nsecond\npart"
     assert scored_text([{"role": "user", "content": "é" * 10}], max_bytes=7) == "ééé"   # cut at a character
+    # Whitespace before the question is not what the cut keeps.
+    assert scored_text([{"role": "user", "content": " " * 300_000 + "What is 2+2?\n"}]) == "What is 2+2?"
     for bad, problem in (([], "non-empty list"), ([{"content": "x"}], "string 'role'"),
                          ([{"role": "assistant", "content": "x"}], "no message with role 'user'"),
                          ([{"role": "user", "content": "  "}], "no text"),
