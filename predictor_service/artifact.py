@@ -17,6 +17,7 @@ container) and it loads with no setup step: nothing is distilled or re-derived t
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,8 +113,13 @@ class Artifact:
             manifest = Manifest(**raw)
         except TypeError as e:
             raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
+        _check_fields(manifest, folder / MANIFEST)
         try:
-            weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
+            tensors = load_file(str(folder / WEIGHTS))
+        except Exception as e:   # safetensors raises its own error type (not a ValueError) for a broken file
+            raise ArtifactError(f"{folder / WEIGHTS}: unreadable ({e})") from e
+        try:
+            weights = HeadWeights.from_dict(tensors)
         except ValueError as e:
             raise ArtifactError(f"{folder / WEIGHTS}: {e}") from e
         if weights.n_models != len(manifest.model_names) or weights.w1.shape[0] != manifest.dim:
@@ -239,6 +245,44 @@ def upgrade_v1(folder: str | Path, out: str | Path) -> Artifact:
     artifact = Artifact(manifest, weights, static_encoder=encoder)
     artifact.save(out)
     return artifact
+
+
+def _check_fields(m: Manifest, path: Path) -> None:
+    """ArtifactError naming `path` and the field where a manifest's value has the wrong type or range: a
+    hand-edited or truncated manifest must fail at load with its field named, not deep in serving."""
+    def bad(name: str, expected: str, value) -> ArtifactError:
+        return ArtifactError(f"{path}: field {name!r} must be {expected}, got {value!r}"[:600])
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(m.encoder, str):
+        raise bad("encoder", "a string", m.encoder)
+    for name in ("dim", "hidden", "max_tokens"):
+        if not is_int(getattr(m, name)) or getattr(m, name) < 1:
+            raise bad(name, "an integer >= 1", getattr(m, name))
+    if not is_int(m.tail_tokens) or not 0 <= m.tail_tokens <= m.max_tokens:
+        raise bad("tail_tokens", f"an integer in [0, max_tokens = {m.max_tokens}]", m.tail_tokens)
+    if not isinstance(m.model_names, list) or not m.model_names \
+            or not all(isinstance(n, str) and n for n in m.model_names):
+        raise bad("model_names", "a non-empty list of model names", m.model_names)
+    if len(set(m.model_names)) != len(m.model_names):
+        raise bad("model_names", "a list without repeats", m.model_names)
+    if not isinstance(m.model_prices, list) or len(m.model_prices) != len(m.model_names) or not all(
+            isinstance(p, list) and len(p) == 2 and all(x is None or (is_number(x) and x >= 0) for x in p)
+            for p in m.model_prices):
+        raise bad("model_prices", f"one [input, output] USD per million tokens (numbers >= 0 or null) for each "
+                                  f"of the {len(m.model_names)} models", m.model_prices)
+    if not is_number(m.inv_temperature) or m.inv_temperature <= 0:
+        raise bad("inv_temperature", "a number > 0", m.inv_temperature)
+    if m.encoder_table_digest is not None and not isinstance(m.encoder_table_digest, str):
+        raise bad("encoder_table_digest", "a string or null", m.encoder_table_digest)
+    for name in ("encoder_files", "training", "dev_metrics", "lexical"):
+        if not isinstance(getattr(m, name), dict):
+            raise bad(name, "an object", getattr(m, name))
 
 
 def _read_manifest(folder: Path) -> dict:

@@ -116,7 +116,10 @@ def read_static_files(folder: Path) -> tuple[dict[str, np.ndarray], str]:
         stored = load_file(str(table_path))
     except Exception as e:   # safetensors raises its own error types for truncated or foreign files
         raise EncoderFilesError(f"{table_path}: unreadable ({e})") from e
-    return stored, tokenizer_path.read_text(encoding="utf-8")
+    try:
+        return stored, tokenizer_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EncoderFilesError(f"{tokenizer_path}: not UTF-8 text ({e})") from e
 
 
 def minilm_source(model_dir: Path) -> dict:

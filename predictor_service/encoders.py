@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from kernels.static_embed import static_embed
-from predictor_service.encoder_files import (decode_table, encode_table, read_static_files, sha256_bytes,
-                                             stored_storage, table_digest, write_static_files)
+from predictor_service.encoder_files import (TOKENIZER_FILE, EncoderFilesError, decode_table, encode_table,
+                                             read_static_files, sha256_bytes, stored_storage, table_digest,
+                                             write_static_files)
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,10 @@ class StaticEncoder:
 
         stored, tokenizer_json = read_static_files(Path(folder))
         table, _ = decode_table(stored)
-        tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as e:   # the tokenizers package raises a bare Exception for a file it cannot read
+            raise EncoderFilesError(f"{Path(folder) / TOKENIZER_FILE}: not a tokenizer ({str(e)[:200]})") from e
         return cls(table, tokenizer, max_tokens=max_tokens, tail_tokens=tail_tokens, stored=stored,
                    tokenizer_json=tokenizer_json)
 

@@ -104,7 +104,11 @@ def ensure_artifact(path: str | Path | None) -> Path:
     missing or unusable artifact is an error naming the folder, never silently replaced: training belongs
     to training/ (`make train-default` rebuilds the default one), not to the launcher."""
     folder = Path(path) if path is not None else default_artifact_path()
-    Artifact.load(folder)
+    artifact = Artifact.load(folder)
+    if artifact.manifest.encoder == "static":
+        # Its table and tokenizer too (digests checked): Triton would otherwise be the first to read them,
+        # and name neither the folder nor the file ("Internal: Exception: expected value at line 1").
+        artifact.load_encoder()
     return folder
 
 

@@ -1,4 +1,5 @@
-"""A trained artifact's folder: saved and loaded it scores the same; a broken one is named, not half-loaded."""
+"""A trained artifact's folder: saved and loaded it scores the same; a broken one (a file, a manifest field) is
+named, not half-loaded, and before Triton would read it."""
 
 import json
 
@@ -25,6 +26,46 @@ def test_bad_artifacts_are_named(tmp_path, trained):
     artifact.save(tmp_path / "a")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     manifest["model_names"].append("ghost")
+    manifest["model_prices"].append([1.0, 2.0])
     (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="disagree with the manifest"):
         Artifact.load(tmp_path / "a")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("model_names", None, "a non-empty list of model names"),
+    ("model_names", ["a", "a"], "a list without repeats"),
+    ("model_prices", [[1.0]], "one \\[input, output\\] USD"),
+    ("inv_temperature", "x", "a number > 0"),
+    ("inv_temperature", 0, "a number > 0"),
+    ("dim", "256", "an integer >= 1"),
+    ("max_tokens", 0, "an integer >= 1"),
+    ("tail_tokens", 10_000, "an integer in \\[0, max_tokens = 256\\]"),
+    ("encoder_files", None, "an object"),
+])
+def test_a_manifest_field_of_the_wrong_type_is_named(tmp_path, trained, field, value, expected):
+    artifact, _ = trained
+    folder = artifact.save(tmp_path / "a")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest[field] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"manifest.json: field '{field}' must be {expected}"):
+        Artifact.load(folder)
+
+
+def test_broken_weight_and_tokenizer_files_are_named_before_triton_reads_them(tmp_path, trained):
+    from predictor_service.triton_server import ensure_artifact
+
+    artifact, _ = trained
+    folder = artifact.save(tmp_path / "a")
+    head = (folder / "head.safetensors").read_bytes()
+    (folder / "head.safetensors").write_bytes(head[:100])              # truncated
+    with pytest.raises(ArtifactError, match="head.safetensors: unreadable"):
+        ensure_artifact(folder)
+    (folder / "head.safetensors").write_bytes(head)
+    (folder / "encoder" / "tokenizer.json").write_text("not json")
+    with pytest.raises(ArtifactError, match="tokenizer.json: not a tokenizer"):
+        ensure_artifact(folder)
+    (folder / "encoder" / "tokenizer.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(ArtifactError, match="tokenizer.json: not UTF-8 text"):
+        ensure_artifact(folder)
