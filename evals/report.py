@@ -16,6 +16,7 @@ from evals.frontier import frontier_hull, frontier_value
 from evals.pool import PoolResult
 from evals.provenance import git_commit, machine_summary, utc_now
 from predictor_service.artifact import Artifact
+from predictor_service.json_numbers import finite_json
 from training.data import RoutingDataset
 
 
@@ -90,7 +91,8 @@ def format_tables(report: dict) -> str:
 def write_json(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=1) + "\n")
+    figures = finite_json({k: v for k, v in report.items() if not k.startswith("_")})   # NaN -> null
+    path.write_text(json.dumps(figures, indent=1, allow_nan=False) + "\n")
     return path
 
 

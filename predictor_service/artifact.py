@@ -28,6 +28,7 @@ from predictor_service.encoder_files import (ENCODER_DIR, TABLE_FILE, TABLE_STOR
                                              EncoderFilesError, check_minilm_source, minilm_source)
 from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
 from predictor_service.head import HeadWeights
+from predictor_service.json_numbers import finite_json
 from predictor_service.lexical import LEXICAL_FILE, LexicalError, LexicalPart
 
 FORMAT_VERSION = 2
@@ -94,7 +95,7 @@ class Artifact:
         record = asdict(self.manifest)
         if not record["lexical"]:
             del record["lexical"]
-        (folder / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+        (folder / MANIFEST).write_text(json.dumps(finite_json(record), indent=2, allow_nan=False) + "\n")
         return folder
 
     @classmethod

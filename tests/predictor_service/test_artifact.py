@@ -69,3 +69,19 @@ def test_broken_weight_and_tokenizer_files_are_named_before_triton_reads_them(tm
     (folder / "encoder" / "tokenizer.json").write_bytes(b"\xff\xfe")
     with pytest.raises(ArtifactError, match="tokenizer.json: not UTF-8 text"):
         ensure_artifact(folder)
+
+
+def test_undefined_figures_are_written_as_null_not_as_bare_nan(tmp_path, trained):
+    from predictor_service.json_numbers import finite_json
+
+    assert finite_json({"a": [1.0, float("nan"), (float("inf"), "x")], "b": 2}) == {"a": [1.0, None, [None, "x"]], "b": 2}
+    artifact, _ = trained
+    artifact.manifest.dev_metrics = {**artifact.manifest.dev_metrics, "auroc_mean": float("nan")}
+    folder = artifact.save(tmp_path / "a")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    manifest = json.loads((folder / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["dev_metrics"]["auroc_mean"] is None
+    assert Artifact.load(folder).manifest.dev_metrics["auroc_mean"] is None
