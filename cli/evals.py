@@ -67,6 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"train: {len(train_ds)} prompts ({train_ds.report.summary()}); "
           f"test: {len(test_ds)} prompts ({test_ds.report.summary()}); "
           f"artifact: {args.artifact or default_artifact_path()} ({artifact.manifest.encoder} encoder)")
+    for side, ds in (("train", train_ds), ("test", test_ds)):
+        print("".join(f"  {side}: {line}\n" for line in ds.report.details()), end="")
     config = replace(_DEFAULTS, ref_model=args.ref or None, tfidf=not args.skip_tfidf, seed=args.seed)
     report = evaluate(train_ds, test_ds, artifact, pool=args.pool, config=config)
     print(f"\nkNN: k = {report['knn']['k']}, chosen by frontier AUC on {config.knn_holdout:.0%} of train")

@@ -72,8 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_ds = load_dataset(args.data)
     dev_ds = load_dataset(args.dev) if args.dev else None
     print(f"train: {len(train_ds)} prompts x {len(train_ds.model_names)} models ({train_ds.report.summary()})")
+    print("".join(f"  {line}\n" for line in train_ds.report.details()), end="")
     if dev_ds is not None:
         print(f"dev:   {len(dev_ds)} prompts ({dev_ds.report.summary()})")
+        print("".join(f"  {line}\n" for line in dev_ds.report.details()), end="")
     config = TrainConfig(hidden=args.hidden, seed=args.seed, max_epochs=args.max_epochs)
     artifact, result = train_choosing_recipe(
         train_ds, dev_ds, window=args.window, head=args.head, tfidf_check=not args.skip_tfidf,
@@ -95,9 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from predictor_service.artifact import default_artifact_path
-    from training.data import read_prompts
+    from training.data import LoadReport, read_prompts
 
-    prompts = read_prompts(args.prompts)
+    report = LoadReport()
+    prompts = read_prompts(args.prompts, report)
+    print("".join(f"{line}\n" for line in report.details()), end="", file=sys.stderr)
     texts = [p.text for p in prompts]
     if args.server:
         from predictor_service.remote import score_remote

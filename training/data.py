@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,20 @@ class LoadReport:
     unknown_ids: int = 0          # rows of scores/costs whose id has no prompt
     prompts_without_scores: int = 0
     malformed_rows: int = 0
+    duplicate_rows: int = 0       # a second row for an id in scores/costs: the first is kept
+    lone_surrogates: int = 0      # "\ud800"-style escapes in prompt texts, read as U+FFFD
+    models_without_scores: int = 0
     messages: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{name.replace('_', ' ')}: {value}" for name, value in vars(self).items()
                  if isinstance(value, int) and value]
         return ", ".join(parts) if parts else "clean"
+
+    def details(self, limit: int = 5) -> list[str]:
+        """The first `limit` messages (which line, which model), then how many more there are."""
+        extra = len(self.messages) - limit
+        return self.messages[:limit] + ([f"... {extra} more"] if extra > 0 else [])
 
 
 @dataclass
@@ -84,15 +93,25 @@ class RoutingDataset:
                               self.cost_usd[rows], self.report, self.digest)
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts in the canonical `prompts.jsonl` form: `{"id", "text", "category"?}` a line."""
+# JSON may escape half of a UTF-16 pair ("\ud83d" of a cut emoji, as JavaScript tools write); Python keeps it
+# as a lone surrogate, which no UTF-8 encoder (the tokenizer's, Triton's) accepts.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_prompts(path: str | Path, report: LoadReport | None = None) -> list[Prompt]:
+    """Prompts in the canonical `prompts.jsonl` form: `{"id", "text", "category"?}` a line. A lone surrogate
+    in a text becomes U+FFFD (the replacement character), counted in `report`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such prompts file")
     prompts: list[Prompt] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:                 # bytes, so that a line that is not UTF-8 can be named
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")     # a BOM, as Windows tools write
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})") from e
             if not line.strip():
                 continue
             try:
@@ -107,10 +126,18 @@ def read_prompts(path: str | Path) -> list[Prompt]:
             if not isinstance(text, str):
                 raise DatasetError(f"{path}:{lineno}: field 'text' must be a string, got {type(text).__name__}")
             pid = str(pid)
+            if _LONE_SURROGATE.search(pid):
+                pid = _LONE_SURROGATE.sub("\ufffd", pid)
             if pid in seen:
                 raise DatasetError(f"{path}:{lineno}: duplicate id {pid!r}")
             seen.add(pid)
-            prompts.append(Prompt(pid, text, str(obj.get("category") or "")))
+            category = str(obj.get("category") or "")
+            if _LONE_SURROGATE.search(text) or _LONE_SURROGATE.search(category):
+                text, category = _LONE_SURROGATE.sub("\ufffd", text), _LONE_SURROGATE.sub("\ufffd", category)
+                if report is not None:
+                    report.lone_surrogates += 1
+                    report.messages.append(f"{path.name}:{lineno}: a lone UTF-16 surrogate, read as U+FFFD")
+            prompts.append(Prompt(pid, text, category))
     return prompts
 
 
@@ -120,8 +147,11 @@ def _read_pool(path: Path) -> list[PoolModel]:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
         entries = spec["models"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: expected {{\"models\": [{{\"name\", ...}}]}} ({e})") from e
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: 'models' must be a list of {{\"name\", ...}} objects, got "
+                           f"{type(entries).__name__}")
 
     def price(entry: dict, key: str) -> float | None:
         value = entry.get(key)
@@ -152,18 +182,22 @@ def _read_matrix(path: Path, model_names: list[str], row_of: dict[str, int], rep
     if not path.is_file():
         raise DatasetError(f"{path}: no such {kind} file")
     out = np.full((len(row_of), len(model_names)), np.nan, dtype=np.float32)
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:      # -sig: a BOM (Excel's) is not part of "id"
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[0] != "id":
             raise DatasetError(f"{path}: the header must start with 'id', got {header[:3] if header else header}")
         columns = header[1:]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise DatasetError(f"{path}: model column(s) {repeated[:8]} appear more than once in the header")
         missing = [n for n in model_names if n not in columns]
         extra = [n for n in columns if n not in model_names]
         if missing or extra:
             raise DatasetError(f"{path}: model columns do not match models.json: "
                                f"missing {missing}, not in models.json {extra}")
         col_index = [model_names.index(c) for c in columns]
+        seen_rows: set[int] = set()
         for lineno, row in enumerate(reader, 2):
             if not row:
                 continue
@@ -175,6 +209,11 @@ def _read_matrix(path: Path, model_names: list[str], row_of: dict[str, int], rep
             if r is None:
                 report.unknown_ids += 1
                 continue
+            if r in seen_rows:       # which of two rows is right cannot be told: the first stays
+                report.duplicate_rows += 1
+                report.messages.append(f"{path.name}:{lineno}: a second row for id {row[0][:80]!r}, ignored")
+                continue
+            seen_rows.add(r)
             for j, cell in zip(col_index, row[1:]):
                 cell = cell.strip()
                 if not cell:
@@ -210,11 +249,11 @@ def load_dataset(folder: str | Path, *, require_scores: bool = True) -> RoutingD
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such dataset folder")
-    prompts = read_prompts(folder / "prompts.jsonl")
+    report = LoadReport()
+    prompts = read_prompts(folder / "prompts.jsonl", report)
     pool = _read_pool(folder / "models.json")
     names = [m.name for m in pool]
     row_of = {p.id: i for i, p in enumerate(prompts)}
-    report = LoadReport()
     quality = _read_matrix(folder / "scores.csv", names, row_of, report, kind="scores")
     cost = _read_matrix(folder / "costs.csv", names, row_of, report, kind="costs")
     ds = RoutingDataset(prompts, pool, quality, cost, report, dataset_digest(folder))
@@ -226,4 +265,10 @@ def load_dataset(folder: str | Path, *, require_scores: bool = True) -> RoutingD
             ds.report = report
         if len(ds) == 0:
             raise DatasetError(f"{folder}: no prompt has a known score")
+        unscored = [n for n, known in zip(names, (~np.isnan(ds.quality)).any(axis=0)) if not known]
+        if unscored:              # trained on, its predictions would be its prior's guess, routed on as a score
+            report.models_without_scores = len(unscored)
+            report.messages.append(f"scores.csv: no known score for {unscored[:8]}"
+                                   f"{f' and {len(unscored) - 8} more' if len(unscored) > 8 else ''}: their "
+                                   f"predictions carry no information; label some prompts or leave them out")
     return ds

@@ -87,3 +87,47 @@ def test_select_models_and_unknown_model(tmp_path):
     np.testing.assert_array_equal(sub.quality[:, 0], [0, 1])
     with pytest.raises(DatasetError, match="unknown model"):
         ds.select_models(["nope"])
+
+
+def test_a_lone_surrogate_is_read_as_the_replacement_character_and_counted(tmp_path):
+    # JSON's "\ud83d" alone (half of an emoji, as cut by JavaScript tools): valid JSON, not encodable UTF-8.
+    prompts = [{"id": "a", "text": "cut emoji \ud83d here", "category": "m\udc00ath"}, *PROMPTS[1:]]
+    folder = write_dataset(tmp_path / "d", prompts, ["m1"], [["a", 1], ["b", 0], ["c", 1]])
+    ds = load_dataset(folder)
+    assert ds.prompts[0].text == "cut emoji \ufffd here" and ds.prompts[0].category == "m\ufffdath"
+    assert ds.report.lone_surrogates == 1
+    assert ds.report.details() == ["prompts.jsonl:1: a lone UTF-16 surrogate, read as U+FFFD"]
+    ds.texts[0].encode("utf-8")                       # what the tokenizer and Triton need
+
+
+def test_duplicate_rows_keep_the_first_and_are_counted_duplicate_columns_refused(tmp_path):
+    folder = write_dataset(tmp_path / "d", PROMPTS, ["m1", "m2"], [["a", 1, 0], ["b", 0, 1], ["a", 0, 1]])
+    ds = load_dataset(folder)
+    np.testing.assert_array_equal(ds.quality[0], [1, 0])
+    assert ds.report.duplicate_rows == 2              # in scores.csv and in costs.csv
+    assert ds.report.details()[0] == "scores.csv:4: a second row for id 'a', ignored"
+    text = (folder / "scores.csv").read_text().replace("id,m1,m2", "id,m1,m1", 1)
+    (folder / "scores.csv").write_text(text)
+    with pytest.raises(DatasetError, match=r"scores.csv: model column\(s\) \['m1'\] appear more than once"):
+        load_dataset(folder)
+
+
+def test_a_model_without_any_train_score_is_named(tmp_path):
+    ds = load_dataset(write_dataset(tmp_path / "d", PROMPTS, ["m1", "m2"],
+                                    [["a", 1, None], ["b", 0, None], ["c", 1, None]]))
+    assert ds.report.models_without_scores == 1
+    assert "no known score for ['m2']" in ds.report.details()[0]
+
+
+def test_byte_order_marks_not_utf8_and_a_models_field_that_is_not_a_list(tmp_path):
+    folder = write_dataset(tmp_path / "d", PROMPTS, ["m1"], [["a", 1], ["b", 0], ["c", 1]])
+    for name in ("prompts.jsonl", "scores.csv"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    assert [p.id for p in load_dataset(folder).prompts] == ["a", "b", "c"]
+    (folder / "prompts.jsonl").write_bytes((folder / "prompts.jsonl").read_bytes() + b'{"id": "d", "text": "\xff"}\n')
+    with pytest.raises(DatasetError, match=r"prompts.jsonl:4: not UTF-8 text"):
+        load_dataset(folder)
+    folder = write_dataset(tmp_path / "e", PROMPTS, ["m1"], [["a", 1], ["b", 0], ["c", 1]])
+    (folder / "models.json").write_text('{"models": null}')
+    with pytest.raises(DatasetError, match="'models' must be a list"):
+        load_dataset(folder)
