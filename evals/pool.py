@@ -108,6 +108,13 @@ def evaluate_pool(label: str, names: list[str], routers: list[RouterPredictions]
     unknown = int((~eligible).sum())
     if unknown:
         notes.append(f"{unknown} unlabelled (prompt, model) cells are ineligible for every router")
+    choices = int((eligible.sum(axis=1) >= 2).sum())
+    if choices < len(eligible):
+        # A prompt with one labelled model leaves every router the same choice: at 0 such prompts, every
+        # router ties and the figures measure nothing about routing.
+        notes.append(f"only {choices} of {len(eligible)} prompts have 2 or more labelled models to choose "
+                     f"between; on the others every router makes the same choice"
+                     + ("; nothing here measures routing" if choices == 0 else ""))
     singles = single_models(names, quality, cost_usd)
     best = best_single(singles, config.min_reference_coverage)
     if best.coverage < config.min_reference_coverage:

@@ -157,7 +157,7 @@ def _read_pool(path: Path) -> list[PoolModel]:
         value = entry.get(key)
         if value is None:
             return None
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise DatasetError(f"{path}: model {entry.get('name')!r}: {key} must be a non-negative number "
                                f"or null, got {value!r}")
         return float(value)

@@ -119,6 +119,14 @@ def test_unlabelled_cells_are_never_chosen():
                          EvalConfig(ref_model=None), no_prompt="no-prompt", show_progress=False)
     assert np.isfinite(pool.frontiers[0].accuracy).all()
     assert any("ineligible" in note for note in pool.notes)
+    assert "only 3 of 4 prompts have 2 or more labelled models to choose between" in " ".join(pool.notes)
+    # One labelled model a prompt (router logs): the figures measure nothing about routing, and say so.
+    quality = np.array([[1.0, np.nan], [np.nan, 0.0], [0.0, np.nan], [np.nan, 1.0]])
+    cost = np.where(np.isnan(quality), np.nan, COST)
+    oracle = RouterPredictions("oracle", np.nan_to_num(quality), np.nan_to_num(cost))
+    pool = evaluate_pool("t", ["cheap", "strong"], [keen, _no_prompt()], oracle, quality, cost,
+                         EvalConfig(ref_model=None), no_prompt="no-prompt", show_progress=False)
+    assert any(note.endswith("nothing here measures routing") for note in pool.notes)
 
 
 def test_where_every_model_has_gaps_the_best_labelled_ones_are_references():
