@@ -230,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from predictor_service.artifact import ArtifactError
+    from selector.server import StartupError
     from training.data import DatasetError
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, ArtifactError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ArtifactError, StartupError, ValueError, FileNotFoundError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

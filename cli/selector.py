@@ -29,4 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m selector.server",
                                      description="The Routoo selector: cost-aware model choice over gRPC.")
     add_selector_arguments(parser)
-    sys.exit(cmd_selector(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    from selector.server import StartupError
+
+    try:
+        sys.exit(cmd_selector(args))
+    except (StartupError, ValueError) as e:       # a bad pool file or setting (PoolError is a ValueError)
+        parser.exit(2, f"{parser.prog}: error: {e}\n")

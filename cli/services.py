@@ -93,9 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cli.predictor_serving import default_instance_count
     from predictor_service.supervision import RestartPolicy, Supervisor
     from predictor_service.triton_server import TritonServer
-    from selector.server import StartupError, run_event_loop, serve
+    from selector.server import StartupError, load_checked_pool, run_event_loop, serve
 
     config = config_from_args(args)      # validated before minutes are spent starting Triton
+    load_checked_pool(config)            # so are the pool file and the fallback model (PoolError: a ValueError)
     try:
         gateway = None if args.no_gateway else _gateway(args)
     except ValueError as e:

@@ -38,7 +38,7 @@ from gateway.stream import EventRewriter, RelayResponse
 from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
                               load_upstreams, read_limited)
 from selector.log_limits import AggregatedLog
-from selector.pool import load_pool
+from selector.pool import is_env_name, load_pool
 from selector.proto import selector_pb2 as pb
 from selector.server import SERVICE_NAME
 
@@ -62,7 +62,10 @@ class Gateway:
         if config.api_key_env is not None:
             key = environ.get(config.api_key_env)
             if not key:
-                raise ValueError(f"--api-key-env {config.api_key_env!r}: that environment variable is not set")
+                # Named only if it looks like a name: a key pasted in its place must not be printed back.
+                named = repr(config.api_key_env) if is_env_name(config.api_key_env) else \
+                    f"(a {len(config.api_key_env)}-character value that is not a variable name)"
+                raise ValueError(f"--api-key-env {named}: that environment variable is not set")
             self.client_key = key.encode("utf-8")
         if config.fallback_model is not None and config.fallback_model not in self.upstreams:
             raise ValueError(f"fallback model {config.fallback_model!r} has no upstream in the pool file; models "

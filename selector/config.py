@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,8 @@ class SelectorConfig:
         if bad:
             raise ValueError(f"these selector settings must be > 0: {bad}")
         parse_targets(self.triton_url)      # ValueError naming the bad address
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not self.default_quality_per_usd >= 0:
@@ -160,7 +163,7 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                         help="answer with this model, unscored, while the predictor is down (default: off)")
     parser.add_argument("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
                         help="beyond this, RESOURCE_EXHAUSTED (default: %(default)s)")
-    parser.add_argument("--max-in-flight-mib", type=float, default=defaults.max_in_flight_bytes / MIB,
+    parser.add_argument("--max-in-flight-mib", type=_finite_mib, default=defaults.max_in_flight_bytes / MIB,
                         help="MiB of big requests held at once; beyond, RESOURCE_EXHAUSTED (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
                         help="serve Prometheus /metrics on this port (default: off)")
@@ -168,6 +171,13 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                         help="selector processes sharing the port (SO_REUSEPORT) (default: %(default)s)")
     parser.add_argument("--no-coalesce", action="store_true",
                         help="one predictor call per request instead of coalescing concurrent ones")
+
+
+def _finite_mib(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of MiB > 0, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,12 @@ _FIELDS = {"name", "input_usd_per_mtok", "output_usd_per_mtok", "p95_latency_ms"
            "base_url", "upstream_model", "api_key_env"}
 # An environment variable's name (POSIX portable set). A key pasted in its place ("sk-...") fails this.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(value: str) -> bool:
+    """True for a value shaped like an environment variable's name; anything else may be a key pasted in its
+    place, and is never printed back."""
+    return bool(_ENV_NAME.fullmatch(value))
 
 
 class PoolError(ValueError):
@@ -170,11 +177,10 @@ def _upstream_fields(entry: dict, where: str) -> dict[str, str]:
             raise PoolError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
         values[key] = value
     url = values.get("base_url")
-    if url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
-        raise PoolError(f"{where}: 'base_url' must be an http:// or https:// URL such as "
-                        f"'http://127.0.0.1:8000/v1', got {url!r}")
+    if url is not None:
+        _check_base_url(url, where)
     env = values.get("api_key_env")
-    if env is not None and not _ENV_NAME.fullmatch(env):
+    if env is not None and not is_env_name(env):
         # Never echo the value: it may be a key pasted where its variable's name belongs.
         raise PoolError(f"{where}: 'api_key_env' must be the name of an environment variable (letters, digits, "
                         f"'_'; the key itself never goes in the pool file), got a {len(env)}-character value "
@@ -182,6 +188,27 @@ def _upstream_fields(entry: dict, where: str) -> dict[str, str]:
     if ("upstream_model" in values or "api_key_env" in values) and url is None:
         raise PoolError(f"{where}: 'upstream_model' and 'api_key_env' need a 'base_url'")
     return values
+
+
+def _check_base_url(url: str, where: str) -> None:
+    """PoolError unless `url` is http(s)://host[:port][/path] with a host and a port in 1-65535, and no user or
+    password: the URL is shown in errors and logs, so a credential in it would be too (keys go in the
+    environment, api_key_env)."""
+    example = "such as 'http://127.0.0.1:8000/v1'"
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise PoolError(f"{where}: 'base_url' must be an http:// or https:// URL {example}, got {url!r}")
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority:
+        # Not echoed: the part before "@" is a credential.
+        raise PoolError(f"{where}: 'base_url' must not hold a user or password (before '@'); put the key in "
+                        f"the environment variable named by 'api_key_env'")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port, host = parts.port, parts.hostname          # .port raises ValueError past 65535 or not a number
+    except ValueError as e:
+        raise PoolError(f"{where}: 'base_url' {url!r} is not a valid URL ({e})") from e
+    if not host or port == 0:
+        raise PoolError(f"{where}: 'base_url' {url!r} needs a host and a port in 1-65535 (or none), {example}")
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -201,8 +228,13 @@ def load_pool(path: str | Path | None = None) -> Pool:
     entries = spec.get("models")
     if not isinstance(entries, list) or not entries:
         raise PoolError(f"{path}: expected [[models]] tables with {sorted(_FIELDS)}")
+    unknown = sorted(set(spec) - {"models"})
+    if unknown:             # a "[[modles]]" table or a stray setting would otherwise be dropped without a word
+        raise PoolError(f"{path}: unknown top-level keys {unknown}; a pool file holds only [[models]] tables")
     models = []
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PoolError(f"{path}: models[{i}] must be a [[models]] table, got {type(entry).__name__}")
         where = f"{path}: models[{i}] ({entry.get('name')!r})"
         unknown = sorted(set(entry) - _FIELDS)
         if unknown:

@@ -21,7 +21,7 @@ from selector.admission import Admission, add_selector_servicer
 from selector.coalescer import CoalescingScores
 from selector.config import SelectorConfig
 from selector.metrics import SelectorMetrics
-from selector.pool import PoolError, load_pool, match_pool
+from selector.pool import Pool, PoolError, load_pool, match_pool
 from selector.proto import selector_pb2 as pb
 from selector.replicas import scores_from_config
 from selector.service import SelectorService
@@ -94,6 +94,18 @@ class SelectorServer:
         await self.grpc_server.wait_for_termination()
 
 
+def load_checked_pool(config: SelectorConfig) -> Pool:
+    """The pool file of `config`, with its fallback model checked against it; PoolError otherwise. What
+    needs no predictor, so `routoo serve` calls it before it starts Triton."""
+    pool = load_pool(config.pool_path)
+    if config.fallback_model is not None and config.fallback_model not in pool.names:
+        raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
+    if config.fallback_model is not None and not pool.models[pool.names.index(config.fallback_model)].enabled:
+        # Health would say SERVING on the strength of a fallback that Route never answers with.
+        raise PoolError(f"fallback_model {config.fallback_model!r} is disabled in the pool file (enabled = false)")
+    return pool
+
+
 async def create_server(address: str | None = None, *, config: SelectorConfig | None = None,
                         scores: ScoreSource | None = None) -> tuple[SelectorServer, int]:
     """Builds the selector, not yet started; returns (server, bound port). Port 0 picks a free port.
@@ -105,9 +117,7 @@ async def create_server(address: str | None = None, *, config: SelectorConfig | 
     """
     config = config or SelectorConfig()
     address = address or config.address
-    pool = load_pool(config.pool_path)
-    if config.fallback_model is not None and config.fallback_model not in pool.names:
-        raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
+    pool = load_checked_pool(config)
     if scores is None:
         scores = scores_from_config(config)          # one TritonScores, or a ReplicaSet over several
     metrics = SelectorMetrics()

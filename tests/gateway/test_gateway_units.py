@@ -59,6 +59,17 @@ def test_upstream_keys_come_from_the_environment_only(tmp_path):
         load_upstreams(pool, {})
 
 
+def test_a_client_key_passed_where_its_variables_name_belongs_is_not_printed_back():
+    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+
+    with pytest.raises(ValueError, match="a 17-character value that is not a variable name") as e:
+        Gateway(GatewayConfig(api_key_env="sk-live-SECRET123"), environ={})
+    assert "SECRET123" not in str(e.value)
+    with pytest.raises(ValueError, match="--api-key-env 'ROUTOO_CLIENT_KEY': that environment variable is not set"):
+        Gateway(GatewayConfig(api_key_env="ROUTOO_CLIENT_KEY"), environ={})
+
+
 def test_the_prompt_rule_scores_the_last_user_message_or_the_system_prompt_too():
     messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "first"},
                 {"role": "assistant", "content": "ok"},

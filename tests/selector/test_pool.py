@@ -23,6 +23,9 @@ def test_default_pool_has_the_32_models_and_prices_of_the_default_artifact():
     assert "STAND-IN" in DEFAULT_POOL_PATH.read_text()
 
 
+_A = "[[models]]\nname = 'a'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\np95_latency_ms = 5\n"
+
+
 @pytest.mark.parametrize("body, message", [
     ("[[models]]\nname = 'a'\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 1\np95_latency_ms = 5\n",
      "'input_usd_per_mtok' must be a number >= 0"),
@@ -33,6 +36,12 @@ def test_default_pool_has_the_32_models_and_prices_of_the_default_artifact():
     ("[[models]]\nname = 'a'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\np95_latency_ms = 5\n" * 2,
      r"duplicate model names in the pool: \['a'\]"),
     ("models = [", "not valid TOML"),
+    ("models = [1, 2]\n", r"models\[0\] must be a \[\[models\]\] table, got int"),
+    (_A + "\n[[modles]]\nname = 'b'\n", r"unknown top-level keys \['modles'\]"),
+    (_A + "base_url = 'http://h:99999/v1'\n", "is not a valid URL"),
+    (_A + "base_url = 'http://[::1/v1'\n", "is not a valid URL"),
+    (_A + "base_url = 'http://:80/v1'\n", "needs a host and a port in 1-65535"),
+    (_A + "base_url = 'ftp://h/v1'\n", "must be an http:// or https:// URL"),
 ])
 def test_bad_pool_files_are_refused_with_the_file_and_the_value(tmp_path, body, message):
     path = tmp_path / "pool.toml"
@@ -40,6 +49,16 @@ def test_bad_pool_files_are_refused_with_the_file_and_the_value(tmp_path, body, 
     with pytest.raises(PoolError, match=message) as error:
         load_pool(path)
     assert str(path) in str(error.value)
+
+
+def test_a_base_url_with_a_password_is_refused_without_echoing_it(tmp_path):
+    path = tmp_path / "pool.toml"
+    path.write_text(_A + "base_url = 'https://user:sk-secret-123@h:8443/v1'\n")
+    with pytest.raises(PoolError, match="must not hold a user or password") as error:
+        load_pool(path)
+    assert "sk-secret-123" not in str(error.value)
+    path.write_text(_A + "base_url = 'https://h:8443/v1'\n")
+    assert load_pool(path).models[0].base_url == "https://h:8443/v1"
 
 
 def test_pool_mismatch_names_every_difference():
