@@ -36,9 +36,9 @@ from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_bo
                              raise_unless_selector_down, unrouted)
 from gateway.stream import EventRewriter, RelayResponse
 from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
-                              load_upstreams, read_limited)
+                              UpstreamConfigError, load_upstreams, read_limited)
 from selector.log_limits import AggregatedLog
-from selector.pool import is_env_name, load_pool
+from selector.pool import DEFAULT_POOL_PATH, is_env_name, load_pool
 from selector.proto import selector_pb2 as pb
 from selector.server import SERVICE_NAME
 
@@ -55,7 +55,10 @@ class Gateway:
     def __init__(self, config: GatewayConfig, environ=os.environ):
         self.config = config
         self.pool = load_pool(config.pool_path)
-        self.upstreams = load_upstreams(self.pool, environ)
+        try:
+            self.upstreams = load_upstreams(self.pool, environ)
+        except UpstreamConfigError as e:
+            raise UpstreamConfigError(f"{config.pool_path or DEFAULT_POOL_PATH}: {e}") from None
         self.metrics = GatewayMetrics()
         self.log = AggregatedLog(log)      # a line per kind of failure per 10 s, whatever the request rate
         self.client_key: bytes | None = None
@@ -72,6 +75,11 @@ class Gateway:
                              f"with one: {sorted(self.upstreams)}")
         enabled = {m.name for m in self.pool.models if m.enabled}
         self.callable_models = [n for n in self.pool.names if n in self.upstreams and n in enabled]
+        if not self.callable_models:
+            # Not an error: `routoo serve` with the default pool (no upstreams) is the selector alone, plus a
+            # gateway that is told its upstreams later. But every chat request fails until then: say so once.
+            log.warning("%s: no model has both a base_url and enabled = true; every chat request will be "
+                        "refused until the pool file names an upstream", config.pool_path or DEFAULT_POOL_PATH)
         self._best_among = set(self.callable_models)
         self._in_flight = 0
         self.metrics.in_flight.set_function(lambda: self._in_flight)
@@ -175,8 +183,8 @@ class Gateway:
             return unrouted(model), stream
         policy = parse_policy(model)
         if not self.callable_models:
-            raise GatewayError(503, "no pool model has an upstream: give models a base_url in the pool file "
-                                    "(see selector/pool.toml)", type="service_unavailable",
+            raise GatewayError(503, "no pool model has an upstream and enabled = true: give models a base_url "
+                                    "in the pool file (see selector/pool.toml)", type="service_unavailable",
                                code="upstream_not_configured")
         constraints = constraints_from_body(body.get("routoo"), self.pool.names, self.callable_models)
         try:

@@ -57,6 +57,12 @@ def test_upstream_keys_come_from_the_environment_only(tmp_path):
     assert upstream.cost_usd({"prompt_tokens": 1000, "completion_tokens": 500}) == pytest.approx(2e-3)
     with pytest.raises(UpstreamConfigError, match="'A_KEY' is not set"):
         load_upstreams(pool, {})
+    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+
+    path = tmp_path / "pool.toml"
+    with pytest.raises(UpstreamConfigError, match=f"^{path}: pool model 'a': its api_key_env 'A_KEY' is not set"):
+        Gateway(GatewayConfig(pool_path=path), environ={})
 
 
 def test_a_client_key_passed_where_its_variables_name_belongs_is_not_printed_back():
