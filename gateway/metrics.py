@@ -27,7 +27,8 @@ class GatewayMetrics:
             buckets=_UPSTREAM_BUCKETS_S, registry=self.registry)
         self.upstream_failures = Counter(
             "routoo_gateway_upstream_failures", "Upstream attempts that failed before the first byte "
-            "(unreachable, 5xx, key refused, timeout), broke mid-stream or ended a stream early", ["model", "reason"], registry=self.registry)
+            "(unreachable, 5xx, key refused, timeout), broke mid-stream or ended a stream early",
+            ["model", "reason"], registry=self.registry)
         self.spend_usd = Counter(
             "routoo_gateway_spend_usd", "Realised spend from the upstreams' `usage` at pool-file prices; "
             "routed=false: a pool model asked for by name, or the fallback", ["model", "routed"], registry=self.registry)

@@ -74,7 +74,8 @@ def test_broken_weight_and_tokenizer_files_are_named_before_triton_reads_them(tm
 def test_undefined_figures_are_written_as_null_not_as_bare_nan(tmp_path, trained):
     from predictor_service.json_numbers import finite_json
 
-    assert finite_json({"a": [1.0, float("nan"), (float("inf"), "x")], "b": 2}) == {"a": [1.0, None, [None, "x"]], "b": 2}
+    nested = {"a": [1.0, float("nan"), (float("inf"), "x")], "b": 2}
+    assert finite_json(nested) == {"a": [1.0, None, [None, "x"]], "b": 2}
     artifact, _ = trained
     artifact.manifest.dev_metrics = {**artifact.manifest.dev_metrics, "auroc_mean": float("nan")}
     folder = artifact.save(tmp_path / "a")
