@@ -75,19 +75,14 @@ class Gateway:
                              f"with one: {sorted(self.upstreams)}")
         enabled = {m.name for m in self.pool.models if m.enabled}
         self.callable_models = [n for n in self.pool.names if n in self.upstreams and n in enabled]
-        if not self.callable_models:
-            # Not an error: `routoo serve` with the default pool (no upstreams) is the selector alone, plus a
-            # gateway that is told its upstreams later. But every chat request fails until then: say so once.
-            log.warning("%s: no model has both a base_url and enabled = true; every chat request will be "
-                        "refused until the pool file names an upstream", config.pool_path or DEFAULT_POOL_PATH)
         self._best_among = set(self.callable_models)
         self._in_flight = 0
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         self.router: Router | None = None
         self.forwarder: Forwarder | None = None
-        if not self.upstreams:
-            log.warning("no pool model has a base_url: /v1/chat/completions will answer 503; the decision-only "
-                        "endpoints work")
+        if not self.callable_models:        # a valid start (the default pool has no upstreams), said once
+            log.warning("%s: no pool model has both a base_url and enabled = true: /v1/chat/completions will "
+                        "answer 503; the decision-only endpoints work", config.pool_path or DEFAULT_POOL_PATH)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -115,6 +110,7 @@ class Gateway:
                   Route("/v1/routoo/route", self.route, methods=["POST"]),
                   Route("/v1/routoo/score", self.score, methods=["POST"]),
                   Route("/health", self.health, methods=["GET"]),
+                  Route("/livez", self.live, methods=["GET"]),
                   Route("/metrics", self.prometheus, methods=["GET"]),
                   Route("/openapi.json", self.openapi, methods=["GET"])]
         return Starlette(routes=routes, lifespan=self.lifespan, middleware=[Middleware(ContainFailures, log=self.log)],
@@ -317,6 +313,11 @@ class Gateway:
                                 "input_usd_per_mtok": m.input_usd_per_mtok,
                                 "output_usd_per_mtok": m.output_usd_per_mtok})
         return JSONResponse({"object": "list", "data": entries})
+
+    async def live(self, request: Request) -> Response:
+        """200 while the gateway's event loop answers: Kubernetes' liveness. /health asks the selector too,
+        and a liveness probe on it restarted every gateway (cutting its streams) while the selector was down."""
+        return JSONResponse({"status": "live"})
 
     async def health(self, request: Request) -> Response:
         """200 while the selector serves (or a fallback model is configured), else 503."""

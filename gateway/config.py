@@ -4,6 +4,7 @@ file beside each model's prices, not here."""
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,8 @@ class GatewayConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.prompt_rule not in PROMPT_RULES:
             raise ValueError(f"prompt_rule must be one of {sorted(PROMPT_RULES)}, got {self.prompt_rule!r}")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if not 0 <= self.grace_s < math.inf:
+            raise ValueError(f"grace_s must be a number >= 0, got {self.grace_s}")
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -97,12 +98,15 @@ def add_gateway_arguments(parser: argparse.ArgumentParser, *, standalone: bool) 
                         help="text the predictor scores (default: %(default)s)")
     parser.add_argument("--gateway-fallback-model", default=None,
                         help="forward to this model, unrouted, while the selector is unavailable (default: off)")
+    parser.add_argument("--gateway-grace-s", type=float, default=defaults.grace_s,
+                        help="on SIGTERM, how long open requests and streams may finish (default: %(default)s)")
 
 
 def gateway_config_from_args(args: argparse.Namespace, **overrides) -> GatewayConfig:
     values = dict(host=args.host, port=args.gateway_port, pool_path=args.pool, api_key_env=args.api_key_env,
                   max_attempts=args.max_attempts, upstream_timeout_s=args.upstream_timeout_s,
-                  prompt_rule=args.prompt_rule, fallback_model=args.gateway_fallback_model)
+                  prompt_rule=args.prompt_rule, fallback_model=args.gateway_fallback_model,
+                  grace_s=args.gateway_grace_s)
     if getattr(args, "selector", None):
         values["selector_address"] = args.selector
     elif getattr(args, "selector_port", None) is not None:       # routoo serve: the selector beside it

@@ -82,6 +82,8 @@ def openapi_schema() -> dict:
                                                         **_errors(400, 401, 413, 429, 503, 504)}}},
             "/health": {"get": {"summary": "200 while the selector serves, else 503",
                                 "responses": ok({"type": "object"}, "health")}},
+            "/livez": {"get": {"summary": "200 while the gateway runs, whatever the selector's state (liveness)",
+                               "responses": ok({"type": "object"}, "live")}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
         },
     }

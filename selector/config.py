@@ -157,6 +157,8 @@ def add_selector_arguments(parser: argparse.ArgumentParser, *, triton: bool = Tr
                             help="the predictor's Triton gRPC endpoint(s): HOST:PORT[,HOST:PORT...]; a DNS "
                                  "name resolving to several addresses is one replica each (default: %(default)s)")
     parser.add_argument("--pool", type=Path, default=None, help="pool file (default: selector/pool.toml)")
+    parser.add_argument("--startup-timeout-s", type=float, default=defaults.startup_timeout_s,
+                        help="how long to wait at start for the predictor to be ready (default: %(default)s)")
     parser.add_argument("--triton-timeout-s", type=float, default=defaults.triton_timeout_s,
                         help="deadline of one predictor call (default: %(default)s)")
     parser.add_argument("--fallback-model", default=None,
@@ -182,7 +184,8 @@ def _finite_mib(text: str) -> float:
 
 def config_from_args(args: argparse.Namespace, **overrides) -> SelectorConfig:
     values = dict(host=args.host, port=args.selector_port, pool_path=args.pool,
-                  triton_timeout_s=args.triton_timeout_s, fallback_model=args.fallback_model,
+                  triton_timeout_s=args.triton_timeout_s, startup_timeout_s=args.startup_timeout_s,
+                  fallback_model=args.fallback_model,
                   max_concurrent_requests=args.max_concurrent_requests, metrics_port=args.metrics_port,
                   max_in_flight_bytes=int(args.max_in_flight_mib * MIB),
                   workers=args.selector_workers, coalesce=not args.no_coalesce)

@@ -116,6 +116,7 @@ def test_selector_outage_is_503_or_the_fallback_and_recovery_is_automatic(fresh,
             fresh.client().chat.completions.create(model="routoo", messages=chat(CANARY))
         assert e.value.status_code == 503 and e.value.code == "selector_unavailable"
         assert httpx.get(fresh.url + "/health", timeout=10).status_code == 503
+        assert httpx.get(fresh.url + "/livez", timeout=10).json() == {"status": "live"}    # liveness holds
         raw = fallback_client.chat.completions.with_raw_response.create(model="routoo", messages=chat(CANARY))
         assert raw.headers["x-routoo-model"] == "Yi-6B" and raw.headers["x-routoo-fallback"] == "true"
         # A concrete model needs no selector.
