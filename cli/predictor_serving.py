@@ -56,7 +56,10 @@ def cmd_serve_predictor(args: argparse.Namespace) -> int:
               f"{server.metrics_url} (log {server.log_path}); Ctrl-C or SIGTERM stops it", flush=True)
         while not stop.wait(0.5):
             if not server.running():
-                print(f"routoo: error: tritonserver exited; see {server.log_path}", file=sys.stderr)
+                # The log's end, here: its run directory is removed below, and in a pod stderr is what
+                # `kubectl logs` keeps.
+                print(f"routoo: error: tritonserver exited; the end of its log ({server.log_path}, removed on "
+                      f"exit):\n{server.log_tail()}", file=sys.stderr)
                 return 1
         return 0
     finally:

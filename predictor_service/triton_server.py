@@ -266,7 +266,7 @@ class TritonServer:
                 self._wait_ready()
                 return self
             except TritonServerError:
-                clash = "already in use" in self._log_tail(20)
+                clash = "already in use" in self.log_tail(20)
                 self.stop()
                 all_auto = first_start and not any(self._requested_ports.values())
                 if not (clash and all_auto and attempt < 2):
@@ -344,14 +344,14 @@ class TritonServer:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise TritonServerError(f"tritonserver exited with code {code} before it was ready; last log "
-                                        f"lines ({self.log_path}):\n{self._log_tail()}")
+                                        f"lines ({self.log_path}):\n{self.log_tail()}")
             if _http_ok(f"{base}/health/ready") and all(_http_ok(f"{base}/models/{m}/ready") for m in self.models):
                 return
             time.sleep(0.1)
         raise TritonServerError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; last log lines "
-                                f"({self.log_path}):\n{self._log_tail()}")
+                                f"({self.log_path}):\n{self.log_tail()}")
 
-    def _log_tail(self, n_lines: int = 30) -> str:
+    def log_tail(self, n_lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             lines = self.log_path.read_text(errors="replace").splitlines()
             return "\n".join(lines[-n_lines:])

@@ -222,3 +222,47 @@ def test_restart_comes_back_on_the_same_ports(triton_server):
     assert triton_server.grpc_url == url
     names, quality, _ = score_remote(url, ["Is the server back?"])
     assert quality.shape == (1, len(names))
+
+
+def test_serve_predictor_prints_the_end_of_tritonservers_log_when_it_dies(tmp_path):
+    """Its run directory (and the log in it) is removed on exit, and in a pod stderr is what `kubectl logs`
+    keeps: the log's end goes there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from predictor_service.triton_server import PROJECT_ROOT
+
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve-predictor", "--grpc-port", "0",
+                                "--http-port", "0", "--metrics-port", "0", "--instance-count", "1"],
+                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    try:
+        assert "routoo_predictor ready" in process.stdout.readline()
+        children = subprocess.run(["pgrep", "-f", "tritonserver --model-repository"], capture_output=True,
+                                  text=True).stdout.split()
+        tritons = [int(pid) for pid in children if _parent_chain_has(int(pid), process.pid)]
+        assert tritons, "no tritonserver under serve-predictor"
+        os.kill(tritons[0], signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+        err = process.stderr.read()
+        assert "tritonserver exited; the end of its log" in err
+        assert "Started GRPCInferenceService" in err           # a line of Triton's own log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _parent_chain_has(pid: int, ancestor: int) -> bool:
+    from pathlib import Path
+
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False

@@ -311,7 +311,7 @@ def test_a_replica_that_stops_answering_is_taken_out_and_rejoins(tritons):
                     await _until(rejoined, timeout_s=30)
             except AssertionError:
                 raise AssertionError(f"b did not rejoin within 30 s: running {b.running()}, exit status "
-                                     f"{b.exit_status()}, log tail:\n{b._log_tail(15)}") from None
+                                     f"{b.exit_status()}, log tail:\n{b.log_tail(15)}") from None
             # ...and then take its share of the next 200 routes.
             load.phase, before = "b rejoined", b_ok()
             await load.until_done(200)
