@@ -212,6 +212,18 @@ def test_network_policy_exposes_only_gateway_and_selector(overlay):
                                                      "app.kubernetes.io/component": "selector"}}}
     assert selector_pods in triton_sources
     assert all(s == selector_pods or "namespaceSelector" in s for s in triton_sources)
+    # Egress: Triton none at all; the selector DNS and Triton's gRPC port only.
+    by_component = {p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component"): p
+                    for p in policies}
+    triton, selector = by_component["triton"]["spec"], by_component["selector"]["spec"]
+    assert "Egress" in triton["policyTypes"] and not triton.get("egress")
+    assert "Egress" in selector["policyTypes"]
+    triton_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "routoo",
+                                                   "app.kubernetes.io/component": "triton"}}}
+    for rule in selector["egress"]:
+        ports = {(p["port"], p["protocol"]) for p in rule["ports"]}
+        assert (rule.get("to") == [triton_pods] and ports == {(8001, "TCP")}) or \
+            ("to" not in rule and ports == {(53, "UDP"), (53, "TCP")}), rule
 
 
 def test_triton_autoscales_on_the_adapters_queue_metric(overlay):
