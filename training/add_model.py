@@ -36,6 +36,10 @@ def _fit_new_row(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, prior: tuple
         optimizer.zero_grad()
         logits = z @ combo + h @ direction + bias
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+        # A Beta(1, 1) prior on the base rate: one right and one wrong pseudo-answer on the bias alone
+        # (Laplace's rule). Without it, labels all 1 (or all 0) sent the bias to +-17 and the model's
+        # quality to exactly 1.0 (0.0) on every prompt; with hundreds of labels it changes nothing.
+        loss = loss + torch.nn.functional.softplus(-bias) + torch.nn.functional.softplus(bias)
         loss = (loss + prior[0] * (combo ** 2).sum() + prior[1] * (direction ** 2).sum()) / len(y)
         loss.backward()
         return loss
@@ -52,7 +56,7 @@ def _choose_prior(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, steps: int,
     folds = fold_assignment(len(y), min(ADD_MODEL_CV_FOLDS, len(y)), seed)
     best, best_loss = ADD_MODEL_PRIORS[len(ADD_MODEL_PRIORS) // 2], np.inf
     for prior in ADD_MODEL_PRIORS:
-        total = 0.0
+        total, scored = 0.0, 0
         for k in range(int(folds.max()) + 1):
             fit, held = torch.from_numpy(folds != k), torch.from_numpy(folds == k)
             if y[fit].min() == y[fit].max():       # one class only: nothing to learn from this split
@@ -60,7 +64,9 @@ def _choose_prior(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, steps: int,
             combo, direction, bias = _fit_new_row(z[fit], h[fit], y[fit], prior, steps)
             logits = z[held] @ combo + h[held] @ direction + bias
             total += float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y[held], reduction="sum"))
-        if total < best_loss:
+            scored += 1
+        # No fold scored (2 labels, one of each): every total is 0, and the middle prior stays.
+        if scored and total < best_loss:
             best, best_loss = prior, total
     return best
 

@@ -43,3 +43,19 @@ def test_add_model_without_costs_prices_it_instead_of_calling_it_free(trained, s
     assert 0.7 < cost[:, -1].mean() / expected.mean() < 1.4
     with pytest.raises(ValueError, match="no known cost and no prices"):
         add_model(artifact, "unpriced", [None, None], train_ds.texts, train_ds.quality[:, j], unknown)
+
+
+def test_labels_all_alike_or_too_few_to_cross_validate_give_no_certainty(trained, synthetic):
+    artifact, _ = trained
+    train_ds, dev_ds = synthetic
+    j = train_ds.model_names.index("lawyer")
+    cost = train_ds.cost_usd[:200, j]
+    for labels, low, high in ((np.ones(200), 0.9, 0.999), (np.zeros(50), 0.001, 0.1),
+                              (np.array([1.0, 1.0]), 0.5, 0.95)):
+        grown = add_model(artifact, "alike", [1.0, 2.0], train_ds.texts[:len(labels)], labels, cost[:len(labels)])
+        quality, _ = predict_on_cpu(grown, dev_ds.texts)
+        # Laplace's rule: near (k + 1) / (n + 2), never exactly 1 or 0.
+        assert low < quality[:, -1].min() <= quality[:, -1].max() < high, (len(labels), quality[:, -1].max())
+    # One label of each: no fold can be scored, so the middle prior is kept, not the first of the grid.
+    grown = add_model(artifact, "two", [1.0, 2.0], train_ds.texts[:2], np.array([1.0, 0.0]), cost[:2])
+    assert grown.manifest.training["added_models"][-1]["prior"] == [3.0, 100.0]
