@@ -104,7 +104,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     print("".join(f"{line}\n" for line in report.details()), end="", file=sys.stderr)
     texts = [p.text for p in prompts]
     if args.server:
+        from predictor_service.predictor import PromptError, check_prompt
         from predictor_service.remote import score_remote
+
+        # Checked here as the server checks them: its refusal names a row of a 64-prompt chunk, not the id.
+        for prompt in prompts:
+            try:
+                check_prompt(prompt.text)
+            except PromptError as e:
+                return _fail(f"{args.prompts}: prompt {prompt.id!r}: {e} (the predictor would refuse it)")
 
         names, quality, _ = score_remote(args.server, texts, model=args.model_name)
     else:
@@ -235,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, ArtifactError, StartupError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ArtifactError, StartupError, ValueError) as e:
         return _fail(str(e))
+    except OSError as e:       # a missing input, or an --out that cannot be written (read-only, a directory)
+        return _fail(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e))
     except KeyboardInterrupt:
         return 130
 

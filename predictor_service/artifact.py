@@ -229,8 +229,15 @@ def upgrade_v1(folder: str | Path, out: str | Path) -> Artifact:
     if raw.get("format_version") != 1:
         raise ArtifactError(f"{folder}: format version {raw.get('format_version')}, not 1; nothing to upgrade")
     raw["format_version"] = FORMAT_VERSION
-    manifest = Manifest(**raw)
-    weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
+    try:
+        manifest = Manifest(**raw)
+    except TypeError as e:
+        raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
+    _check_fields(manifest, folder / MANIFEST)
+    try:
+        weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
+    except Exception as e:   # safetensors' own error type, or the weights' ValueError
+        raise ArtifactError(f"{folder / WEIGHTS}: unreadable ({e})") from e
     encoder = None
     if manifest.encoder == "static":
         encoder = StaticEncoder.load(max_tokens=manifest.max_tokens)

@@ -21,6 +21,13 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert routoo(["score", str(tmp_path / "p.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "not valid JSON" in err and "Traceback" not in err
+    # A prompt the predictor would refuse is named by its id before any server is called (none listens here).
+    (tmp_path / "p.jsonl").write_text('{"id": "ok", "text": "What is 2 + 2?"}\n{"id": "blank", "text": "  "}\n')
+    assert routoo(["score", str(tmp_path / "p.jsonl"), "--server", "127.0.0.1:1"]) == 2
+    assert "prompt 'blank': prompt is empty (the predictor would refuse it)" in capsys.readouterr().err
+    # An output that cannot be written: one line, not a traceback.
+    assert routoo(["write-pool", "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: Is a directory" in capsys.readouterr().err
 
 
 def test_train_cli_end_to_end(tmp_path, capsys):
