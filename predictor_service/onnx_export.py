@@ -184,6 +184,13 @@ def write_triton_repository(artifact_path: str | Path, out: str | Path, *, insta
             [("TOKEN_IDS", "TYPE_INT64", [-1], None), ("OFFSETS", "TYPE_INT64", [-1], None),
              ("LOG_LEN", "TYPE_FP32", [-1], None)],
             0, lambda p: export_static_predictor(artifact, p, table))
+    # A model folder of ours from an earlier export that this one does not write (routoo_head_onnx of a
+    # head-only artifact, then an artifact with a lexical part) would be served beside the new one, stale.
+    stale = [name for name in ("routoo_head_onnx", "routoo_static_onnx")
+             if name not in models and (out / name / "config.pbtxt").is_file()]
+    if stale:
+        raise ValueError(f"{out} already holds {stale} from an earlier export, which this artifact does not "
+                         f"replace and Triton would serve beside it: export into an empty folder, or remove them")
     written = []
     for name, (inputs, max_batch_size, export) in models.items():
         written.append(export(out / name / "1" / "model.onnx"))

@@ -193,3 +193,12 @@ def test_triton_repository_configs_agree_with_graphs(artifacts, kind, tmp_path):
         assert json.loads(metadata[POOL_MODELS]) == names
         assert metadata.get("lexical_sha256") == Artifact.load(folder).manifest.lexical.get("sha256")
         assert list(config.output[0].dims)[-1] == len(names)
+
+
+def test_an_export_over_an_earlier_one_refuses_to_leave_a_stale_model(artifacts, tmp_path):
+    head_only = artifacts["head only"].save(tmp_path / "a")
+    lexical = artifacts["lexical"].save(tmp_path / "b")
+    write_triton_repository(head_only, tmp_path / "repo")          # routoo_head_onnx and routoo_static_onnx
+    with pytest.raises(ValueError, match=r"already holds \['routoo_head_onnx'\] from an earlier export"):
+        write_triton_repository(lexical, tmp_path / "repo")        # would write routoo_static_onnx only
+    write_triton_repository(head_only, tmp_path / "repo")          # the same models again: replaced in place
