@@ -110,19 +110,7 @@ class Artifact:
             hint = UPGRADE_HINT.format(folder=folder) if found == 1 else "retrain it with `routoo train`"
             raise ArtifactError(f"{folder}: format version {found}, this Routoo reads {FORMAT_VERSION} "
                                 f"(self-contained: the encoder's table travels with the head); {hint}")
-        try:
-            manifest = Manifest(**raw)
-        except TypeError as e:
-            raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
-        _check_fields(manifest, folder / MANIFEST)
-        try:
-            tensors = load_file(str(folder / WEIGHTS))
-        except Exception as e:   # safetensors raises its own error type (not a ValueError) for a broken file
-            raise ArtifactError(f"{folder / WEIGHTS}: unreadable ({e})") from e
-        try:
-            weights = HeadWeights.from_dict(tensors)
-        except ValueError as e:
-            raise ArtifactError(f"{folder / WEIGHTS}: {e}") from e
+        manifest, weights = _manifest_of(raw, folder), _weights_of(folder)
         if weights.n_models != len(manifest.model_names) or weights.w1.shape[0] != manifest.dim:
             raise ArtifactError(f"{folder}: weights ({weights.n_models} models, dim {weights.w1.shape[0]}) "
                                 f"disagree with the manifest ({len(manifest.model_names)} models, "
@@ -229,15 +217,7 @@ def upgrade_v1(folder: str | Path, out: str | Path) -> Artifact:
     if raw.get("format_version") != 1:
         raise ArtifactError(f"{folder}: format version {raw.get('format_version')}, not 1; nothing to upgrade")
     raw["format_version"] = FORMAT_VERSION
-    try:
-        manifest = Manifest(**raw)
-    except TypeError as e:
-        raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
-    _check_fields(manifest, folder / MANIFEST)
-    try:
-        weights = HeadWeights.from_dict(load_file(str(folder / WEIGHTS)))
-    except Exception as e:   # safetensors' own error type, or the weights' ValueError
-        raise ArtifactError(f"{folder / WEIGHTS}: unreadable ({e})") from e
+    manifest, weights = _manifest_of(raw, folder), _weights_of(folder)
     encoder = None
     if manifest.encoder == "static":
         encoder = StaticEncoder.load(max_tokens=manifest.max_tokens)
@@ -253,6 +233,27 @@ def upgrade_v1(folder: str | Path, out: str | Path) -> Artifact:
     artifact = Artifact(manifest, weights, static_encoder=encoder)
     artifact.save(out)
     return artifact
+
+
+def _manifest_of(raw: dict, folder: Path) -> Manifest:
+    """The Manifest of a manifest.json's fields, every field checked; ArtifactError naming the file."""
+    try:
+        manifest = Manifest(**raw)
+    except TypeError as e:
+        raise ArtifactError(f"{folder / MANIFEST}: unreadable manifest ({e})") from e
+    _check_fields(manifest, folder / MANIFEST)
+    return manifest
+
+
+def _weights_of(folder: Path) -> HeadWeights:
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as e:   # safetensors raises its own error type (not a ValueError) for a broken file
+        raise ArtifactError(f"{folder / WEIGHTS}: unreadable ({e})") from e
+    try:
+        return HeadWeights.from_dict(tensors)
+    except ValueError as e:
+        raise ArtifactError(f"{folder / WEIGHTS}: {e}") from e
 
 
 def _check_fields(m: Manifest, path: Path) -> None:
