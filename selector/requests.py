@@ -63,11 +63,9 @@ def check_prompt_count(count: int, config: SelectorConfig) -> None:
 
 
 def check_prompts(prompts: list[str], field: str, config: SelectorConfig) -> None:
-    """Raises InvalidRequest unless every prompt is 1 to max_prompt_bytes of text and, for the repeated
-    field "prompts", there are 1 to max_batch_prompts of them; `field` is "prompt" or "prompts"."""
+    """Raises InvalidRequest unless every prompt is 1 to max_prompt_bytes of text; `field` is "prompt" or
+    "prompts" (whose count check_prompt_count has checked before the strings were made)."""
     limit = config.max_prompt_bytes
-    if field == "prompts":
-        check_prompt_count(len(prompts), config)
     for i, prompt in enumerate(prompts):
         name = field if field == "prompt" else f"prompts[{i}]"
         if not prompt.strip():
