@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ArtifactError, StartupError, ValueError) as e:
         return _fail(str(e))
     except OSError as e:       # a missing input, or an --out that cannot be written (read-only, a directory)
-        return _fail(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e))
+        return _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e))
     except KeyboardInterrupt:
         return 130
 
