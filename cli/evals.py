@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from cli.arg_types import count
 from evals.config import EvalConfig
 
 _DEFAULTS = EvalConfig()
@@ -162,7 +163,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--artifact", help="artifact trained with all data, as the reference (default: train one)")
     p.add_argument("--sizes", type=_sizes, default=(50, 200, 1000), help="labelled prompt counts (default "
                    "50,200,1000; all labelled prompts are always added as a last row)")
-    p.add_argument("--repeats", type=int, default=5, help="random draws per size (mean and std reported)")
+    p.add_argument("--repeats", type=count, default=5, help="random draws per size (mean and std reported)")
     p.add_argument("--out-json", help="write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval_add_model)

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from cli.arg_types import count
 from predictor_service.contract import PREDICTOR_MODEL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")           # models come from packages, never from a hub
@@ -176,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", help="dev dataset folder: only for the reported metrics (no training step reads it)")
     p.add_argument("--encoder", choices=["static", "minilm"], default="static")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--hidden", type=int, default=256,
+    p.add_argument("--hidden", type=count, default=256,
                    help="hidden width of the merged head, shared by the ensemble members (a multiple of 4)")
-    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--max-epochs", type=count, default=200)
     p.add_argument("--window", type=_window_arg, default="auto",
                    help="tokens of a long prompt the encoder reads: HEAD (the first HEAD), HEAD+TAIL (the first "
                         "HEAD and the last TAIL; few-shot and RAG prompts put the question last), or auto "

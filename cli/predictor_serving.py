@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from cli.arg_types import count, port, seconds
 from predictor_service.contract import LOOPBACK, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -82,15 +83,15 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve-predictor", help="serve the predictor in Triton Inference Server")
     p.add_argument("--artifact", help="artifact folder (default: the committed default; a missing one is an error)")
     p.add_argument("--host", default=LOOPBACK, help="address every endpoint binds (default: loopback)")
-    p.add_argument("--grpc-port", type=int, default=TRITON_GRPC_PORT, help="0 picks a free port")
-    p.add_argument("--http-port", type=int, default=TRITON_HTTP_PORT, help="0 picks a free port")
-    p.add_argument("--metrics-port", type=int, default=TRITON_METRICS_PORT,
+    p.add_argument("--grpc-port", type=port, default=TRITON_GRPC_PORT, help="0 picks a free port")
+    p.add_argument("--http-port", type=port, default=TRITON_HTTP_PORT, help="0 picks a free port")
+    p.add_argument("--metrics-port", type=port, default=TRITON_METRICS_PORT,
                    help="Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port")
     p.add_argument("--no-dynamic-batching", action="store_true", help="serve with dynamic batching off")
-    p.add_argument("--instance-count", type=int,
+    p.add_argument("--instance-count", type=count,
                    help="model instances (default: half the usable CPUs for cpu, one per GPU for gpu)")
     p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
-    p.add_argument("--stop-timeout", type=float, default=15.0, help="seconds from SIGTERM to SIGKILL")
+    p.add_argument("--stop-timeout", type=seconds, default=15.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--log-verbose", action="store_true", help="tritonserver --log-verbose=1")
     p.add_argument("--write-repository", metavar="DIR",
                    help="only write the materialised model repository to DIR (for the tritonserver container)")

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import grpc
 
+from cli.arg_types import port, seconds
 from gateway.config import add_gateway_arguments
 from predictor_service.contract import (LOOPBACK, SELECTOR_ADDRESS, TRITON_GRPC_PORT, TRITON_HTTP_PORT,
                                         TRITON_METRICS_PORT)
@@ -32,9 +33,9 @@ DEMO_MAX_LATENCY_MS = 3000.0
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the predictor in Triton and the selector together (Ctrl-C stops both)")
     add_selector_arguments(p, triton=False)
-    p.add_argument("--triton-grpc-port", type=int, default=TRITON_GRPC_PORT, help="default: %(default)s")
-    p.add_argument("--triton-http-port", type=int, default=TRITON_HTTP_PORT, help="default: %(default)s")
-    p.add_argument("--triton-metrics-port", type=int, default=TRITON_METRICS_PORT, help="default: %(default)s")
+    p.add_argument("--triton-grpc-port", type=port, default=TRITON_GRPC_PORT, help="default: %(default)s")
+    p.add_argument("--triton-http-port", type=port, default=TRITON_HTTP_PORT, help="default: %(default)s")
+    p.add_argument("--triton-metrics-port", type=port, default=TRITON_METRICS_PORT, help="default: %(default)s")
     p.add_argument("--artifact", help="predictor artifact folder (default: the committed default artifact)")
     add_gateway_arguments(p, standalone=False)
     add_restart_arguments(p)
@@ -65,7 +66,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-latency-ms", type=float, help="exclude models whose p95 latency is above this")
     p.add_argument("--max-cost-usd", type=float, help="exclude models expected to cost more than this")
     p.add_argument("--selector", default=SELECTOR_ADDRESS, help="HOST:PORT of the selector (default: %(default)s)")
-    p.add_argument("--timeout-s", type=float, default=10.0)
+    p.add_argument("--timeout-s", type=seconds, default=10.0)
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=cmd_route)
 

@@ -20,6 +20,8 @@ def add_model_experiment(train_ds: RoutingDataset, test_ds: RoutingDataset, mode
                          show_progress: bool = True) -> dict:
     """Drops `model` from training, adds it back from n of its labelled train prompts (`add_model`, every
     other row frozen), and measures its test AUROC against the head trained with all data."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     if model not in train_ds.model_names or model not in test_ds.model_names:
         raise ValueError(f"model {model!r} must be in both datasets; train has {train_ds.model_names}")
     others = [n for n in train_ds.model_names if n != model]

@@ -59,9 +59,11 @@ class GatewayConfig:
                     "upstream_timeout_s": self.upstream_timeout_s, "max_attempts": self.max_attempts,
                     "max_body_bytes": self.max_body_bytes, "max_concurrent_requests": self.max_concurrent_requests,
                     "body_timeout_s": self.body_timeout_s}
-        bad = {name: value for name, value in positive.items() if not value > 0}
+        # inf is refused too: asyncio and gRPC deadlines overflow on it, and "never time out" is not a
+        # setting a service that holds concurrency slots should offer.
+        bad = {name: value for name, value in positive.items() if not 0 < value < math.inf}
         if bad:
-            raise ValueError(f"these gateway settings must be > 0: {bad}")
+            raise ValueError(f"these gateway settings must be finite numbers > 0: {bad}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.prompt_rule not in PROMPT_RULES:

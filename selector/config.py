@@ -124,9 +124,10 @@ class SelectorConfig:
                     "coalesce_max_rows": self.coalesce_max_rows,
                     "coalesce_max_in_flight": self.coalesce_max_in_flight,
                     "batch_decide_min_rows": self.batch_decide_min_rows, "workers": self.workers}
-        bad = {name: value for name, value in positive.items() if not value > 0}
+        # inf is refused too: a gRPC deadline of inf overflows, and an unbounded wait holds a slot for ever.
+        bad = {name: value for name, value in positive.items() if not 0 < value < math.inf}
         if bad:
-            raise ValueError(f"these selector settings must be > 0: {bad}")
+            raise ValueError(f"these selector settings must be finite numbers > 0: {bad}")
         parse_targets(self.triton_url)      # ValueError naming the bad address
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
@@ -139,8 +140,8 @@ class SelectorConfig:
                              f"coalesce_max_rows ({self.coalesce_max_rows})")
         if self.workers > 1 and self.port == 0:
             raise ValueError("workers > 1 share one port: give a fixed port, not 0")
-        if self.runners_up < 0 or self.grace_s < 0:
-            raise ValueError(f"runners_up and grace_s must be >= 0, got {self.runners_up}, {self.grace_s}")
+        if self.runners_up < 0 or not 0 <= self.grace_s < math.inf:
+            raise ValueError(f"runners_up and grace_s must be finite and >= 0, got {self.runners_up}, {self.grace_s}")
 
     @property
     def address(self) -> str:
