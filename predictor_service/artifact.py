@@ -24,6 +24,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from predictor_service.contract import model_name_problem
 from predictor_service.encoder_files import (ENCODER_DIR, TABLE_FILE, TABLE_STORAGES, TOKENIZER_FILE,
                                              EncoderFilesError, check_minilm_source, minilm_source)
 from predictor_service.encoders import MAX_TOKENS, TAIL_TOKENS, MiniLMEncoder, StaticEncoder, minilm_path
@@ -278,6 +279,9 @@ def _check_fields(m: Manifest, path: Path) -> None:
     if not isinstance(m.model_names, list) or not m.model_names \
             or not all(isinstance(n, str) and n for n in m.model_names):
         raise bad("model_names", "a non-empty list of model names", m.model_names)
+    named = [(n, model_name_problem(n)) for n in m.model_names]
+    if any(problem for _, problem in named):
+        raise bad("model_names", "names without control characters", next(n for n, p in named if p))
     if len(set(m.model_names)) != len(m.model_names):
         raise bad("model_names", "a list without repeats", m.model_names)
     if not isinstance(m.model_prices, list) or len(m.model_prices) != len(m.model_names) or not all(

@@ -72,6 +72,19 @@ MAX_PROMPT_BYTES = max_prompt_bytes_from()
 
 
 # --- the served pool -------------------------------------------------------------------------------------
+def model_name_problem(name: object) -> str | None:
+    """Why `name` cannot name a pool model, or None. Names travel one a line (the label file beside
+    config.pbtxt, Prometheus label values, log lines), so no control character, line separator or lone
+    surrogate: a newline would shift every later label by one."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    for ch in name:
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029" or 0xD800 <= ord(ch) <= 0xDFFF:
+            return f"holds the character U+{ord(ch):04X} (control characters, line separators and lone " \
+                   f"surrogates cannot be in a model name)"
+    return None
+
+
 class ServedPoolError(ValueError):
     """A model config that does not publish a usable pool; the message names the model and the bad value.
 
@@ -105,6 +118,10 @@ class ServedPool:
             raise ServedPoolError(
                 f"Triton model {model!r}: {POOL_MODELS!r} must be a list of names and {POOL_PRICES!r} a list of "
                 f"the same length, got {names!r:.200} and {prices!r:.200}")
+        for name in names:
+            problem = model_name_problem(name)
+            if problem:
+                raise ServedPoolError(f"Triton model {model!r}: {POOL_MODELS!r} name {name!r:.100} {problem}")
         parsed: list[tuple[float, float] | None] = []
         for name, price in zip(names, prices):
             try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor_service.contract import ServedPool, ServedPoolError
+from predictor_service.contract import ServedPool, ServedPoolError, model_name_problem
 
 DEFAULT_POOL_PATH = Path(__file__).resolve().parent / "pool.toml"
 
@@ -240,8 +240,9 @@ def load_pool(path: str | Path | None = None) -> Pool:
         if unknown:
             raise PoolError(f"{where}: unknown keys {unknown}; valid keys are {sorted(_FIELDS)}")
         name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            raise PoolError(f"{where}: 'name' must be a non-empty string")
+        problem = model_name_problem(name)
+        if problem:
+            raise PoolError(f"{where}: 'name' {problem}")
 
         def number(key: str, *, positive: bool = False) -> float:
             value = entry.get(key)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from predictor_service.artifact import Artifact, Manifest
+from predictor_service.contract import model_name_problem
 from predictor_service.head import HeadWeights, log_lengths, reference_score
 from training.fit import TrainConfig, _torch_threads, embed_cached, fit_cost_rows, fold_assignment
 from training.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
@@ -83,6 +84,9 @@ def add_model(artifact: Artifact, name: str, prices: list[float | None], texts: 
     over. The two prior precisions are chosen by 5-fold cross-validation on the given labels
     (ADD_MODEL_PRIORS) unless `prior` is given. The fitted row folds back into the kernel's form exactly.
     """
+    problem = model_name_problem(name)
+    if problem:
+        raise ValueError(f"model name {name!r} {problem}")
     if name in artifact.manifest.model_names:
         raise ValueError(f"model {name!r} is already in the pool {artifact.manifest.model_names}")
     known = ~np.isnan(np.asarray(quality, dtype=np.float64))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor_service.contract import model_name_problem
 from selector.pool import PoolModel
 
 
@@ -166,6 +167,9 @@ def _read_pool(path: Path) -> list[PoolModel]:
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
             raise DatasetError(f"{path}: every model needs a non-empty string 'name', got {entry!r}")
+        problem = model_name_problem(entry["name"])
+        if problem:
+            raise DatasetError(f"{path}: model name {entry['name']!r} {problem}")
         pool.append(PoolModel(entry["name"], price(entry, "input_usd_per_mtok"), price(entry, "output_usd_per_mtok"),
                               price_note=str(entry.get("price_note") or "")))
     names = [m.name for m in pool]

@@ -35,6 +35,7 @@ def test_bad_artifacts_are_named(tmp_path, trained):
 @pytest.mark.parametrize("field, value, expected", [
     ("model_names", None, "a non-empty list of model names"),
     ("model_names", ["a", "a"], "a list without repeats"),
+    ("model_names", ["a", "b\nc"], "names without control characters"),
     ("model_prices", [[1.0]], "one \\[input, output\\] USD"),
     ("inv_temperature", "x", "a number > 0"),
     ("inv_temperature", 0, "a number > 0"),

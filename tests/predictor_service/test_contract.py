@@ -71,6 +71,7 @@ BAD_POOLS = [
     ({**pool_parameters(["a", "b"], [[1.0, 1.0]])}, "a list of the same length"),
     ({**pool_parameters(["a"], [["x", 1.0]])}, r"'pool_prices' for 'a' must be \[input, output\]"),
     ({**pool_parameters(["a"], [5])}, r"'pool_prices' for 'a' must be \[input, output\]"),
+    ({**pool_parameters(["a", "b\nc"], [None, None])}, r"name 'b\\nc' holds the character U\+000A"),
 ]
 
 

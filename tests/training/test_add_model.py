@@ -25,6 +25,8 @@ def test_add_model_keeps_the_others_and_learns_the_new_one(trained, synthetic):
     assert auroc_per_model(dev_ds.quality[:, [j]], quality[:, [-1]])[0] > 0.95
     with pytest.raises(ValueError, match="already in the pool"):
         add_model(grown, "lawyer2", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
+    with pytest.raises(ValueError, match=r"model name 'new\\r' holds the character U\+000D"):
+        add_model(grown, "new\r", [1.0, 2.0], train_ds.texts, train_ds.quality[:, j], train_ds.cost_usd[:, j])
 
 
 def test_add_model_without_costs_prices_it_instead_of_calling_it_free(trained, synthetic):

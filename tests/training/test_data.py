@@ -131,6 +131,10 @@ def test_byte_order_marks_not_utf8_and_a_models_field_that_is_not_a_list(tmp_pat
     (folder / "models.json").write_text('{"models": null}')
     with pytest.raises(DatasetError, match="'models' must be a list"):
         load_dataset(folder)
+    # One name a line in Triton's label file: a newline would shift every later label.
+    (folder / "models.json").write_text('{"models": [{"name": "m1\\nm2"}]}')
+    with pytest.raises(DatasetError, match=r"model name 'm1\\nm2' holds the character U\+000A"):
+        load_dataset(folder)
     (folder / "models.json").write_text('{"models": [{"name": "m1", "input_usd_per_mtok": true}]}')
     with pytest.raises(DatasetError, match="input_usd_per_mtok must be a non-negative number or null, got True"):
         load_dataset(folder)
