@@ -46,19 +46,27 @@ class Capacity:
 
     @classmethod
     def from_report(cls, report: dict, encoder: str = "static") -> "Capacity":
-        cpu = report["breakdown"]["cpu_ms_per_request"]["selector_route@32"]
-        slo = report["encoders"][encoder]["targets"]["selector_route"]["slo"]
+        high = max(report["settings"].get("clients") or [32])
+        key = f"selector_route@{high}"
+        cpu = report["breakdown"]["cpu_ms_per_request"].get(key)
+        if not cpu or not cpu.get("selector_ms"):
+            raise ValueError(f"the bench results have no selector CPU for {key}: run selector_route at {high} clients")
+        slo = report["encoders"][encoder]["targets"]["selector_route"].get("slo") or {}
         cpus = int(report["meta"]["machine"]["cpus_usable"])
         rate = slo.get("max_rate")
-        utilisation = rate * cpu["total_ms"] / (1000.0 * cpus) if rate else None
-        return cls(encoder, cpu["selector_ms"], cpu["tritonserver_ms"] + cpu["python_stub_ms"], cpu["python_stub_ms"],
-                   float(report["settings"]["slo_ms"]), rate, utilisation, cpus)
+        # A process whose CPU did not move in the run is left out of the breakdown: it cost 0.
+        triton, stub = cpu.get("tritonserver_ms") or 0.0, cpu.get("python_stub_ms") or 0.0
+        utilisation = min(1.0, rate * cpu["total_ms"] / (1000.0 * cpus)) if rate else None
+        return cls(encoder, cpu["selector_ms"], triton + stub, stub, float(report["settings"]["slo_ms"]), rate,
+                   utilisation, cpus)
 
     def selector_routes_per_core(self, utilisation: float = 1.0) -> float:
         return 1000.0 / self.selector_cpu_ms * utilisation
 
     def triton_prompts_per_instance(self, cores: int = TRITON_CORES, utilisation: float = 1.0) -> float:
-        return min(1000.0 / self.stub_cpu_ms, cores * 1000.0 / self.triton_cpu_ms) * utilisation
+        bounds = [1000.0 / self.stub_cpu_ms if self.stub_cpu_ms else math.inf,
+                  cores * 1000.0 / self.triton_cpu_ms if self.triton_cpu_ms else math.inf]
+        return min(bounds) * utilisation
 
     def replicas_for(self, load_rps: float, utilisation: float | None = None) -> dict[str, int]:
         """Selector and Triton pods (1 and 2 cores) for load_rps Routes/s at the SLO utilisation."""
@@ -112,7 +120,7 @@ def render(report: dict) -> str:
     if minilm:
         best = max((r.get("throughput_rps") or 0) for r in minilm.get("closed", [])) if minilm.get("closed") else None
         lines += ["", f"minilm on CPU: at most {best:,.1f} Routes/s on {cap.cpus} cores, and p99 <= {cap.slo_ms:g} ms "
-                      f"{'never met' if not minilm['slo'].get('max_rate') else 'met'}: serve it on GPUs "
+                      f"{'never met' if not (minilm.get('slo') or {}).get('max_rate') else 'met'}: serve it on GPUs "
                       f"(no GPU figures yet)."]
     return "\n".join(lines)
 

@@ -64,10 +64,13 @@ def render(report: dict) -> str:
             slo = data.get("slo") or {}
             rate = slo.get("max_rate")
             rate_text = _num(rate, 0) if rate is not None else ("none" if slo else "-")
+            # Percentiles are over completed requests: failures are shown beside them, not hidden.
+            failed_one = one.get("errors", 0) + one.get("timed_out", 0)
             failed = many.get("errors", 0) + many.get("timed_out", 0)
             rps = _num(many.get("throughput_rps"), 0) + (f" ({failed} errors)" if failed else "")
+            p99_one = _num(one.get("p99_ms")) + (f" ({failed_one} errors)" if failed_one else "")
             lines.append(f"| {TARGET_LABELS.get(target, target)} | {encoder} | {_num(one.get('p50_ms'))} "
-                         f"| {_num(one.get('p99_ms'))} | {rps} | {_num(many.get('p99_ms'))} | {rate_text} |")
+                         f"| {p99_one} | {rps} | {_num(many.get('p99_ms'))} | {rate_text} |")
         for target, why in enc.get("skipped", {}).items():
             lines.append(f"| {TARGET_LABELS.get(target, target)} | {encoder} | skipped: {why} | | | | |")
     goals = report.get("goals", [])
@@ -75,6 +78,8 @@ def render(report: dict) -> str:
         lines += ["", "| issue 6 target | measured | met |", "| --- | ---: | :---: |"]
         for g in goals:
             measured = "-" if g.get("measured") is None else f"{_num(float(g['measured']))} {g.get('unit', '')}".strip()
+            if g.get("failed"):
+                measured += f" ({g['failed']} requests failed)"
             met = {True: "yes", False: "**no**", None: "not measured"}[g.get("met")]
             lines.append(f"| {g['goal']} | {measured} | {met} |")
     return "\n".join(lines)

@@ -247,11 +247,13 @@ async def _with_triton(encoder, artifact, dynamic_batching, models, names, measu
                 await predictor_stats.close()
     except TargetUnavailable as e:
         for name in names:
-            enc["skipped"][name] = str(e)
+            if name not in enc["targets"]:
+                enc["skipped"][name] = str(e)
         log.warning("%s: %s", encoder, e)
     except Exception as e:     # noqa: BLE001 - a broken server skips its targets, the run goes on
         for name in names:
-            enc["skipped"].setdefault(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if name not in enc["targets"]:           # what was measured before the failure stays measured
+                enc["skipped"].setdefault(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         log.exception("%s: targets %s failed", encoder, names)
 
 

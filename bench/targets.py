@@ -145,6 +145,8 @@ class InProcessTarget:
     """Predictor.predict([prompt]) called directly: the predictor's own cost with no RPC around it.
 
     It runs on the event loop's thread, so concurrent clients serialise on it, as they would on the GIL.
+    Each call first yields to the loop: without that, the first closed-loop client never gave the loop
+    back and held it for the whole run, so "32 clients" measured one (and its latency had no queueing).
     """
 
     predictor: object
@@ -160,6 +162,7 @@ class InProcessTarget:
         return cls(Predictor.load(artifact, device=device))
 
     async def __call__(self, prompt: str):
+        await asyncio.sleep(0)
         quality, _ = self.predictor.predict([prompt])
         return quality
 

@@ -267,6 +267,37 @@ def test_goals_compare_the_right_figures_and_say_when_one_is_missing():
     assert by_text[4]["measured"] == 800.0
 
 
+def test_failed_requests_fail_the_latency_goals_and_show_in_the_table():
+    r = fake_report()
+    route1 = r["encoders"]["static"]["targets"]["selector_route"]["closed"][0]
+    route1.update(p99_ms=4.0, errors=50)            # 950 fast answers and 50 failures: p99 alone would pass
+    goals = report.evaluate_goals(r)
+    assert goals[0]["met"] is False and goals[1]["met"] is False and goals[1]["failed"] == 50
+    r["goals"] = goals
+    text = readme_table.render(r)
+    assert "| 4.00 (50 errors) |" in text and "4.00 ms (50 requests failed) | **no** |" in text
+
+
+def test_a_synchronous_in_process_target_lets_every_client_in():
+    """InProcessTarget runs its predictor on the loop's thread; it must yield first, or the first
+    closed-loop client keeps the loop for the whole run and N clients measure one."""
+    from bench.targets import InProcessTarget
+
+    class SlowPredictor:
+        def predict(self, prompts):
+            import time
+            time.sleep(0.002)
+            return [[0.5]], [[0.0]]
+    target = InProcessTarget(SlowPredictor())
+    seen = set()
+
+    async def tagged(prompt):
+        seen.add(asyncio.current_task().get_name())
+        return await target(prompt)
+    result = run(closed_loop(tagged, PROMPTS, 8, duration_s=0.2))
+    assert len(seen) == 8 and result.completed >= 8
+
+
 def test_the_interleaved_pair_is_a_goal_of_its_own_and_has_its_table_lines():
     r = fake_report()
     r["encoders"]["static"]["paired_1_client"] = {
