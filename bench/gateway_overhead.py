@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.loadgen import closed_loop
-from bench.processes import free_port
+from bench.processes import free_port, kill_serve_tree
 from bench.report import git_revision, load_average, machine_info
 from evals.provenance import REPO
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
-                process.kill()
+                kill_serve_tree(process)
     report["meta"]["load_average_end"] = load_average()
     report["added_ms"] = _added(report["targets"], clients)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,9 +233,16 @@ def _added(targets: dict, clients: list[int]) -> dict:
     for name in ("gateway_bypass", "gateway_routed"):
         for run in targets[name]:
             base = direct[run["clients"]]
+            if run.get("errors") or base.get("errors"):
+                continue           # percentiles over completed requests only: no difference to state
             added[f"{name}@{run['clients']}"] = {
                 q: round(run[q] - base[q], 3) for q in ("p50_ms", "p99_ms") if run[q] is not None and base[q] is not None}
     return added
+
+
+def _ms(value) -> float:
+    """A percentile, or nan where no request completed (the JSON keeps null)."""
+    return float("nan") if value is None else value
 
 
 def _print_table(report: dict, clients: list[int]) -> None:
@@ -244,7 +251,7 @@ def _print_table(report: dict, clients: list[int]) -> None:
     for name, runs in report["targets"].items():
         for run in runs:
             extra = report["added_ms"].get(f"{name}@{run['clients']}", {})
-            print(f"{name:<16}{run['clients']:>8}{run['p50_ms']:>10.3f}{run['p99_ms']:>10.3f}"
+            print(f"{name:<16}{run['clients']:>8}{_ms(run['p50_ms']):>10.3f}{_ms(run['p99_ms']):>10.3f}"
                   f"{run['throughput_rps']:>10.0f}{run['errors']:>8}"
                   f"{extra.get('p50_ms', float('nan')):>10.3f}{extra.get('p99_ms', float('nan')):>10.3f}")
 
@@ -268,8 +275,9 @@ def readme_table(report: dict) -> str:
         for run in runs:
             added = report["added_ms"].get(f"{name}@{run['clients']}", {})
             extra = [f"{added[q]:.2f}" if q in added else "" for q in ("p50_ms", "p99_ms")]
-            lines.append(f"| {_LABELS.get(name, name)} | {run['clients']} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} "
-                         f"| {run['throughput_rps']:,.0f} | {extra[0]} | {extra[1]} |")
+            failed = f" ({run['errors']} errors)" if run.get("errors") else ""
+            lines.append(f"| {_LABELS.get(name, name)} | {run['clients']} | {_ms(run['p50_ms']):.2f} | "
+                         f"{_ms(run['p99_ms']):.2f} | {run['throughput_rps']:,.0f}{failed} | {extra[0]} | {extra[1]} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,42 @@ from pathlib import Path
 from bench.targets import TargetUnavailable
 
 
+def kill_serve_tree(serve) -> None:
+    """SIGKILL to a `routoo serve` Popen and to its tritonservers, whose sessions (and process groups, with
+    their Python stubs) are their own: killing serve alone would orphan them. Found first, while they are
+    still serve's children."""
+    import os
+    import signal
+
+    tritons = children(serve.pid, "tritonserver")
+    serve.kill()
+    for pid in tritons:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    serve.wait(10)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1:stat.rindex(")")], int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def children(pid: int, comm: str) -> list[int]:
+    """Pids whose parent is `pid` and whose command name (/proc comm, cut to 15 characters) is `comm`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[1] == pid and stat[0] == comm:
+                out.append(int(entry.name))
+    return out
+
+
+
+
 def free_port() -> int:
     """predictor_service.triton_server.free_port, imported on call: importing it loads torch (~2.7 s), and
     the spawned selector child re-imports this module, whose CPU and memory the benchmark measures."""
@@ -35,17 +71,21 @@ def _run_selector(address: str, triton_url: str, ready, stop, settings: dict | N
         server, _ = await create_server(address, config=config)
         await server.start()
         workers = None
-        if config.workers > 1:            # as serve() does: the others bind the same port
-            from selector.workers import ExtraWorkers
+        try:
+            if config.workers > 1:            # as serve() does: the others bind the same port
+                from selector.workers import ExtraWorkers
 
-            workers = ExtraWorkers(config)
-            await asyncio.to_thread(workers.start, config.startup_timeout_s)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        await server.stop(1.0)
-        if workers is not None:
-            await asyncio.to_thread(workers.stop, 1.0)
+                workers = ExtraWorkers(config)
+                await asyncio.to_thread(workers.start, config.startup_timeout_s)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            # Also when a worker failed to start: one left running would serve, and burn CPU, for the
+            # rest of the benchmark.
+            await server.stop(1.0)
+            if workers is not None:
+                await asyncio.to_thread(workers.stop, 1.0)
 
     run_event_loop(main(), uvloop=config.uvloop)
 

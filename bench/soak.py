@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from bench import report as report_mod
+from bench.processes import children, kill_serve_tree
 from predictor_service.triton_server import PROJECT_ROOT, free_port
 from selector.client import make_route_request
 from selector.config import MIB
@@ -40,24 +40,6 @@ RESULTS = PROJECT_ROOT / "bench" / "results"
 PROMPTS = [f"Question {i}: what does {a} have to do with {b}? Explain briefly, with one example."
            for i, (a, b) in enumerate(zip(["entropy", "tort law", "heaps", "Kant", "mitosis"] * 20,
                                           ["heat", "contracts", "sorting", "duty", "cancer"] * 20))]
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.index("(") + 1:stat.rindex(")")], int(stat[stat.rindex(")") + 2:].split()[1])
-
-
-def _children(pid: int, comm: str) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[1] == pid and stat[0] == comm:
-                out.append(int(entry.name))
-    return out
 
 
 def _usage(pid: int) -> dict:
@@ -71,8 +53,8 @@ def _usage(pid: int) -> dict:
 
 
 def snapshot(serve_pid: int) -> dict:
-    tritons = _children(serve_pid, "tritonserver")
-    stubs = [p for t in tritons for p in _children(t, "triton_python_b")]   # comm is cut to 15 characters
+    tritons = children(serve_pid, "tritonserver")
+    stubs = [p for t in tritons for p in children(t, "triton_python_b")]   # comm is cut to 15 characters
     return {"serve": _usage(serve_pid), "tritonserver": [_usage(p) for p in tritons],
             "stubs": [_usage(p) for p in stubs],
             "shm_regions": len(list(Path("/dev/shm").glob(f"routoo_{serve_pid}_*")))}
@@ -99,11 +81,15 @@ async def _call(tally: Tally, method: str, call, request, timeout_s: float) -> N
         tally.outcomes[method]["OK"] += 1
         if method == "Route":
             tally.last_ok_route = time.monotonic()
-    except grpc.aio.AioRpcError as e:
-        # The client's own deadline with no answer from the server: lost. The selector's own deadline
-        # errors carry its message ("the predictor missed the deadline ...").
-        lost = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and e.details() == "Deadline Exceeded"
-        tally.outcomes[method]["lost" if lost else e.code().name] += 1
+    except Exception as e:   # noqa: BLE001 - every call ends as OK, a gRPC status, lost or a client error
+        if isinstance(e, grpc.aio.AioRpcError):
+            # The client's own deadline with no answer from the server: lost. The selector's own deadline
+            # errors carry its message ("the predictor missed the deadline ...").
+            lost = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and e.details() == "Deadline Exceeded"
+            kind = "lost" if lost else e.code().name
+        else:
+            kind = f"client {type(e).__name__}"
+        tally.outcomes[method][kind] += 1
         tally.failure_times.append(time.monotonic())
         if method == "Route":
             tally.last_failed_route = time.monotonic()
@@ -153,7 +139,7 @@ async def soak(args, serve_pid: int, address: str) -> dict:
         await asyncio.sleep(0.05)
         # No kill in the last 30 s: the run ends with a ready predictor, so the end snapshot is comparable.
         if time.monotonic() >= next_kill and next_kill < end - 30:
-            tritons = _children(serve_pid, "tritonserver")
+            tritons = children(serve_pid, "tritonserver")
             killed_at = time.monotonic()
             for pid in tritons:
                 os.kill(pid, signal.SIGKILL)
@@ -170,11 +156,16 @@ async def soak(args, serve_pid: int, address: str) -> dict:
     await loader
     # A failure counts as during an outage from its kill to 1 s after the first OK Route (other clients'
     # calls on the reconnecting channel can still fail just after it); other failures are the finding.
-    windows = [(k["_at"], k["_at"] + (k["outage_s"] or math.inf) + 1.0) for k in kills]
+    # A kill with no recovery seen ends its window at the next kill (or the run's end) and is reported:
+    # an open-ended window would excuse every later failure.
+    ends = [k["_at"] for k in kills[1:]] + [time.monotonic()]
+    windows = [(k["_at"], k["_at"] + k["outage_s"] + 1.0 if k["outage_s"] is not None else end)
+               for k, end in zip(kills, ends)]
     outside = [round(t - started, 2) for t in tally.failure_times if not any(a <= t <= b for a, b in windows)]
     for kill in kills:
         del kill["_at"]
     return {"outcomes": tally.summary(), "kills": kills, "failed_outside_outages": len(outside),
+            "kills_without_recovery_seen": sum(k["outage_s"] is None for k in kills),
             "failed_outside_outages_at_s": outside[:50],
             "elapsed_s": round(time.monotonic() - started, 1)}
 
@@ -211,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
-        report["serve_exit_code"] = serve.wait(60)
+        try:
+            report["serve_exit_code"] = serve.wait(60)
+        except subprocess.TimeoutExpired:
+            kill_serve_tree(serve)
+            report["serve_exit_code"] = f"killed after 60 s: {serve.returncode}"
     time.sleep(1.0)
     report["after_exit"] = {"stubs_left": len([p for p in Path("/proc").iterdir() if p.name.isdigit() and
                                                f"routoo_{serve.pid}_".encode() in _cmdline(p)]),
