@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from kernels.static_embed import static_embed
+from predictor_service.bert_words import (BERT_SPACES, BERT_STRIPS, LONG_CHUNK_CHARS, PIECES, SPLIT_DISAGREES,
+                                          UnknownWords, max_word_chars_of)
 from predictor_service.encoder_files import (TOKENIZER_FILE, EncoderFilesError, decode_table, encode_table,
                                              read_static_files, sha256_bytes, stored_storage, table_digest,
                                              write_static_files)
@@ -45,27 +47,6 @@ PADDED_TOKEN_BUDGET = {"cpu": 512, "cuda": 32768}
 # chunks average ~6 characters and 2 ids (~35 MB full).
 CHUNK_CACHE_SIZE = 1 << 17
 CACHED_CHUNK_CHARS = 32
-# Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
-# characters or keeps them inside a word).
-_SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
-# What BERT's normaliser (clean_text) makes of them before it splits: the controls go, the two separators
-# become spaces. Done first (regex substitutions, in C: str.translate is per character on non-ASCII text),
-# the whitespace split is BERT's again and such a text keeps the chunk path. (It used to go to the
-# tokenizer whole, then be cut to the window: one \x0c in a 256 KiB prompt made it ~135 ms instead of
-# 0.2 ms, and a 64-row request of them held Triton's instance for 5.8 s.)
-_BERT_STRIPS = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
-_BERT_SPACES = re.compile("[\u2028\u2029]")
-# Characters BERT's pre-tokeniser always makes words of their own: ASCII punctuation, the CJK ideographs its
-# normaliser pads with spaces (BertNormalizer's handle_chinese_chars ranges), and common CJK punctuation
-# (Unicode P*). A whitespace chunk cut just after one of them tokenizes to the same ids, so a long chunk is
-# cut there (LONG_CHUNK_CHARS) and the window stops reading once it has its tokens: 256 KiB of Chinese
-# with no spaces is one chunk, which went to the tokenizer whole (~100-150 ms).
-_ISOLATED_CHARS = ("!-/:-@\\[-`{-~\u3001\u3002\u300c-\u300f\uff01\uff0c\uff1a\uff1b\uff1f\u3400-\u4dbf\u4e00-\u9fff"
-                   "\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f")
-# The pieces of a chunk: up to and including the next isolated character, or the rest. Found lazily
-# (finditer), so a head-only window reads ~256 pieces of a 256 KiB chunk, not all of them.
-_PIECES = re.compile(f"[^{_ISOLATED_CHARS}]*[{_ISOLATED_CHARS}]|[^{_ISOLATED_CHARS}]+")
-LONG_CHUNK_CHARS = 256
 
 
 def minilm_path() -> Path:
@@ -138,6 +119,8 @@ class StaticEncoder:
         self._added_split = re.compile("|".join(map(re.escape, by_length))) if by_length else None
         from predictor_service.ascii_wordpiece import PlainAsciiWordPiece   # numba: only for this encoder
 
+        word_chars = max_word_chars_of(spec)
+        self._unknown_words = UnknownWords(tokenizer, word_chars) if unk is not None and word_chars else None
         self._plain = PlainAsciiWordPiece(
             spec["model"]["vocab"], unk_id=self._unk_id, max_tokens=max_tokens, tail_tokens=tail_tokens,
             max_word_chars=int(spec["model"].get("max_input_chars_per_word", 100)),
@@ -228,10 +211,10 @@ class StaticEncoder:
         chunk tokenizes on its own and a chunk -> ids cache gives exactly the tokenizer's answer: ~30 us
         for a 700-character prompt instead of ~370 us through the tokenizer once its words were seen. A
         character that Python and BERT disagree on as whitespace is first made what BERT's normaliser makes
-        of it (_BERT_STRIPS, _BERT_SPACES).
+        of it (BERT_STRIPS, BERT_SPACES).
         """
-        if _SPLIT_DISAGREES.search(text):
-            text = _BERT_SPACES.sub(" ", _BERT_STRIPS.sub("", text))
+        if SPLIT_DISAGREES.search(text):
+            text = BERT_SPACES.sub(" ", BERT_STRIPS.sub("", text))
         ids, cache, chunks = [], self._chunk_ids, text.split()
         if max(map(len, chunks), default=0) > LONG_CHUNK_CHARS:     # rare: the common text skips the generator
             chunks = itertools.chain.from_iterable(self._cut(c) if len(c) > LONG_CHUNK_CHARS else (c,)
@@ -255,21 +238,21 @@ class StaticEncoder:
         return [t for t in ids if t != self._unk_id] if self._unk_id in ids else ids
 
     def _cut(self, chunk: str):
-        """A long chunk as pieces ending just after each character BERT isolates (_ISOLATED_CHARS), lazily.
+        """A long chunk as pieces ending just after each character BERT isolates (ISOLATED_CHARS), lazily.
         An added token ("[PAD]": the tokenizer matches it across the punctuation it is made of) is a piece of
         its own, and the text between two is cut as any chunk. (Returned whole, "[PAD]" + "a," x 131,069 went
         to the tokenizer entire: 128 ms a prompt, 8.8 s for one batch of 64 in Triton.)"""
         if not self.holds_added_token(chunk):
-            return (m.group() for m in _PIECES.finditer(chunk))
+            return (m.group() for m in PIECES.finditer(chunk))
         return self._cut_at_added_tokens(chunk)
 
     def _cut_at_added_tokens(self, chunk: str):
         at = 0
         for token in self._added_split.finditer(chunk):
-            yield from (m.group() for m in _PIECES.finditer(chunk, at, token.start()))
+            yield from (m.group() for m in PIECES.finditer(chunk, at, token.start()))
             yield token.group()
             at = token.end()
-        yield from (m.group() for m in _PIECES.finditer(chunk, at))
+        yield from (m.group() for m in PIECES.finditer(chunk, at))
 
     def _tokenize_chunks(self, chunks: list[str]) -> dict[str, tuple[int, ...]]:
         """The ids of unseen chunks, cached where short enough. Plain chunks take the compiled WordPiece,
@@ -279,6 +262,9 @@ class StaticEncoder:
             data = self._plain_bytes(chunk)
             if data is not None:
                 fresh[chunk] = tuple(self._plain.ids(data, drop_unk=False).tolist())
+            elif self._unknown_words and self._unknown_words.is_one_unknown_word(chunk) \
+                    and not self.holds_added_token(chunk):
+                fresh[chunk] = (self._unk_id,)          # a long run of letters: see bert_words
             else:
                 other.append(chunk)
         if other:

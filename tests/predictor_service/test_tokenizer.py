@@ -20,6 +20,11 @@ def _tokenizer_ids(encoder, text):
     "a\x1cb c", "x\u2028y", "\x00nul\x00 bytes", "nbsp\u00a0and\u3000ideographic", "zero\u200bwidth",
     "supercalifragilistic" * 8, "", "   ", "word " * 400, "a." * 20_000, "(x+1)^2=" * 5_000 + " tail",
     "[UNK]", "see[PAD]here [unk] [UNK]x", "split\x0bby\x0ccontrols\x85and\u2029separators " * 300,
+    # Long runs with no split point (bert_words.UnknownWords), and characters on which Python's Unicode
+    # tables and the tokenizer's disagree (U+166D, U+1734, U+0898, U+111C9, U+11938).
+    "é" * 5_000, "ж" * 300 + " ok", "\U0001f642" * 200, "a\u0301" * 400, "\u0130" * 300, "\u1fef" * 300,
+    "é" * 300 + "\u2014" + "é" * 300, "\u166d" * 400, "\u1734" * 400, "\u0898" * 400, "\U000111c9" * 400,
+    "\U00011938" * 400, "\u0301" * 400 + "é", "é" * 50 + "\u200b" * 300, "ß" * 60 + "é" * 200, "é" * 101 + "[PAD]" * 40,
 ])
 def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder, text):
     static_encoder.clear_caches()
@@ -44,7 +49,7 @@ def test_static_tokenizer_matches_on_any_text(static_encoder, text):
 
 
 # No whitespace: every example is one long chunk, which the chunk path cuts after the characters BERT
-# isolates (encoders._ISOLATED_CHARS), here beside the ones it must not cut at (letters, accents, a combining mark,
+# isolates (bert_words.ISOLATED_CHARS), here beside the ones it must not cut at (letters, accents, a combining mark,
 # a compatibility ideograph, CJK Extension B and the gap BERT's ranges skip at U+2B820).
 LONG_CHUNK_PIECES = [*string.ascii_letters[:8], *string.punctuation, *"東京中文。，「」é\u0301\uf900\u3005\uff04",
                      "\U00020000", "\U0002b820", "\U0002b920", "[UNK]", "[PAD]", "x" * 101]
@@ -55,6 +60,29 @@ LONG_CHUNK_PIECES = [*string.ascii_letters[:8], *string.punctuation, *"東京中
 def test_long_chunks_cut_where_bert_splits_give_the_tokenizers_ids(static_encoder, text):
     static_encoder.clear_caches()
     assert static_encoder._token_ids("é " + text) == _tokenizer_ids(static_encoder, "é " + text)
+
+
+# Runs of one or a few non-ASCII letters, marks and symbols, no whitespace: pieces the encoder may decide are
+# one [UNK] without the tokenizer (bert_words), beside characters that end or leave a word.
+RUN_PIECES = ["é" * 97, "ж" * 60, "\U0001f642" * 40, "\u0301", "\u0130", "\u1fef", "\u166d", "\u1734", "\u0898",
+              "\U000111c9", "\U00011938", "\u200b", "ß", "\u2014", "x", "\u00a0", "東"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(RUN_PIECES), min_size=1, max_size=40).map("".join))
+def test_long_runs_of_letters_give_the_tokenizers_ids(static_encoder, text):
+    static_encoder.clear_caches()
+    assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)[:static_encoder.max_tokens]
+
+
+def test_a_long_run_of_letters_is_decided_without_the_tokenizer(static_encoder):
+    """256 KiB of one non-ASCII letter took the tokenizer ~50 ms (a 64-row Triton request 3.6 s); it is one
+    [UNK], known from its one distinct character."""
+    words = static_encoder._unknown_words
+    assert words.is_one_unknown_word("é" * 131_071) and words.is_one_unknown_word("ж" * 300)
+    assert not words.is_one_unknown_word("é" * 300 + "," + "é" * 300)      # two words and a comma
+    assert not words.is_one_unknown_word("\u0301" * 400)                    # marks only: nothing left
+    assert static_encoder._token_ids("é" * 131_071) == []                  # [UNK] is dropped
 
 
 def test_a_long_unspaced_cjk_prompt_is_read_only_as_far_as_the_window():
@@ -128,12 +156,12 @@ def test_static_tokenizer_caches_only_short_chunks(static_encoder):
 
 
 def test_every_character_the_chunk_path_cuts_after_is_one_bert_isolates(static_encoder):
-    """All ~81,000 of them (encoders._ISOLATED_CHARS), each between letters: a word of its own (~2 s)."""
+    """All ~81,000 of them (bert_words.ISOLATED_CHARS), each between letters: a word of its own (~2 s)."""
     import re
 
-    from predictor_service.encoders import _ISOLATED_CHARS
+    from predictor_service.bert_words import ISOLATED_CHARS
 
-    isolated = re.compile(f"[{_ISOLATED_CHARS}]")
+    isolated = re.compile(f"[{ISOLATED_CHARS}]")
 
     tokenizer = static_encoder.tokenizer
     ab, cd = (tokenizer.encode(s, add_special_tokens=False).ids for s in ("ab", "cd"))
