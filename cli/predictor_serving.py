@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from cli.arg_types import count, port, seconds
+from cli.arg_types import count, non_negative, port, seconds
 from predictor_service.contract import LOOPBACK, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -21,24 +24,40 @@ def default_instance_count(instance_kind: str, usable_cpus: int | None = None) -
     if instance_kind != "KIND_CPU":
         return 1
     if usable_cpus is None:
-        usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        usable_cpus = _usable_cpus()
     return max(1, usable_cpus // 2)
+
+
+def _usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (`docker run --cpus 2` on a
+    32-core host leaves the affinity at 32; 16 stubs of ~585 MB each would share 2 CPUs)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    quota = period = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if (cgroup / "cpu.max").is_file():                                   # cgroup v2: "200000 100000"
+            fields = (cgroup / "cpu.max").read_text().split()
+            if fields[0] != "max":
+                quota, period = int(fields[0]), int(fields[1])
+        elif (cgroup / "cpu" / "cpu.cfs_quota_us").is_file():                # cgroup v1, -1 = none
+            quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    if quota is not None and period and quota > 0:
+        cpus = min(cpus, max(1, math.ceil(quota / period)))
+    return cpus
 
 
 def cmd_serve_predictor(args: argparse.Namespace) -> int:
     from predictor_service.triton_server import TritonServer, ensure_artifact, materialise_repository
 
     kind = INSTANCE_KINDS[args.instance_kind]
-    if args.instance_count is not None and args.instance_count < 1:
-        print(f"routoo: error: --instance-count must be >= 1, got {args.instance_count}", file=sys.stderr)
-        return 2
     if args.instance_count is None and not args.write_repository:
         # A written repository may be served on another host: it keeps the committed count unless told.
         args.instance_count = default_instance_count(kind)
     if args.write_repository:
         materialise_repository(args.write_repository, ensure_artifact(args.artifact),
                                dynamic_batching=not args.no_dynamic_batching,
-                               instance_count=args.instance_count, instance_kind=kind, copy_artifact=True)
+                               instance_count=args.instance_count, instance_kind=kind, copy_artifact=True,
+                               max_queue_size=args.max_queue_size)
         print(f"model repository written to {args.write_repository} (artifact inside; copy it as it is)")
         return 0
 
@@ -50,7 +69,8 @@ def cmd_serve_predictor(args: argparse.Namespace) -> int:
     server = TritonServer(args.artifact, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host,
                           dynamic_batching=not args.no_dynamic_batching, instance_count=args.instance_count,
-                          instance_kind=kind, log_verbose=args.log_verbose, stop_timeout_s=args.stop_timeout)
+                          instance_kind=kind, log_verbose=args.log_verbose, stop_timeout_s=args.stop_timeout,
+                          max_queue_size=args.max_queue_size)
     try:
         server.start()
         print(f"routoo_predictor ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
@@ -91,6 +111,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--instance-count", type=count,
                    help="model instances (default: half the usable CPUs for cpu, one per GPU for gpu)")
     p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="cpu")
+    p.add_argument("--max-queue-size", type=non_negative,
+                   help="requests Triton queues before it refuses more (\"Exceeds maximum queue size\", which "
+                        "the selector answers RESOURCE_EXHAUSTED); 0 = unbounded (default: the model config's, 512)")
     p.add_argument("--stop-timeout", type=seconds, default=15.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--log-verbose", action="store_true", help="tritonserver --log-verbose=1")
     p.add_argument("--write-repository", metavar="DIR",

@@ -115,10 +115,12 @@ def ensure_artifact(path: str | Path | None) -> Path:
 def materialise_repository(target: str | Path, artifact_path: str | Path, *,
                            models: tuple[str, ...] = SERVED_MODELS, dynamic_batching: bool = True,
                            instance_count: int | None = None, instance_kind: str = "KIND_CPU",
-                           source: Path = MODEL_REPOSITORY, copy_artifact: bool = False) -> Path:
+                           source: Path = MODEL_REPOSITORY, copy_artifact: bool = False,
+                           max_queue_size: int | None = None) -> Path:
     """Copy `source`'s models into `target` with the served settings written into each config.pbtxt.
 
-    instance_count None keeps the committed count. With dynamic_batching False the block is removed and
+    instance_count and max_queue_size None keep the committed values (max_queue_size 0: unbounded). With
+    dynamic_batching False the block is removed and
     nothing else changes, so "batching off" is the same model with only that difference. copy_artifact
     puts the artifact inside each model's version folder and refers to it by a relative path, so the
     repository can be copied to another host (NVIDIA's container) as it is.
@@ -146,6 +148,8 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
             config.parameters[key].string_value = value
         if not dynamic_batching:
             config.ClearField("dynamic_batching")
+        elif max_queue_size is not None:
+            config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
         for group in config.instance_group:
             if instance_count is not None:
                 group.count = instance_count
@@ -178,11 +182,12 @@ class TritonServer:
                  dynamic_batching: bool = True, instance_count: int | None = None,
                  instance_kind: str = "KIND_CPU", models: tuple[str, ...] = SERVED_MODELS,
                  log_verbose: bool = False, ready_timeout_s: float = 180.0, stop_timeout_s: float = 15.0,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, max_queue_size: int | None = None):
         self.artifact = artifact
         self.host = host
         self.dynamic_batching = dynamic_batching
         self.instance_count = instance_count          # None: the committed config's count
+        self.max_queue_size = max_queue_size          # None: the committed config's bound
         self.instance_kind = instance_kind
         self.models = tuple(models)
         self.log_verbose = log_verbose
@@ -306,7 +311,7 @@ class TritonServer:
         artifact_path = ensure_artifact(self.artifact)
         materialise_repository(self._run_dir / "model_repository", artifact_path, models=self.models,
                                dynamic_batching=self.dynamic_batching, instance_count=self.instance_count,
-                               instance_kind=self.instance_kind)
+                               instance_kind=self.instance_kind, max_queue_size=self.max_queue_size)
         TritonDist.locate().backend_directory(self._run_dir / "backends")
 
     def command(self) -> list[str]:

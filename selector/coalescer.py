@@ -32,11 +32,7 @@ from typing import Callable
 import numpy as np
 
 from selector.pool import ServedPool
-from selector.triton_scores import PredictorTimeout, PredictorUnavailable, ScoreSource
-
-
-class Overloaded(RuntimeError):
-    """The coalescing queue is full; the caller should retry with backoff (RESOURCE_EXHAUSTED)."""
+from selector.triton_scores import Overloaded, PredictorTimeout, PredictorUnavailable, ScoreSource
 
 
 @dataclass(eq=False)
@@ -197,7 +193,8 @@ class CoalescingScores:
             prompts = batch[0].prompts if len(batch) == 1 else [p for item in batch for p in item.prompts]
             try:
                 quality, cost = await self.inner.score(prompts, timeout_s=timeout_s)
-            except (PredictorUnavailable, PredictorTimeout) as e:
+            except (PredictorUnavailable, PredictorTimeout, Overloaded) as e:
+                # The whole batch's fate, not one row's: retrying each request alone would only add load.
                 for item in batch:
                     _settle(item, exception=type(e)(str(e)))
                 return

@@ -31,13 +31,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from selector.config import SelectorConfig
 from selector.pool import PoolError, ServedPool
 from selector.targets import Target, grpc_target, parse_targets
-from selector.triton_scores import (PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource,
+from selector.triton_scores import (Overloaded, PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource,
                                     TritonScores)
 
 log = logging.getLogger("routoo.selector.replicas")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]     # (host, port) -> gRPC targets "ip:port"
-OUTCOMES = ("ok", "unavailable", "timeout", "error")
+OUTCOMES = ("ok", "unavailable", "timeout", "overloaded", "error")
 
 
 def scores_from_config(config: SelectorConfig) -> ScoreSource:
@@ -193,6 +193,9 @@ class ReplicaSet:
             raise
         except PredictorTimeout:
             outcome = "timeout"
+            raise
+        except Overloaded:
+            outcome = "overloaded"       # busy, not down: it stays in rotation
             raise
         finally:
             replica.in_flight -= 1

@@ -19,7 +19,7 @@ import numpy as np
 from selector.admission import (Admission, Deferred, Rejected, Undecodable, leading_id, materialise,
                                 short_message)
 from selector.budget import BudgetTooSmall, assign_budget
-from selector.coalescer import Overloaded, ScoredBatch
+from selector.coalescer import ScoredBatch
 from selector.config import SelectorConfig
 from selector.constraints import ELIGIBLE, Constraints, InvalidRequest, NoEligibleModel, require_eligible
 from selector.log_limits import AggregatedLog
@@ -31,7 +31,7 @@ from selector.proto import selector_pb2_grpc as pb_grpc
 from selector.requests import check_prompt_count, check_prompts, constraints_of, is_content_free, policy_of
 from selector.scores_wire import ScoresWire
 from selector.streams import RouteStreams
-from selector.triton_scores import PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource
+from selector.triton_scores import Overloaded, PredictorError, PredictorTimeout, PredictorUnavailable, ScoreSource
 
 log = logging.getLogger("routoo.selector")
 

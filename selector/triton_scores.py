@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from predictor_service.contract import OUTPUT_DATATYPE, OUTPUTS, PROMPT, PROMPT_DATATYPE, QUALITY, ServedPool
 from selector.config import SelectorConfig
+from selector.constraints import InvalidRequest
 from selector.pool import read_served_pool
 
 
@@ -40,6 +41,12 @@ class PredictorTimeout(RuntimeError):
 
 class PredictorError(RuntimeError):
     """Triton answered, but with an error or with outputs that break the contract."""
+
+
+class Overloaded(RuntimeError):
+    """A queue in front of the predictor is full (the selector's coalescing queue, or Triton's own,
+    max_queue_size); the caller should retry with backoff (RESOURCE_EXHAUSTED). Not a reason to take a
+    replica out of rotation: it is busy, not down."""
 
 
 class ScoreSource(Protocol):
@@ -105,19 +112,27 @@ class TritonScores:
             return False
 
     async def score(self, prompts: list[str], *, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if not self._max_batch_size:
             await self.served_pool(timeout_s=timeout_s)
         size = self._max_batch_size
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         if len(chunks) == 1:
-            return await self._infer(chunks[0], timeout_s)
+            return await self._infer(chunks[0], deadline - loop.time())
         # Several chunks in flight fill Triton's dynamic batcher; a bound keeps one huge request from
         # queueing ahead of every single-prompt Route.
         gate = asyncio.Semaphore(self._chunk_concurrency)
 
         async def one(chunk: list[str]) -> tuple[np.ndarray, np.ndarray]:
             async with gate:
-                return await self._infer(chunk, timeout_s)
+                # One deadline for the whole call: a chunk that waited for the gate gets what is left, not
+                # timeout_s again (313 chunks in waves of 4 could otherwise take 79 x timeout_s).
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise PredictorTimeout(f"the predictor missed the deadline while scoring {len(prompts)} "
+                                           f"prompts in {len(chunks)} chunks")
+                return await self._infer(chunk, remaining)
 
         tasks = [asyncio.ensure_future(one(chunk)) for chunk in chunks]
         try:
@@ -146,6 +161,9 @@ class TritonScores:
             payload = b"".join(part for data in (p.encode("utf-8") for p in prompts)
                                for part in (len(data).to_bytes(4, "little"), data))
         request.raw_input_contents.append(payload)
+        # The same deadline for Triton's queue (microseconds; the model config allows the override and
+        # REJECTs a request still queued past it): work the selector has stopped waiting for is not run.
+        request.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
         try:
             response = await self._model_infer(request, timeout=timeout_s)
         except grpc.RpcError as e:
@@ -176,7 +194,17 @@ class TritonScores:
 
 
 def _translate(error: InferenceServerException, doing: str) -> RuntimeError:
-    status = error.status() or ""
+    status, message = error.status() or "", error.message() or ""
+    # Triton answers UNAVAILABLE for its own queue limits too (2.51: "Exceeds maximum queue size",
+    # "Request timeout expired"): a busy predictor, not an unreachable one.
+    if "Exceeds maximum queue size" in message:
+        return Overloaded(f"the predictor's queue is full while {doing}; retry with backoff")
+    if "Request timeout expired" in message:
+        return PredictorTimeout(f"the predictor missed the deadline while {doing} (it expired in Triton's queue)")
+    if status.endswith("INVALID_ARGUMENT"):
+        # The selector checks prompts against its own limit first; this is the predictor's, set apart
+        # (ROUTOO_MAX_PROMPT_BYTES differs between the two), or a prompt only the model refuses.
+        return InvalidRequest("prompts", f"the predictor refused it while {doing}: {message}")
     if status.endswith("UNAVAILABLE"):
         return PredictorUnavailable(f"the predictor is unreachable while {doing}: {error.message()}")
     if status.endswith("DEADLINE_EXCEEDED"):

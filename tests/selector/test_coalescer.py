@@ -147,7 +147,8 @@ def test_a_prompt_triton_rejects_fails_only_its_own_request_in_the_batch(gated):
         assert futures[i].result(timeout=60).model
     with pytest.raises(grpc.RpcError) as error:
         futures[1].result(timeout=60)
-    assert error.value.code() == grpc.StatusCode.INTERNAL and "over the limit" in error.value.details()
+    # The caller's prompt, refused by the predictor's limit: INVALID_ARGUMENT, as the selector's own check says.
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the limit" in error.value.details()
     assert gate.calls[:2] == [1, 4] and sorted(gate.calls[2:]) == [1, 1, 1, 1]   # the batch, then each alone
     assert coalescer(running).stats().retried == 4
 
