@@ -2,7 +2,9 @@
 `Predictor.predict` call for the whole dynamic batch, answer every request in order.
 
 Settings come from the config's `parameters` (see config.pbtxt). A request with a bad prompt gets its own
-TritonError and takes no part in the batch's call; prompt text is never logged.
+TritonError and takes no part in the batch's call, as does one its client has cancelled (or whose deadline
+passed while it queued: Triton still hands those to execute()). If the batch's call fails, each request is
+scored alone, so one request's failure is its own; prompt text is never logged, nor put in an error.
 """
 
 import contextlib
@@ -63,6 +65,9 @@ def _rejection_counter(model_name: str):
 
 class TritonPythonModel:
     def initialize(self, args):
+        # The Rust tokenizer's thread pool would size itself to the node's cores, not the pod's CPUs (the
+        # GPU overlay runs tritonserver directly, without TritonServer's environment).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # The stub's interpreter runs isolated (PYTHON* variables ignored) and never applies the locale, so
         # open() without an encoding would read ASCII; take LC_CTYPE from the environment as `python` does.
         with contextlib.suppress(locale.Error):
@@ -96,12 +101,17 @@ class TritonPythonModel:
     def execute(self, requests):
         texts, spans, errors = [], [], []
         for request in requests:
+            if _cancelled(request):
+                spans.append(None)
+                errors.append(_cancelled_error())
+                continue
             rows = pb_utils.get_input_tensor_by_name(request, PROMPT).as_numpy().reshape(-1)  # (rows,)
             try:
                 prompts = _decode_rows(rows)
             except PromptError as e:
                 spans.append(None)
-                errors.append(str(e))
+                # INVALID_ARG: clients see gRPC INVALID_ARGUMENT (the default would be INTERNAL).
+                errors.append(pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
                 if self._rejected is not None:
                     self._rejected.increment(1)
                 continue
@@ -109,13 +119,14 @@ class TritonPythonModel:
             errors.append(None)
             texts.extend(prompts)
 
-        quality, expected_cost_usd = self.predictor.predict(texts)  # (len(texts), n_models) each
+        try:
+            quality, expected_cost_usd = self.predictor.predict(texts)  # (len(texts), n_models) each
+        except Exception:   # noqa: BLE001 - a failure on one request's rows must not fail the batch's others
+            return [self._alone(request, span, error, texts) for request, span, error in zip(requests, spans, errors)]
         responses = []
         for span, error in zip(spans, errors):
             if span is None:
-                # INVALID_ARG: clients see gRPC INVALID_ARGUMENT (the default would be INTERNAL).
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             # Rows of a C-ordered array are contiguous; a request that is the whole batch (one client) takes
             # the arrays as they are: each numpy call costs ~20 us here, with the core's caches gone cold.
@@ -126,3 +137,30 @@ class TritonPythonModel:
                 pb_utils.Tensor(EXPECTED_COST_USD, expected_cost_usd if whole else expected_cost_usd[start:end]),
             ]))
         return responses
+
+    def _alone(self, request, span, error, texts):
+        """One request's response when the batch's call failed: scored on its own rows, or its own error,
+        which names the exception's type only (its message could quote a prompt)."""
+        if span is None:
+            return pb_utils.InferenceResponse(output_tensors=[], error=error)
+        try:
+            quality, expected_cost_usd = self.predictor.predict(texts[span[0]:span[1]])
+        except Exception as e:   # noqa: BLE001 - answered as this request's error
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                f"the predictor failed on this request ({type(e).__name__})", pb_utils.TritonError.INTERNAL))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(QUALITY, quality),
+                                                          pb_utils.Tensor(EXPECTED_COST_USD, expected_cost_usd)])
+
+
+def _cancelled(request) -> bool:
+    """Whether the client cancelled `request` or its deadline passed (Python backend 23.10+)."""
+    is_cancelled = getattr(request, "is_cancelled", None)
+    return bool(is_cancelled()) if callable(is_cancelled) else False
+
+
+
+def _cancelled_error():
+    """TritonError.CANCELLED arrived with request cancellation. Looked up when needed: the stub binds
+    pb_utils.TritonError only once it runs, not when this module is imported."""
+    kind = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
+    return pb_utils.TritonError("the request was cancelled before it ran", kind)
