@@ -5,10 +5,14 @@ decorate their kernels with `triton.jit` at import time, so without Triton they 
 `jit` returns the function unchanged and the dispatchers never pick the kernel.
 """
 
+import contextlib
 import importlib.util
+import logging
 import types
 
 import torch
+
+log = logging.getLogger("routoo.kernels")
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -87,3 +91,31 @@ def check_tensor(op: str, name: str, tensor, shape, dtypes=None, device=None) ->
         raise ValueError(f"{op}: {name} has dtype {tensor.dtype}, expected one of {[str(d) for d in dtypes]}")
     if device is not None and tensor.device != device:
         raise ValueError(f"{op}: {name} is on {tensor.device}, expected {device} like the other inputs")
+
+
+def on_device(device: torch.device):
+    """Launches go to the *current* CUDA device and its stream (triton's launcher asks the driver), not to
+    the device holding the tensors: an instance on cuda:1 would launch on cuda:0 with cuda:1 pointers."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# (op, shape key) whose compiled kernel did not fit the GPU: found at its first launch, then skipped.
+_DOES_NOT_FIT: set = set()
+
+
+def run_kernel_or_reference(op: str, impl: str, chosen: str, key: tuple, kernel, reference, *args, **kwargs):
+    """kernel(...) where `chosen` is "triton", else reference(...). Under impl="auto" a kernel that needs
+    more shared memory than the device has (triton's OutOfResources, raised at the first launch; a head of
+    hidden 512 or more than 64 models in fp32 on an H200, by ahead-of-time compilation) falls back to the
+    reference for that shape, with one warning, instead of failing every request. impl="triton" raises."""
+    if chosen != "triton" or (impl == "auto" and (op, key) in _DOES_NOT_FIT):
+        return reference(*args, **kwargs)
+    try:
+        return kernel(*args, **kwargs)
+    except Exception as e:      # noqa: BLE001 - only OutOfResources is handled; the rest is re-raised
+        if impl != "auto" or type(e).__name__ != "OutOfResources":
+            raise
+        _DOES_NOT_FIT.add((op, key))
+        log.warning("%s: the compiled kernel does not fit this GPU for shape %s (%s); using the PyTorch "
+                    "reference for it", op, key, e)
+        return reference(*args, **kwargs)

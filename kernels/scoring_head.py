@@ -13,7 +13,7 @@ heads from there, so a call reads x once and writes only the two (batch, n_model
 
 import torch
 
-from ._triton_utils import check_tensor, next_power_of_2, resolve_impl, tl, triton
+from ._triton_utils import check_tensor, next_power_of_2, on_device, resolve_impl, run_kernel_or_reference, tl, triton
 
 # Limits of the register-resident design: h is (BLOCK_B, next_pow2(hidden)) and each head's embedding
 # tile is (next_pow2(n_models), next_pow2(hidden)); past these the kernel would spill, so "auto" uses the
@@ -117,14 +117,15 @@ def scoring_head_forward(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bi
     # 64-wide slices of D keep the x and w1 tiles small; 256 and 384 split without a tail.
     block_d = max(16, min(64, next_power_of_2(dim)))
     grid = (triton.cdiv(batch, blocks["BLOCK_B"]),)
-    _scoring_head_kernel[grid](
-        x.contiguous(), w1.contiguous(), b1.contiguous(), quality_emb.contiguous(),
-        quality_bias.contiguous(), cost_emb.contiguous(), cost_bias.contiguous(),
-        cost_len_coef.contiguous(), log_len.contiguous(),
-        quality if quality_offset is None else quality_offset.contiguous(), quality, expected_cost_usd,
-        batch, dim, hidden, n_models, float(inv_temperature), BLOCK_D=block_d,
-        HAS_OFFSET=quality_offset is not None, **blocks,
-    )
+    with on_device(x.device):
+        _scoring_head_kernel[grid](
+            x.contiguous(), w1.contiguous(), b1.contiguous(), quality_emb.contiguous(),
+            quality_bias.contiguous(), cost_emb.contiguous(), cost_bias.contiguous(),
+            cost_len_coef.contiguous(), log_len.contiguous(),
+            quality if quality_offset is None else quality_offset.contiguous(), quality, expected_cost_usd,
+            batch, dim, hidden, n_models, float(inv_temperature), BLOCK_D=block_d,
+            HAS_OFFSET=quality_offset is not None, **blocks,
+        )
     return quality, expected_cost_usd
 
 
@@ -187,9 +188,10 @@ def scoring_head(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost
         raise ValueError(f"{op}: w1 dtype {w1.dtype} differs from x dtype {x.dtype}; x @ w1 needs one dtype")
     shape_ok, reason = head_shape_ok(w1.shape[1], quality_emb.shape[0])
     chosen = resolve_impl(op, impl, x.device, (x.dtype, quality_emb.dtype), shape_ok, reason)
-    fn = scoring_head_forward if chosen == "triton" else scoring_head_reference
-    return fn(x, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef, log_len,
-              inv_temperature)
+    key = (w1.shape[1], quality_emb.shape[0], x.dtype, quality_emb.dtype)
+    return run_kernel_or_reference(op, impl, chosen, key, scoring_head_forward, scoring_head_reference, x, w1, b1,
+                                   quality_emb, quality_bias, cost_emb, cost_bias, cost_len_coef, log_len,
+                                   inv_temperature)
 
 
 __all__ = ["scoring_head", "scoring_head_forward", "scoring_head_reference"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._triton_utils import (
-    INDEX_DTYPES, INTERPRETER_TILE_SCALE, check_tensor, next_power_of_2, resolve_impl, tl, triton,
+    INDEX_DTYPES, INTERPRETER_TILE_SCALE, check_tensor, next_power_of_2, on_device, resolve_impl, tl, triton,
 )
 
 NORM_EPS = 1e-12
@@ -59,10 +59,11 @@ def static_embed_forward(token_ids, offsets, table, normalize: bool = True):
     # The whole (padded) embedding row stays in registers, so the norm needs no second pass.
     block_d = max(16, next_power_of_2(dim))
     block_t = max(1, min(16, _TILE_ELEMENTS // block_d)) * INTERPRETER_TILE_SCALE
-    _static_embed_kernel[(batch,)](
-        token_ids.contiguous(), offsets.contiguous(), table.contiguous(), out, dim, EPS=NORM_EPS,
-        BLOCK_T=block_t, BLOCK_D=block_d, NORMALIZE=bool(normalize), num_warps=4 if block_d <= 512 else 8,
-    )
+    with on_device(table.device):
+        _static_embed_kernel[(batch,)](
+            token_ids.contiguous(), offsets.contiguous(), table.contiguous(), out, dim, EPS=NORM_EPS,
+            BLOCK_T=block_t, BLOCK_D=block_d, NORMALIZE=bool(normalize), num_warps=4 if block_d <= 512 else 8,
+        )
     return out
 
 

@@ -10,7 +10,8 @@ pre-activation by the embedding norm at the end: (m / |m|) @ w1 == (m @ w1) / |m
 
 import torch
 
-from ._triton_utils import INTERPRETER_TILE_SCALE, check_tensor, next_power_of_2, resolve_impl, tl, triton
+from ._triton_utils import (INTERPRETER_TILE_SCALE, check_tensor, next_power_of_2, on_device, resolve_impl,
+                            run_kernel_or_reference, tl, triton)
 from .scoring_head import (
     _head_epilogue, check_head_inputs, head_block_sizes, head_shape_ok, scoring_head_reference,
 )
@@ -80,14 +81,15 @@ def static_predictor_forward(token_ids, offsets, table, log_len, w1, b1, quality
     block_d = max(16, min(64, next_power_of_2(dim)))
     block_t = max(1, _GATHER_ELEMENTS // (blocks["BLOCK_B"] * block_d)) * INTERPRETER_TILE_SCALE
     grid = (triton.cdiv(batch, blocks["BLOCK_B"]),)
-    _static_predictor_kernel[grid](
-        token_ids.contiguous(), offsets.contiguous(), table.contiguous(), w1.contiguous(),
-        b1.contiguous(), quality_emb.contiguous(), quality_bias.contiguous(), cost_emb.contiguous(),
-        cost_bias.contiguous(), cost_len_coef.contiguous(), log_len.contiguous(),
-        quality if quality_offset is None else quality_offset.contiguous(),
-        quality, expected_cost_usd, batch, dim, hidden, n_models, float(inv_temperature),
-        EPS=NORM_EPS, BLOCK_T=block_t, BLOCK_D=block_d, HAS_OFFSET=quality_offset is not None, **blocks,
-    )
+    with on_device(table.device):
+        _static_predictor_kernel[grid](
+            token_ids.contiguous(), offsets.contiguous(), table.contiguous(), w1.contiguous(),
+            b1.contiguous(), quality_emb.contiguous(), quality_bias.contiguous(), cost_emb.contiguous(),
+            cost_bias.contiguous(), cost_len_coef.contiguous(), log_len.contiguous(),
+            quality if quality_offset is None else quality_offset.contiguous(),
+            quality, expected_cost_usd, batch, dim, hidden, n_models, float(inv_temperature),
+            EPS=NORM_EPS, BLOCK_T=block_t, BLOCK_D=block_d, HAS_OFFSET=quality_offset is not None, **blocks,
+        )
     return quality, expected_cost_usd
 
 
@@ -120,9 +122,10 @@ def static_predictor(token_ids, offsets, table, log_len, w1, b1, quality_emb, qu
     shape_ok, reason = head_shape_ok(w1.shape[1], quality_emb.shape[0])
     chosen = resolve_impl(op, impl, table.device, (table.dtype, w1.dtype, quality_emb.dtype), shape_ok,
                           reason)
-    fn = static_predictor_forward if chosen == "triton" else static_predictor_reference
-    return fn(token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias, cost_emb, cost_bias,
-              cost_len_coef, inv_temperature, quality_offset)
+    key = (w1.shape[1], quality_emb.shape[0], table.dtype, w1.dtype, quality_emb.dtype)
+    return run_kernel_or_reference(op, impl, chosen, key, static_predictor_forward, static_predictor_reference,
+                                   token_ids, offsets, table, log_len, w1, b1, quality_emb, quality_bias, cost_emb,
+                                   cost_bias, cost_len_coef, inv_temperature, quality_offset)
 
 
 __all__ = ["static_predictor", "static_predictor_forward", "static_predictor_reference"]

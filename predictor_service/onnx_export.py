@@ -5,8 +5,9 @@
       TOKEN_IDS (n_tokens,) int64, OFFSETS (batch + 1,) int64, LOG_LEN (batch,) fp32
       -> QUALITY, EXPECTED_COST_USD (batch, n_models) fp32.
   Tokenization stays outside (it is a tokenizers call, not tensor math): prompt b's ids are
-  `StaticEncoder.tokenize` 's, i.e. the table's tokenizer without special tokens, cut at `max_tokens`,
-  [UNK] dropped, laid end to end with OFFSETS[b]:OFFSETS[b + 1] marking prompt b. LOG_LEN is
+  `StaticEncoder.tokenize` 's, i.e. the table's tokenizer without special tokens, cut to the window (the
+  first `max_tokens`, or with `tail_tokens` > 0 the first max_tokens - tail_tokens and the last
+  tail_tokens; both in the graph's metadata), [UNK] dropped, laid end to end with OFFSETS[b]:OFFSETS[b + 1] marking prompt b. LOG_LEN is
   log1p(number of characters) (`head.log_lengths`).
   An artifact's lexical part (predictor_service/lexical.py) is inside this graph, bigram hashing included,
   with the same three inputs (predictor_service/onnx_lexical.py). Why the hash is in the graph: it is ~20
@@ -88,6 +89,7 @@ class StaticPredictorGraph(nn.Module):
 def _metadata(artifact: Artifact, graph: str) -> dict[str, str]:
     m = artifact.manifest
     metadata = {"routoo_graph": graph, "encoder": m.encoder, "max_tokens": str(m.max_tokens),
+                "tail_tokens": str(m.tail_tokens),
                 **pool_parameters(m.model_names, m.model_prices),
                 "encoder_table_digest": m.encoder_table_digest or ""}
     if artifact.lexical is not None:
@@ -196,5 +198,6 @@ def write_triton_repository(artifact_path: str | Path, out: str | Path, *, insta
         written.append(export(out / name / "1" / "model.onnx"))
         (out / name / "config.pbtxt").write_text(_triton_config(name, artifact, inputs, max_batch_size,
                                                                 instance_kind))
-        (out / name / POOL_LABELS_FILE).write_text("".join(f"{n}\n" for n in artifact.manifest.model_names))
+        (out / name / POOL_LABELS_FILE).write_text("".join(f"{n}\n" for n in artifact.manifest.model_names),
+                                                   encoding="utf-8")
     return written

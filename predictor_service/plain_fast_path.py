@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from kernels import cpu_lexical, cpu_static_predictor, lexical_logits
+from kernels import cpu_lexical, cpu_static_predictor, lexical_logits, static_embed
 from kernels.cpu_jit import compiled
 from kernels.cpu_static_predictor import FoldedStaticPredictor, score_tokens
 from predictor_service import ascii_wordpiece
@@ -22,7 +22,7 @@ from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window
 
 
 @compiled(boundscheck=False,
-          depends_on=(cpu_static_predictor, cpu_lexical, lexical_logits, ascii_wordpiece))
+          depends_on=(cpu_static_predictor, static_embed, cpu_lexical, lexical_logits, ascii_wordpiece))
 def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
                        table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
     """Scores the text `data` (bytes) into out[0, row] (quality) and out[1, row] (expected cost) if it is

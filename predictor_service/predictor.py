@@ -60,6 +60,11 @@ class Predictor:
         self.inv_temperature = float(manifest.inv_temperature)
         self._table = encoder.table.to(self.device) if isinstance(encoder, StaticEncoder) else None
         self.lexical = artifact.lexical
+        if self.lexical is not None and self._table is not None and self.lexical.vocab != self._table.shape[0]:
+            # The CPU loop gathers without bounds checks: ids past `vocab` would read bigram rows, or past
+            # the end. The sha256 covers the file only, not this manifest field.
+            raise ArtifactError(f"the lexical part is for a vocabulary of {self.lexical.vocab} token ids, the "
+                                f"encoder's table has {self._table.shape[0]}")
         if self.lexical is not None and self._table is None:
             raise ArtifactError("a lexical part needs the static encoder's token ids; this artifact's encoder is "
                                 f"{manifest.encoder!r}")
@@ -72,6 +77,10 @@ class Predictor:
             self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
                                                  self.inv_temperature, lexical=self.lexical)
             self._plain_path = PlainFastPath(encoder, self._folded)
+        if self.device.type == "cuda":
+            # Compile the kernels now (and find a shape that does not fit the GPU, which then runs on the
+            # reference): at load, not in the first request, which would otherwise wait seconds or fail.
+            self.predict(["warm up"])
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "Predictor":

@@ -156,7 +156,8 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
             group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(instance_kind)
         for output in config.output:
             if output.name == QUALITY:
-                (model_dir / POOL_LABELS_FILE).write_text("".join(f"{m}\n" for m in manifest.model_names))
+                (model_dir / POOL_LABELS_FILE).write_text("".join(f"{m}\n" for m in manifest.model_names),
+                                                          encoding="utf-8")
                 output.label_filename = POOL_LABELS_FILE
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return target

@@ -162,6 +162,28 @@ def test_dispatch_picks_kernel_for_cuda_tensors(op, monkeypatch):
     assert calls == ["triton", "reference"]
 
 
+def test_a_kernel_that_does_not_fit_the_gpu_falls_back_to_the_reference_under_auto():
+    """triton raises OutOfResources at a kernel's first launch when it needs more shared memory than the GPU
+    has; under impl="auto" that shape runs on the reference from then on, under "triton" it is an error."""
+    from triton.runtime.errors import OutOfResources
+
+    from kernels._triton_utils import run_kernel_or_reference
+    launches = []
+
+    def too_big(x):
+        launches.append(x)
+        raise OutOfResources(270_336, 232_448, "shared memory")
+
+    key = ("test-shape", len(launches))
+    assert run_kernel_or_reference("op", "auto", "triton", key, too_big, lambda x: x + 1, 1) == 2
+    assert run_kernel_or_reference("op", "auto", "triton", key, too_big, lambda x: x + 1, 2) == 3
+    assert launches == [1]                              # the second call went straight to the reference
+    with pytest.raises(OutOfResources):
+        run_kernel_or_reference("op", "triton", "triton", key, too_big, lambda x: x + 1, 3)
+    with pytest.raises(ZeroDivisionError):              # any other failure is the kernel's own
+        run_kernel_or_reference("op", "auto", "triton", ("other",), lambda x: 1 / 0, lambda x: x, 4)
+
+
 def _replace(op, name, value):
     """A valid call of `op` with one argument replaced (or transformed, if `value` is callable)."""
     args, kwargs = _call_args(op)

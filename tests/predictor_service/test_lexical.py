@@ -115,6 +115,17 @@ def test_altered_or_missing_part_is_refused(trained, tmp_path):
         Artifact.load(folder)
 
 
+def test_a_part_for_another_vocabulary_is_refused_before_it_gathers_out_of_bounds(trained):
+    from predictor_service.predictor import Predictor
+
+    root, _, _, _, _, _ = trained
+    artifact = Artifact.load(root / "artifact")
+    part = artifact.lexical
+    artifact.lexical = LexicalPart(part.weights[1:], part.vocab - 1, part.bigram_bits, part.storage)
+    with pytest.raises(ArtifactError, match=f"vocabulary of {part.vocab - 1} token ids, the encoder's table has"):
+        Predictor(artifact, artifact.load_encoder())
+
+
 def test_cli_train_prints_and_records_the_decision(tmp_path, capsys):
     from cli.main import main as routoo
 

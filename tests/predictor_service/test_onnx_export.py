@@ -191,7 +191,9 @@ def test_triton_repository_configs_agree_with_graphs(artifacts, kind, tmp_path):
         assert (model_dir / POOL_LABELS_FILE).read_text().split() == names
         metadata = {p.key: p.value for p in graph.metadata_props}
         assert json.loads(metadata[POOL_MODELS]) == names
-        assert metadata.get("lexical_sha256") == Artifact.load(folder).manifest.lexical.get("sha256")
+        manifest = Artifact.load(folder).manifest
+        assert metadata.get("lexical_sha256") == manifest.lexical.get("sha256")
+        assert (metadata["max_tokens"], metadata["tail_tokens"]) == (str(manifest.max_tokens), str(manifest.tail_tokens))
         assert list(config.output[0].dims)[-1] == len(names)
 
 
