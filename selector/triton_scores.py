@@ -161,9 +161,6 @@ class TritonScores:
             payload = b"".join(part for data in (p.encode("utf-8") for p in prompts)
                                for part in (len(data).to_bytes(4, "little"), data))
         request.raw_input_contents.append(payload)
-        # The same deadline for Triton's queue (microseconds; the model config allows the override and
-        # REJECTs a request still queued past it): work the selector has stopped waiting for is not run.
-        request.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
         try:
             response = await self._model_infer(request, timeout=timeout_s)
         except grpc.RpcError as e:

@@ -16,7 +16,7 @@ from predictor_service.contract import PREDICTOR_MODEL, PROMPT, PROMPT_DATATYPE,
 from predictor_service.triton_server import TritonServer
 from selector.config import SelectorConfig
 from selector.proto import selector_pb2 as pb
-from selector.triton_scores import Overloaded, PredictorTimeout, _translate
+from selector.triton_scores import Overloaded, _translate
 from tests.support.selector_harness import SelectorThread, rpc_error, wait_for
 
 ROWS = [f"question {i} about queues: " + "word " * 2000 for i in range(64)]     # ~7 ms a request here
@@ -61,17 +61,6 @@ def test_a_full_queue_refuses_at_once_and_serves_the_rest(small_queue):
     assert isinstance(_translate(refused[0], "scoring"), Overloaded)
 
 
-def test_a_request_still_queued_past_its_timeout_is_rejected_not_run(small_queue):
-    client = grpcclient.InferenceServerClient(small_queue.grpc_url)
-    before = client.get_inference_statistics(PREDICTOR_MODEL, as_json=True)["model_stats"][0]
-    with pytest.raises(InferenceServerException, match="Request timeout expired") as error:
-        client.infer(PREDICTOR_MODEL, [_input(["What is 2 + 2?"])], timeout=1)      # 1 us in Triton's queue
-    assert isinstance(_translate(error.value, "scoring"), PredictorTimeout)
-    after = client.get_inference_statistics(PREDICTOR_MODEL, as_json=True)["model_stats"][0]
-    assert after.get("execution_count", 0) == before.get("execution_count", 0)         # never reached the model
-    assert client.infer(PREDICTOR_MODEL, [_input(["What is 2 + 2?"])]).as_numpy(QUALITY).shape[0] == 1
-
-
 def test_the_selector_answers_resource_exhausted_and_keeps_the_predictor_in_rotation(small_queue):
     # 4 chunks of 64 prompts go out at once (triton_chunk_concurrency 4): past one running and one queued,
     # Triton refuses the rest.
@@ -79,8 +68,8 @@ def test_the_selector_answers_resource_exhausted_and_keeps_the_predictor_in_rota
                              channel_options=[("grpc.max_send_message_length", 64 << 20)])
     try:
         codes = set()
-        for _ in range(3):
-            error = rpc_error(running.stub.RouteBatch, pb.RouteBatchRequest(prompts=ROWS * 4, total_budget_usd=100))
+        for _ in range(10):        # timing on a shared machine: the burst usually overflows at once
+            error = rpc_error(running.stub.RouteBatch, pb.RouteBatchRequest(prompts=ROWS * 8, total_budget_usd=100))
             codes.add(error.code())
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 assert "queue is full" in error.details() and "retry with backoff" in error.details()

@@ -215,7 +215,7 @@ def test_serve_predictor_writes_the_repository_it_would_serve(tmp_path, capsys):
     assert routoo(["serve-predictor", "--write-repository", str(tmp_path / "b"), "--max-queue-size", "7"]) == 0
     config = text_format.Parse((tmp_path / "b" / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     policy = config.dynamic_batching.default_queue_policy
-    assert policy.max_queue_size == 7 and policy.allow_timeout_override and policy.timeout_action == policy.REJECT
+    assert policy.max_queue_size == 7
     with pytest.raises(SystemExit) as exit_:
         routoo(["serve-predictor", "--instance-count", "0"])
     assert exit_.value.code == 2 and "--instance-count: must be >= 1" in capsys.readouterr().err
