@@ -17,7 +17,6 @@ tokenizer as before.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 # Whitespace to Python's str.split() but not to BERT's pre-tokeniser (which strips them as control
 # characters or keeps them inside a word).
