@@ -38,7 +38,8 @@ from predictor_service.head import HeadWeights
 from predictor_service.lexical import LexicalPart
 from training.metrics import log_loss, logit, quality_metrics
 from evals.oof import oof_frontier
-from training.fit import category_smoothed_targets, fit_temperature, train_folds
+from training.fit import category_smoothed_targets, fit_temperature
+from training.folds import train_folds
 
 log = logging.getLogger(__name__)
 

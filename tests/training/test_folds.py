@@ -1,10 +1,11 @@
-"""Folds by category (training.fit.fold_assignment with groups, `scripts/run_suite.py --fold-by category`): whole
+"""Folds by category (training.folds.fold_assignment with groups, `scripts/run_suite.py --fold-by category`): whole
 categories per fold, recorded in the manifest, and the same folds reused by the later stages."""
 
 import numpy as np
 import pytest
 
-from training.fit import TrainConfig, fold_assignment, train, train_folds
+from training.fit import TrainConfig, train
+from training.folds import fold_assignment, train_folds
 
 
 def test_categories_stay_whole_and_every_fold_gets_some():

@@ -1,10 +1,10 @@
-"""Prompts of the same text share a fold (training.fit.same_text_units, dataset_folds)."""
+"""Prompts of the same text share a fold (training.folds.same_text_units, dataset_folds)."""
 
 import dataclasses
 
 import numpy as np
 
-from training.fit import dataset_folds, fold_assignment, same_text_units
+from training.folds import dataset_folds, fold_assignment, same_text_units
 
 
 def test_twins_are_dealt_as_one_and_distinct_texts_as_before():
