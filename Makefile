@@ -30,7 +30,8 @@ eval: setup
 		--out-json docs/evaluation-static.json --plot docs/frontier.png
 
 # The recipe's own default (--lexical auto) keeps the lexical part on mmlu-pro (dev frontier AUC 0.7951
-# head-only -> 0.8014, docs/evaluation.md "Lexical part"); `routoo export-onnx` carries it in the static graph.
+# head-only -> 0.8014, 0.8032 with recipe v3; docs/evaluation.md "Lexical part"); `routoo export-onnx`
+# carries it in the static graph. Bit-for-bit only on the CPU kind that made the committed one (Intel).
 train-default: setup
 	$(VENV)/bin/routoo train --data ../shared/data/mmlu-pro/train --dev ../shared/data/mmlu-pro/dev \
 		--encoder static --out predictor_service/default_artifact
