@@ -104,7 +104,7 @@ def _column(name: str) -> str:
 
 def format_table(results: list[dict]) -> str:
     cols = [*_COMPARED, "no-prompt (per-model mean)", "oracle"]
-    lines = ["| set (train / test prompts, models) | window, head, shrink (CV) | Routoo AUC [95% CI] / gap "
+    lines = ["| set (train / test prompts, models) | window, head, lexical part, shrink (CV) | Routoo AUC [95% CI] / gap "
              "| Routoo, no shrink | Routoo, 256 head | TF-IDF + LR | kNN | told category | no-prompt | oracle "
              "| Routoo - TF-IDF [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -124,8 +124,9 @@ def format_table(results: list[dict]) -> str:
             else:
                 cells.append(f"{row['auc']:.4f} / {row['gap_recovered']:.3f}")
         lo, hi = by["TF-IDF + LR"]["routoo_minus_auc_ci95"]
+        lexical = "kept" if r["tfidf_check"].get("lexical", {}).get("kept") else "not kept"
         lines.append(f"| {r['set']} ({r['n_train']} / {r['n_test']}, {r['n_models']}) | {r['window_kept']}, "
-                     f"{r['head_kept']}, {(r.get('prior_shrink') or {}).get('alpha', 0):g} | "
+                     f"{r['head_kept']}, {lexical}, {(r.get('prior_shrink') or {}).get('alpha', 0):g} | "
                      + " | ".join(cells) + f" | [{lo:+.4f}, {hi:+.4f}] |")
     gaps = [(r["routers"][next(n for n in r["routers"] if "chosen by CV" in n)]["auc"]
              - r["routers"]["TF-IDF + LR"]["auc"]) for r in results]
@@ -156,7 +157,9 @@ def format_scorer_table(results: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", required=True, help="folder scripts/make_suite.py wrote")
+    ap.add_argument("--suite", help="folder scripts/make_suite.py wrote")
+    ap.add_argument("--tables-from", metavar="JSON",
+                    help="print the two tables of an earlier run's --out-json (docs/suite.json) and stop")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated set names under --suite, or "
                     f"dataset folders with train/ and test/ or dev/ (default {','.join(SETS)})")
     ap.add_argument("--bootstrap", type=int, default=EvalConfig().bootstrap)
@@ -167,6 +170,13 @@ def main() -> int:
                     help="how the ensemble's folds split the train prompts (training.folds.FOLD_BY): prompt "
                          "(default, routoo train's) or category, a diagnostic of the recipe on new topics")
     args = ap.parse_args()
+    if args.tables_from:
+        results = json.loads(Path(args.tables_from).read_text())
+        print(format_table(results))
+        print(format_scorer_table(results))
+        return 0
+    if not args.suite:
+        ap.error("--suite is required (or --tables-from)")
     config = replace(EvalConfig(), bootstrap=args.bootstrap)
     results = []
     for name in [s for s in args.sets.split(",") if s.strip()]:
