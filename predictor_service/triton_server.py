@@ -119,7 +119,7 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
                            max_queue_size: int | None = None) -> Path:
     """Copy `source`'s models into `target` with the served settings written into each config.pbtxt.
 
-    instance_count and max_queue_size None keep the committed values (max_queue_size 0: unbounded). With
+    instance_count and max_queue_size None keep the committed values (no queue bound; max_queue_size 0: none). With
     dynamic_batching False the block is removed and
     nothing else changes, so "batching off" is the same model with only that difference. copy_artifact
     puts the artifact inside each model's version folder and refers to it by a relative path, so the
@@ -148,8 +148,10 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
             config.parameters[key].string_value = value
         if not dynamic_batching:
             config.ClearField("dynamic_batching")
-        elif max_queue_size is not None:
+        elif max_queue_size:
             config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
+        elif max_queue_size == 0:   # no policy at all: an empty one is a policy, and any policy stalls (config.pbtxt)
+            config.dynamic_batching.ClearField("default_queue_policy")
         for group in config.instance_group:
             if instance_count is not None:
                 group.count = instance_count
@@ -188,7 +190,7 @@ class TritonServer:
         self.host = host
         self.dynamic_batching = dynamic_batching
         self.instance_count = instance_count          # None: the committed config's count
-        self.max_queue_size = max_queue_size          # None: the committed config's bound
+        self.max_queue_size = max_queue_size          # None: the committed config's (unbounded)
         self.instance_kind = instance_kind
         self.models = tuple(models)
         self.log_verbose = log_verbose

@@ -216,6 +216,13 @@ def test_serve_predictor_writes_the_repository_it_would_serve(tmp_path, capsys):
     config = text_format.Parse((tmp_path / "b" / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     policy = config.dynamic_batching.default_queue_policy
     assert policy.max_queue_size == 7
+    # By default, and with 0, no queue policy at all: any policy, even an empty one, stalled Triton 2.51
+    # ~0.5 s at a time under load (config.pbtxt's comment has the A/B).
+    for folder, extra in (("c", []), ("d", ["--max-queue-size", "0"])):
+        assert routoo(["serve-predictor", "--write-repository", str(tmp_path / folder), *extra]) == 0
+        config = text_format.Parse((tmp_path / folder / MODEL / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert config.HasField("dynamic_batching") and not config.dynamic_batching.HasField("default_queue_policy")
     with pytest.raises(SystemExit) as exit_:
         routoo(["serve-predictor", "--instance-count", "0"])
     assert exit_.value.code == 2 and "--instance-count: must be >= 1" in capsys.readouterr().err
