@@ -150,7 +150,7 @@ def materialise_repository(target: str | Path, artifact_path: str | Path, *,
             config.ClearField("dynamic_batching")
         elif max_queue_size:
             config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
-        elif max_queue_size == 0:   # no policy at all: an empty one is a policy, and any policy stalls (config.pbtxt)
+        elif max_queue_size == 0:   # no policy at all: an empty one is still a policy (config.pbtxt: policies stalled)
             config.dynamic_batching.ClearField("default_queue_policy")
         for group in config.instance_group:
             if instance_count is not None:

@@ -216,7 +216,7 @@ def test_serve_predictor_writes_the_repository_it_would_serve(tmp_path, capsys):
     config = text_format.Parse((tmp_path / "b" / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     policy = config.dynamic_batching.default_queue_policy
     assert policy.max_queue_size == 7
-    # By default, and with 0, no queue policy at all: any policy, even an empty one, stalled Triton 2.51
+    # By default, and with 0, no queue policy at all (not an empty one): the size bound stalled Triton 2.51
     # ~0.5 s at a time under load (config.pbtxt's comment has the A/B).
     for folder, extra in (("c", []), ("d", ["--max-queue-size", "0"])):
         assert routoo(["serve-predictor", "--write-repository", str(tmp_path / folder), *extra]) == 0
