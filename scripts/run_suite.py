@@ -155,6 +155,19 @@ def format_scorer_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_sets(args) -> list[dict]:
+    """Every set of --sets, each written to --out-json as soon as it is done."""
+    config = replace(EvalConfig(), bootstrap=args.bootstrap)
+    results = []
+    for name in [s for s in args.sets.split(",") if s.strip()]:
+        folder = Path(name) if Path(name, "train").is_dir() else Path(args.suite) / name   # a path, or a set
+        results.append(run_set(folder, config, args.prior_shrink, args.fold_by))
+        print(f"{name}: done in {results[-1]['seconds']} s", flush=True)
+        if args.out_json:
+            Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", help="folder scripts/make_suite.py wrote")
@@ -172,19 +185,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.tables_from:
         results = json.loads(Path(args.tables_from).read_text())
-        print(format_table(results))
-        print(format_scorer_table(results))
-        return 0
-    if not args.suite:
+    elif not args.suite:
         ap.error("--suite is required (or --tables-from)")
-    config = replace(EvalConfig(), bootstrap=args.bootstrap)
-    results = []
-    for name in [s for s in args.sets.split(",") if s.strip()]:
-        folder = Path(name) if Path(name, "train").is_dir() else Path(args.suite) / name   # a path, or a set
-        results.append(run_set(folder, config, args.prior_shrink, args.fold_by))
-        print(f"{name}: done in {results[-1]['seconds']} s", flush=True)
-        if args.out_json:
-            Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
+    else:
+        results = run_sets(args)
     print(format_table(results))
     print(format_scorer_table(results))
     return 0
