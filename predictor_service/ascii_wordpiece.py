@@ -53,10 +53,20 @@ def _lookup(data, start, end, kind, slots, keys):
 
 
 @compiled()
+def _characters(data, start, end):
+    """How many UTF-8 characters data[start:end] holds: every byte but continuation bytes (10xxxxxx)."""
+    count = 0
+    for i in range(start, end):
+        if (data[i] & 0xC0) != 0x80:
+            count += 1
+    return count
+
+
+@compiled()
 def _wordpiece(data, start, end, out, n, unk_id, max_word, slots, keys, longest):
     """Writes the WordPiece ids of the word data[start:end] to out[n:] (as far as out goes); returns the
     new count."""
-    if end - start > max_word:
+    if end - start > max_word and _characters(data, start, end) > max_word:
         out[n] = unk_id
         return n + 1
     first, pos = n, start
@@ -102,6 +112,13 @@ def is_plain_ascii(data):
 
 
 @compiled()
+def _in_word(c):
+    """ASCII letters and digits, and any byte of a non-ASCII character: bert_rewrite leaves only word
+    characters outside ASCII (punctuation and whitespace it has set apart with spaces)."""
+    return (48 <= c <= 57) or (97 <= c <= 122) or c >= 128
+
+
+@compiled()
 def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
     """Writes the token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped if drop_unk, to
     out (at least max_tokens + 128 long: one word's pieces may pass max_tokens); returns their count."""
@@ -117,8 +134,8 @@ def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slot
             i += 1
             continue
         j = i + 1                          # punctuation is a token of its own; letters and digits run on
-        if (48 <= c <= 57) or (97 <= c <= 122):
-            while j < size and ((48 <= lowered[j] <= 57) or (97 <= lowered[j] <= 122)):
+        if _in_word(c):
+            while j < size and _in_word(lowered[j]):
                 j += 1
         n = _wordpiece(lowered, i, j, out, n, unk_id, max_word, slots, keys, longest)
         i = j
@@ -182,11 +199,10 @@ class PlainAsciiWordPiece:
     def __init__(self, vocab: dict[str, int], *, unk_id: int, max_word_chars: int, max_tokens: int,
                  tail_tokens: int = 0, prefix: str = "##"):
         pieces = {}
-        for token, token_id in vocab.items():
-            if token.isascii():
-                continuation = token.startswith(prefix) and len(token) > len(prefix)
-                key = (1, token[len(prefix):].encode()) if continuation else (0, token.encode())
-                pieces[key] = token_id
+        for token, token_id in vocab.items():   # non-ASCII pieces too, for text bert_rewrite rewrote
+            continuation = token.startswith(prefix) and len(token) > len(prefix)
+            key = (1, token[len(prefix):].encode()) if continuation else (0, token.encode())
+            pieces[key] = token_id
         # Arrays, not a tuple of them: numba types a tuple argument on every call (~20 us).
         self.table = _table(pieces)   # (slots, keys, longest)
         self.unk_id, self.max_word_chars, self.max_tokens = unk_id, max_word_chars, max_tokens

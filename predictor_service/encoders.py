@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from kernels.static_embed import static_embed
+from predictor_service.bert_rewrite import BertRewrite
 from predictor_service.bert_words import (BERT_SPACES, BERT_STRIPS, LONG_CHUNK_CHARS, PIECES, SPLIT_DISAGREES,
                                           UnknownWords, max_word_chars_of)
 from predictor_service.encoder_files import (TOKENIZER_FILE, EncoderFilesError, decode_table, encode_table,
@@ -121,6 +122,8 @@ class StaticEncoder:
 
         word_chars = max_word_chars_of(spec)
         self._unknown_words = UnknownWords(tokenizer, word_chars) if unk is not None and word_chars else None
+        # Only BERT's pipeline normalises character by character, which the rewrite relies on.
+        self._rewrite = BertRewrite(tokenizer) if word_chars else None
         self._plain = PlainAsciiWordPiece(
             spec["model"]["vocab"], unk_id=self._unk_id, max_tokens=max_tokens, tail_tokens=tail_tokens,
             max_word_chars=int(spec["model"].get("max_input_chars_per_word", 100)),
@@ -182,17 +185,25 @@ class StaticEncoder:
         return self._token_array(text).tolist()
 
     def _token_array(self, text: str) -> np.ndarray:
-        """The same as int64 ids. Plain ASCII text (nearly every prompt) takes the compiled WordPiece, the
-        rest the chunk cache."""
+        """The same as int64 ids. Plain ASCII text (most prompts) and text bert_rewrite rewrites take the
+        compiled WordPiece, the rest the chunk cache."""
         data = self._plain_bytes(text)
         if data is not None:
             return self._plain.ids(data)
         return np.array(self._cached_token_ids(text), dtype=np.int64)
 
     def _plain_bytes(self, text: str) -> bytes | None:
-        """text's bytes where the compiled WordPiece covers it (plain ASCII, no added token), else None."""
+        """The bytes the compiled WordPiece reads for text (no added token in it): its own if plain ASCII,
+        else its rewrite (bert_rewrite); None where neither covers it."""
+        if self.holds_added_token(text):
+            return None
         data = text.encode()
-        return data if self._plain.covers(data) and not self.holds_added_token(text) else None
+        return data if self._plain.covers(data) else self.rewritten(text)
+
+    def rewritten(self, text: str) -> bytes | None:
+        """text (not plain ASCII, no added token) as bytes the compiled WordPiece reads to the tokenizer's
+        ids, or None (bert_rewrite)."""
+        return self._rewrite(text) if self._rewrite is not None else None
 
     @property
     def added_tokens(self) -> tuple[str, ...]:

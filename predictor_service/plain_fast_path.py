@@ -1,4 +1,8 @@
-"""The CPU serving path for a plain ASCII prompt: its bytes -> its score vector in one compiled call.
+"""The CPU serving path for a prompt: its bytes -> its score vector in one compiled call.
+
+Plain ASCII bytes go in as they are; other text first takes bert_rewrite's rewrite (a regex substitution,
+~5 us for a prompt with a few non-ASCII characters), and what that leaves to the tokenizer takes the
+step-by-step path.
 
 Why one call: inside Triton's stub the core has gone idle between requests, and each Python or numpy step of
 a request then runs with cold caches, ~15-45 us instead of ~1 us warm (the regex that spots plain text, the
@@ -23,21 +27,30 @@ from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window
 
 @compiled(boundscheck=False,
           depends_on=(cpu_static_predictor, static_embed, cpu_lexical, lexical_logits, ascii_wordpiece))
-def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
-                       table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
-    """Scores the text `data` (bytes) into out[0, row] (quality) and out[1, row] (expected cost) if it is
-    plain ASCII; returns whether it was."""
-    if not is_plain_ascii(data):
-        return False
+def _score_covered(data, n_chars, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
+                   table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
+    """Scores the bytes `data` the compiled WordPiece covers (plain ASCII, or bert_rewrite's rewrite of a
+    text of n_chars characters) into out[0, row] (quality) and out[1, row] (expected cost)."""
     if tail_tokens == 0:
         tokens = np.empty(max_tokens + 128, np.int64)
     else:
         tokens = np.empty(window_buffer_size(len(data), max_tokens), np.int64)
     n = plain_ascii_window_into(data, tokens, max_tokens, tail_tokens, True, unk_id, max_word, slots, keys,
                                 longest)
-    log_len = np.float32(math.log1p(len(data)))   # as head.log_lengths_numpy; one byte a character here
+    log_len = np.float32(math.log1p(n_chars))   # as head.log_lengths_numpy: the prompt's characters
     score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
                  lex_bigram_bits, out[0, row], out[1, row])
+
+
+@compiled(boundscheck=False,
+          depends_on=(cpu_static_predictor, static_embed, cpu_lexical, lexical_logits, ascii_wordpiece))
+def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
+                       table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
+    """_score_covered if `data` (bytes) is plain ASCII (one byte a character); returns whether it was."""
+    if not is_plain_ascii(data):
+        return False
+    _score_covered(data, len(data), row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
+                   table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits)
     return True
 
 
@@ -54,11 +67,17 @@ class PlainFastPath:
 
     def score(self, text: str, out: np.ndarray, row: int) -> bool:
         """Writes text's quality and expected cost to out[0, row] and out[1, row], out (2, batch, n_models)
-        fp32; False (nothing written) for text this path does not cover: not plain ASCII, or an added token
-        such as "[UNK]" in it. out and row are trusted: the compiled call writes without bounds checks."""
+        fp32; False (nothing written) for text this path does not cover: an added token such as "[UNK]" in
+        it, or text bert_rewrite leaves to the tokenizer. out and row are trusted: the compiled call writes without bounds checks."""
         if self._encoder.holds_added_token(text):
             return False
-        return _score_plain_ascii(text.encode(), row, out, *self._args)
+        if _score_plain_ascii(text.encode(), row, out, *self._args):
+            return True
+        data = self._encoder.rewritten(text)
+        if data is None:
+            return False
+        _score_covered(data, len(text), row, out, *self._args)
+        return True
 
 
 __all__ = ["PlainFastPath"]

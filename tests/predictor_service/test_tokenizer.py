@@ -27,10 +27,13 @@ def _tokenizer_ids(encoder, text):
     "\U00011938" * 400, "\u0301" * 400 + "é", "é" * 50 + "\u200b" * 300, "ß" * 60 + "é" * 200, "é" * 101 + "[PAD]" * 40,
 ])
 def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder, text):
+    """Both ways in: _token_ids (plain ASCII and rewritten text take the compiled WordPiece) and the chunk
+    cache itself, which takes whatever the rewrite leaves."""
     static_encoder.clear_caches()
     expected = _tokenizer_ids(static_encoder, text)
     assert static_encoder._token_ids(text) == expected
-    assert static_encoder._token_ids(text) == expected          # second time from the cache
+    assert static_encoder._cached_token_ids(text) == expected
+    assert static_encoder._cached_token_ids(text) == expected   # second time from the cache
 
 
 # Characters, plus the tokenizer's added tokens, which it matches in the raw text before normalising.
@@ -45,7 +48,8 @@ def test_static_tokenizer_matches_on_any_text(static_encoder, text):
     static_encoder.clear_caches()
     expected = _tokenizer_ids(static_encoder, text)
     assert static_encoder._token_ids(text) == expected
-    assert static_encoder._token_ids(text) == expected
+    assert static_encoder._cached_token_ids(text) == expected
+    assert static_encoder._cached_token_ids(text) == expected
 
 
 # No whitespace: every example is one long chunk, which the chunk path cuts after the characters BERT
@@ -59,7 +63,9 @@ LONG_CHUNK_PIECES = [*string.ascii_letters[:8], *string.punctuation, *"東京中
 @given(st.lists(st.sampled_from(LONG_CHUNK_PIECES), min_size=100, max_size=600).map("".join))
 def test_long_chunks_cut_where_bert_splits_give_the_tokenizers_ids(static_encoder, text):
     static_encoder.clear_caches()
-    assert static_encoder._token_ids("é " + text) == _tokenizer_ids(static_encoder, "é " + text)
+    expected = _tokenizer_ids(static_encoder, "é " + text)
+    assert static_encoder._token_ids("é " + text) == expected
+    assert static_encoder._cached_token_ids("é " + text) == expected
 
 
 # Runs of one or a few non-ASCII letters, marks and symbols, no whitespace: pieces the encoder may decide are
@@ -72,7 +78,9 @@ RUN_PIECES = ["é" * 97, "ж" * 60, "\U0001f642" * 40, "\u0301", "\u0130", "\u1f
 @given(st.lists(st.sampled_from(RUN_PIECES), min_size=1, max_size=40).map("".join))
 def test_long_runs_of_letters_give_the_tokenizers_ids(static_encoder, text):
     static_encoder.clear_caches()
-    assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)[:static_encoder.max_tokens]
+    expected = _tokenizer_ids(static_encoder, text)[:static_encoder.max_tokens]
+    assert static_encoder._token_ids(text) == expected
+    assert static_encoder._cached_token_ids(text) == expected
 
 
 def test_a_long_run_of_letters_is_decided_without_the_tokenizer(static_encoder):
@@ -82,7 +90,7 @@ def test_a_long_run_of_letters_is_decided_without_the_tokenizer(static_encoder):
     assert words.is_one_unknown_word("é" * 131_071) and words.is_one_unknown_word("ж" * 300)
     assert not words.is_one_unknown_word("é" * 300 + "," + "é" * 300)      # two words and a comma
     assert not words.is_one_unknown_word("\u0301" * 400)                    # marks only: nothing left
-    assert static_encoder._token_ids("é" * 131_071) == []                  # [UNK] is dropped
+    assert static_encoder._cached_token_ids("é" * 131_071) == []           # [UNK] is dropped
 
 
 def test_a_long_unspaced_cjk_prompt_is_read_only_as_far_as_the_window():
@@ -91,6 +99,7 @@ def test_a_long_unspaced_cjk_prompt_is_read_only_as_far_as_the_window():
     encoder = static_encoder_from()
     text = "東京は日本の首都である。" * 20_000
     assert sum(1 for _ in encoder._cut(text)) == 7 * 20_000   # one chunk, cut after each ideograph and 。
+    assert encoder.rewritten(text) is None                    # too many characters to rewrite one by one
     assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:1000])[:encoder.max_tokens]
 
 
@@ -132,11 +141,10 @@ def test_static_chunk_cache_stays_exact_when_it_fills(static_encoder, monkeypatc
 
     monkeypatch.setattr(encoders, "CHUNK_CACHE_SIZE", 8)
     static_encoder.clear_caches()
-    # "é" keeps these texts off the compiled plain-ASCII path, which has no cache.
     texts = ["alpha beta gamma délta", "alpha beta epsilon zeta eta théta iota", "kappa alpha lambda mu nu é"]
     try:
         for text in texts * 2:
-            assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
+            assert static_encoder._cached_token_ids(text) == _tokenizer_ids(static_encoder, text)
             assert len(static_encoder._chunk_ids) <= 8
     finally:
         static_encoder.clear_caches()
@@ -150,7 +158,7 @@ def test_static_tokenizer_caches_only_short_chunks(static_encoder):
     long_chunk = "https://example.org/" + "x" * encoders.CACHED_CHUNK_CHARS
     text = f"see {long_chunk} and {long_chunk.upper()}日本"
     for _ in range(2):
-        assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text)
+        assert static_encoder._cached_token_ids(text) == _tokenizer_ids(static_encoder, text)
     assert "see" in static_encoder._chunk_ids
     assert all(len(chunk) <= encoders.CACHED_CHUNK_CHARS for chunk in static_encoder._chunk_ids)
 
