@@ -1,11 +1,15 @@
-"""BERT's tokenizer for plain ASCII text, compiled with numba: text bytes -> token ids in one call.
+"""BERT's tokenizer for plain ASCII text and for bert_rewrite's rewrites, compiled with numba: text bytes ->
+token ids in one call.
 
 For a text of printable ASCII, spaces, tabs and newlines (no added token like "[UNK]" in it) the BERT
 normaliser only lowercases, the pre-tokeniser splits at whitespace and makes every other non-alphanumeric
 character a token of its own, and WordPiece covers each alphanumeric run longest-prefix-first. That is all
 this does, over the UTF-8 bytes, with the vocabulary in two open-addressing hash tables (word starts and
-'##' continuations). Exactly the tokenizer's ids (tested against it on every dev prompt, random text and a
-property test); the encoder sends every other text down its chunk-cache path.
+'##' continuations). A rewritten text (predictor_service/bert_rewrite.py) also holds non-ASCII characters,
+each already what BERT's normaliser makes of it, and non-ASCII punctuation already set apart by spaces: a
+run of them is read as a word, and WordPiece covers it over its bytes (a piece is whole characters).
+Exactly the tokenizer's ids (tested against it on every dev prompt, every code point, random text and
+property tests); the encoder sends what neither covers down its chunk-cache path.
 
 Why: the Python chunk cache costs ~30 us a prompt once its words were seen and ~150-300 us for a prompt
 with new words, and 2-3x that inside Triton's stub; this takes a few us either way.
@@ -113,15 +117,17 @@ def is_plain_ascii(data):
 
 @compiled()
 def _in_word(c):
-    """ASCII letters and digits, and any byte of a non-ASCII character: bert_rewrite leaves only word
-    characters outside ASCII (punctuation and whitespace it has set apart with spaces)."""
+    """ASCII letters and digits, and any byte of a non-ASCII character: outside ASCII, bert_rewrite leaves
+    word characters, and punctuation between spaces (read here as a word of one character, which WordPiece
+    gives the punctuation's own id)."""
     return (48 <= c <= 57) or (97 <= c <= 122) or c >= 128
 
 
 @compiled()
 def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slots, keys, longest):
-    """Writes the token ids of a plain ASCII text (bytes), cut at max_tokens, [UNK] dropped if drop_unk, to
-    out (at least max_tokens + 128 long: one word's pieces may pass max_tokens); returns their count."""
+    """Writes the token ids of a plain ASCII or rewritten text (bytes), cut at max_tokens, [UNK] dropped if
+    drop_unk, to out (at least max_tokens + 128 long: one word's pieces may pass max_tokens); returns their
+    count."""
     size = len(data)
     lowered = np.empty(size, np.uint8)
     for j in range(size):
@@ -216,9 +222,10 @@ class PlainAsciiWordPiece:
         return is_plain_ascii(text)
 
     def ids(self, text: bytes, *, drop_unk: bool = True) -> np.ndarray:
-        """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token), cut at
-        max_tokens (head and tail_tokens of tail). drop_unk=False keeps [UNK]s and every id (max_tokens does
-        not apply), as a chunk's cached ids must: a prompt's ids are truncated before its [UNK]s go."""
+        """int64 ids of a plain ASCII text (printable ASCII and \\t \\n \\r only, no added token) or of
+        bert_rewrite's rewrite of another, cut at max_tokens (head and tail_tokens of tail). drop_unk=False
+        keeps [UNK]s and every id (max_tokens does not apply), as a chunk's cached ids must: a prompt's ids are
+        truncated before its [UNK]s go."""
         if not drop_unk:
             return _plain_ascii_ids(text, len(text) + 1, 0, False, self.unk_id, self.max_word_chars, *self.table)
         return _plain_ascii_ids(text, self.max_tokens, self.tail_tokens, drop_unk, self.unk_id,

@@ -42,7 +42,7 @@ TAIL_TOKENS = 0
 # cache: 64 dev prompts cost 94 ms each at 4096, 73-76 at 512-768, 84-92 one at a time (1 thread, 2 cores).
 # A GPU wants large passes.
 PADDED_TOKEN_BUDGET = {"cpu": 512, "cuda": 32768}
-# The static tokenizer's chunk -> ids cache (for text that is not plain ASCII) holds at most
+# The static tokenizer's chunk -> ids cache (for text neither plain ASCII nor rewritten) holds at most
 # CHUNK_CACHE_SIZE entries, and only chunks of at most CACHED_CHUNK_CHARS characters (URLs, formulas and runs
 # of punctuation are tokenized each time), so whatever the traffic it stays under ~200 MB; real text's
 # chunks average ~6 characters and 2 ids (~35 MB full).
@@ -195,14 +195,11 @@ class StaticEncoder:
     def _plain_bytes(self, text: str) -> bytes | None:
         """The bytes the compiled WordPiece reads for text (no added token in it): its own if plain ASCII,
         else its rewrite (bert_rewrite); None where neither covers it."""
-        if self.holds_added_token(text):
-            return None
-        data = text.encode()
-        return data if self._plain.covers(data) else self.rewritten(text)
+        data = None if self.holds_added_token(text) else text.encode()
+        return data if data is None or self._plain.covers(data) else self.rewritten(text)
 
     def rewritten(self, text: str) -> bytes | None:
-        """text (not plain ASCII, no added token) as bytes the compiled WordPiece reads to the tokenizer's
-        ids, or None (bert_rewrite)."""
+        """text (no added token) as bytes the compiled WordPiece reads as the tokenizer would, or None."""
         return self._rewrite(text) if self._rewrite is not None else None
 
     @property
@@ -225,7 +222,13 @@ class StaticEncoder:
         of it (BERT_STRIPS, BERT_SPACES).
         """
         if SPLIT_DISAGREES.search(text):
-            text = BERT_SPACES.sub(" ", BERT_STRIPS.sub("", text))
+            cleaned = BERT_SPACES.sub(" ", BERT_STRIPS.sub("", text))
+            if self._added_split and self._added_split.findall(cleaned) != self._added_split.findall(text):
+                # Stripping made an added token ("[UN\x0bK]"): the tokenizer matches those in raw text only.
+                ids = _window(self.tokenizer.encode(text, add_special_tokens=False).ids, self.max_tokens,
+                              self.tail_tokens)
+                return [t for t in ids if t != self._unk_id]
+            text = cleaned
         ids, cache, chunks = [], self._chunk_ids, text.split()
         if max(map(len, chunks), default=0) > LONG_CHUNK_CHARS:     # rare: the common text skips the generator
             chunks = itertools.chain.from_iterable(self._cut(c) if len(c) > LONG_CHUNK_CHARS else (c,)

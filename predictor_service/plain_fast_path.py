@@ -1,7 +1,7 @@
 """The CPU serving path for a prompt: its bytes -> its score vector in one compiled call.
 
 Plain ASCII bytes go in as they are; other text first takes bert_rewrite's rewrite (a regex substitution,
-~5 us for a prompt with a few non-ASCII characters), and what that leaves to the tokenizer takes the
+~8 us for a prompt with a few non-ASCII characters), and what that leaves to the tokenizer takes the
 step-by-step path.
 
 Why one call: inside Triton's stub the core has gone idle between requests, and each Python or numpy step of

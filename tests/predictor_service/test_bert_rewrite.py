@@ -77,8 +77,9 @@ def test_what_the_rewrite_leaves_to_the_tokenizer(static_encoder, monkeypatch):
     many_new = "".join(chr(0x0400 + i) for i in range(bert_rewrite.MAX_NEW_CHARS + 1))
     monkeypatch.setattr(encoder, "_rewrite", bert_rewrite.BertRewrite(encoder.tokenizer))   # an empty cache
     assert encoder.rewritten(many_new) is None
-    assert encoder._token_ids(many_new) == _tokenizer_ids(encoder, many_new)   # the chunk path
-    assert encoder.rewritten(many_new[:-1]) is not None
+    assert len(encoder._rewrite._rewrites) == bert_rewrite.MAX_NEW_CHARS      # what was asked is kept
+    assert encoder._cached_token_ids(many_new) == _tokenizer_ids(encoder, many_new)   # the chunk path
+    assert encoder.rewritten(many_new) is not None                             # so the next time, covered
 
 
 def test_a_full_cache_starts_again_and_stays_exact(static_encoder, monkeypatch):
