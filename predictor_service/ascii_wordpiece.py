@@ -57,20 +57,11 @@ def _lookup(data, start, end, kind, slots, keys):
 
 
 @compiled()
-def _characters(data, start, end):
-    """How many UTF-8 characters data[start:end] holds: every byte but continuation bytes (10xxxxxx)."""
-    count = 0
-    for i in range(start, end):
-        if (data[i] & 0xC0) != 0x80:
-            count += 1
-    return count
-
-
-@compiled()
 def _wordpiece(data, start, end, out, n, unk_id, max_word, slots, keys, longest):
     """Writes the WordPiece ids of the word data[start:end] to out[n:] (as far as out goes); returns the
-    new count."""
-    if end - start > max_word and _characters(data, start, end) > max_word:
+    new count. max_word: the longest word in bytes that is not one [UNK] (the caller counts a word's
+    continuation bytes in: the tokenizer's limit is in characters)."""
+    if end - start > max_word:
         out[n] = unk_id
         return n + 1
     first, pos = n, start
@@ -140,10 +131,12 @@ def plain_ascii_ids_into(data, out, max_tokens, drop_unk, unk_id, max_word, slot
             i += 1
             continue
         j = i + 1                          # punctuation is a token of its own; letters and digits run on
+        continuation = 0                   # bytes 10xxxxxx: the word's length in characters is j - i less them
         if _in_word(c):
             while j < size and _in_word(lowered[j]):
+                continuation += (lowered[j] & 0xC0) == 0x80
                 j += 1
-        n = _wordpiece(lowered, i, j, out, n, unk_id, max_word, slots, keys, longest)
+        n = _wordpiece(lowered, i, j, out, n, unk_id, max_word + continuation, slots, keys, longest)
         i = j
     n = min(n, max_tokens)
     return _compact(out, n, drop_unk, unk_id)
