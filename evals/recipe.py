@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from training.data import RoutingDataset
-from predictor_service.encoders import window_name
+from predictor_service.windows import window_name
 from evals.oof import oof_frontier
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from predictor_service.bert_words import (BERT_SPACES, BERT_STRIPS, LONG_CHUNK_C
 from predictor_service.encoder_files import (TOKENIZER_FILE, EncoderFilesError, decode_table, encode_table,
                                              read_static_files, sha256_bytes, stored_storage, table_digest,
                                              write_static_files)
+from predictor_service.windows import _window, check_window, window_name
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,12 @@ class StaticEncoder:
                              tail_tokens=self.tail_tokens if tail_tokens is None else tail_tokens, stored=stored,
                              tokenizer_json=self.tokenizer_json)
 
+    def stored_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(int8 rows, fp32 row scales) of an int8-stored table, which decode to self.table exactly; else None."""
+        if self.table_storage != "int8":
+            return None
+        return self._stored["embeddings_int8"], self._stored["row_scale"].astype(np.float32)
+
     def save(self, folder: str | Path) -> None:
         """Writes the table as stored and the tokenizer into `folder` (an artifact's encoder folder)."""
         write_static_files(Path(folder), self._stored, self.tokenizer_json)
@@ -291,27 +298,6 @@ class StaticEncoder:
         """(n, dim) float32, L2-normalised."""
         tokens = self.tokenize(texts)
         return static_embed(tokens.token_ids, tokens.offsets, self.table).numpy()
-
-
-def check_window(max_tokens: int, tail_tokens: int) -> None:
-    if not (isinstance(max_tokens, int) and isinstance(tail_tokens, int)) or max_tokens < 1 \
-            or not 0 <= tail_tokens <= max_tokens:
-        raise ValueError(f"a window needs max_tokens >= 1 and 0 <= tail_tokens <= max_tokens, got max_tokens "
-                         f"{max_tokens!r}, tail_tokens {tail_tokens!r}")
-
-
-def window_name(max_tokens: int, tail_tokens: int) -> str:
-    return f"{max_tokens - tail_tokens}+{tail_tokens}" if tail_tokens else str(max_tokens)
-
-
-def _window(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int]:
-    """The first max_tokens - tail_tokens and the last tail_tokens of ids, when there are more than
-    max_tokens; all of them otherwise."""
-    if len(ids) <= max_tokens:
-        return ids
-    if not tail_tokens:
-        return ids[:max_tokens]
-    return ids[:max_tokens - tail_tokens] + ids[len(ids) - tail_tokens:]
 
 
 class MiniLMEncoder:

@@ -28,7 +28,8 @@ from predictor_service.ascii_wordpiece import is_plain_ascii, plain_ascii_window
 @compiled(boundscheck=False,
           depends_on=(cpu_static_predictor, static_embed, cpu_lexical, lexical_logits, ascii_wordpiece))
 def _score_covered(data, n_chars, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
-                   table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
+                   rows, row_scale, w1, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                   lex_bigram_bits):
     """Scores the bytes `data` the compiled WordPiece covers (plain ASCII, or bert_rewrite's rewrite of a
     text of n_chars characters) into out[0, row] (quality) and out[1, row] (expected cost)."""
     if tail_tokens == 0:
@@ -38,19 +39,21 @@ def _score_covered(data, n_chars, row, out, max_tokens, tail_tokens, unk_id, max
     n = plain_ascii_window_into(data, tokens, max_tokens, tail_tokens, True, unk_id, max_word, slots, keys,
                                 longest)
     log_len = np.float32(math.log1p(n_chars))   # as head.log_lengths_numpy: the prompt's characters
-    score_tokens(tokens, 0, n, log_len, table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
-                 lex_bigram_bits, out[0, row], out[1, row])
+    score_tokens(tokens, 0, n, log_len, rows, row_scale, w1, b1, out_wt, out_b, cost_len_coef, lex_weights,
+                 lex_vocab, lex_bigram_bits, out[0, row], out[1, row])
 
 
 @compiled(boundscheck=False,
           depends_on=(cpu_static_predictor, static_embed, cpu_lexical, lexical_logits, ascii_wordpiece))
 def _score_plain_ascii(data, row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
-                       table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits):
+                       rows, row_scale, w1, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                       lex_bigram_bits):
     """_score_covered if `data` (bytes) is plain ASCII (one byte a character); returns whether it was."""
     if not is_plain_ascii(data):
         return False
     _score_covered(data, len(data), row, out, max_tokens, tail_tokens, unk_id, max_word, slots, keys, longest,
-                   table, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab, lex_bigram_bits)
+                   rows, row_scale, w1, b1, out_wt, out_b, cost_len_coef, lex_weights, lex_vocab,
+                   lex_bigram_bits)
     return True
 
 
@@ -61,8 +64,8 @@ class PlainFastPath:
         self._encoder = encoder
         plain = encoder.plain_tokenizer
         self._args = (plain.max_tokens, plain.tail_tokens, plain.unk_id, plain.max_word_chars, *plain.table,
-                      predictor.table, predictor.b1, predictor.out_wt, predictor.out_b, predictor.cost_len_coef,
-                      predictor.lex_weights, predictor.lex_vocab, predictor.lex_bigram_bits)
+                      predictor.rows, predictor.row_scale, predictor.w1, predictor.b1, predictor.out_wt,
+                      predictor.out_b, predictor.cost_len_coef, predictor.lex_weights, predictor.lex_vocab, predictor.lex_bigram_bits)
         self.score("warm up", np.empty((2, 1, predictor.n_models), np.float32), 0)   # compile or load now
 
     def score(self, text: str, out: np.ndarray, row: int) -> bool:

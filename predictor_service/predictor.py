@@ -75,7 +75,8 @@ class Predictor:
             from predictor_service.plain_fast_path import PlainFastPath
 
             self._folded = FoldedStaticPredictor(self._table, *self.weights.as_dict().values(),
-                                                 self.inv_temperature, lexical=self.lexical)
+                                                 self.inv_temperature, lexical=self.lexical,
+                                                 stored_rows=encoder.stored_rows())
             self._plain_path = PlainFastPath(encoder, self._folded)
         if self.device.type == "cuda":
             # Compile the kernels now (and find a shape that does not fit the GPU, which then runs on the

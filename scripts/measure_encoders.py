@@ -30,8 +30,9 @@ import training.fit as fit
 from evals.config import EvalConfig
 from evals.oof import oof_comparison, paired_difference
 from evals.scorer_metric import scorer_aucs
-from predictor_service.encoders import MAX_TOKENS, minilm_path, window_name
+from predictor_service.encoders import MAX_TOKENS, minilm_path
 from predictor_service.head import log_lengths, reference_score
+from predictor_service.windows import window_name
 from training.data import load_dataset
 from training.folds import FOLD_BY
 from training.metrics import quality_metrics, rounded_metrics

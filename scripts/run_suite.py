@@ -36,7 +36,7 @@ from evals.prior_shrink import unshrunk
 from evals.recipe import HEAD_ONLY, describe_choice, train_choosing_recipe
 from evals.routers import RouterPredictions, artifact_predictions, knn_quality, no_prompt_router, oracle_router
 from evals.scorer_metric import scorer_aucs
-from predictor_service.encoders import window_name
+from predictor_service.windows import window_name
 from training import baselines
 from training.data import load_dataset
 from training.folds import FOLD_BY

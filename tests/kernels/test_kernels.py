@@ -102,7 +102,7 @@ def test_static_predictor_matches_reference(batch, n_models, dim, hidden, device
 @pytest.mark.parametrize("n_models", [1, 33])
 @pytest.mark.parametrize("batch", [1, 7, 129])
 def test_folded_cpu_predictor_matches_reference(batch, n_models, dim, hidden):
-    """The CPU serving path (first layer folded into the table) against the same reference; empty and
+    """The CPU serving path (the compiled loop, over an fp32 table here) against the same reference; empty and
     one-token prompts included."""
     token_ids, offsets, log_len = make_prompts(batch)
     table = 0.1 * torch.randn(VOCAB, dim)

@@ -74,3 +74,22 @@ def test_check_prompt_rejects_without_echoing_text(text, message):
     with pytest.raises(PromptError, match=message) as info:
         check_prompt(text)
     assert "xxxx" not in str(info.value)
+
+
+def test_the_cpu_loop_gathers_the_stored_int8_rows_to_the_decoded_tables_bits(cpu_predictor):
+    """The loop reads the artifact's int8 rows and their scales (a 7.5 MB table, not the 60 MB folded one):
+    row * scale in fp32 is the decoded table's value, so the same predictor over the fp32 table with scales
+    of 1 answers the same bits."""
+    from kernels.cpu_static_predictor import FoldedStaticPredictor
+
+    predictor = cpu_predictor
+    folded = predictor._folded
+    assert folded.rows.dtype == np.int8 and folded.rows.shape == tuple(predictor.encoder.table.shape)
+    over_fp32 = FoldedStaticPredictor(predictor.encoder.table, *predictor.weights.as_dict().values(),
+                                      predictor.inv_temperature, lexical=predictor.lexical)
+    assert over_fp32.rows.dtype == np.float32
+    texts = ["Which planet is largest?\nA. Mars\nB. Jupiter", "Résumé: ünïcödé ✓", "x " * 400]
+    tokens = predictor.encoder.tokenize(texts)
+    args = (tokens.token_ids.numpy(), tokens.offsets.numpy(), np.log1p([len(t) for t in texts]).astype(np.float32))
+    for got, expected in zip(folded.predict(*args), over_fp32.predict(*args)):
+        np.testing.assert_array_equal(got, expected)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from predictor_service.artifact import Artifact, default_artifact_path, static_encoder_from
 from training.data import load_dataset
-from predictor_service.encoders import _window, check_window
+from predictor_service.windows import _window, check_window
 from predictor_service.predictor import Predictor
 from training.fit import TrainConfig, train
 from tests.support.datasets import synthetic_dataset
