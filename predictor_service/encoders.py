@@ -230,7 +230,9 @@ class StaticEncoder:
         """
         if SPLIT_DISAGREES.search(text):
             cleaned = BERT_SPACES.sub(" ", BERT_STRIPS.sub("", text))
-            if self._added_split and self._added_split.findall(cleaned) != self._added_split.findall(text):
+            # Stripping leaves every added token of the raw text; it may only make new ones.
+            if self.holds_added_token(cleaned) and (self._added_split.findall(cleaned)
+                                                    != self._added_split.findall(text)):
                 # Stripping made an added token ("[UN\x0bK]"): the tokenizer matches those in raw text only.
                 ids = _window(self.tokenizer.encode(text, add_special_tokens=False).ids, self.max_tokens,
                               self.tail_tokens)
