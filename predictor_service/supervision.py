@@ -185,6 +185,7 @@ class Supervisor:
                 child.start()
             except Exception as e:        # counted like an exit: the next try waits longer
                 reason = f"restart failed: {str(e).splitlines()[0][:200]}"
+                log.error("%s did not come back: %s", child.name, _bounded(str(e)))
                 child.stop()
                 continue
             log.warning("%s is back after %.1f s", child.name, time.monotonic() - down_since)
@@ -199,6 +200,14 @@ class Supervisor:
                 other.stop()
         if self._on_give_up is not None:
             self._on_give_up(child, reason)
+
+
+def _bounded(text: str, *, lines: int = 12, width: int = 300) -> str:
+    """The last `lines` lines of a child's error, each cut at `width`: a restart that fails in a loop
+    must not fill the log, but the lines that say why (a server's last log lines) must reach it."""
+    kept = text.splitlines()
+    head, tail = kept[:1], kept[1:][-lines:]
+    return "\n".join(line[:width] for line in head + tail)
 
 
 class ProcessChild:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +41,21 @@ SERVED_ARTIFACT = "artifact"         # the artifact's folder inside a portable r
 
 
 class TritonServerError(RuntimeError):
-    """The server could not be set up or did not become ready; the message carries its last log lines."""
+    """The server could not be set up or did not become ready; the message carries its last log lines.
+    `returncode` is the server's exit status when it exited before it was ready (negative: a signal)."""
+
+    def __init__(self, message: str, returncode: int | None = None):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+# tritonserver has been seen to die of these while starting, once in dozens of starts and never twice in a
+# row (SIGSEGV after SIGCONT, SIGABRT on a supervised restart in a loaded CI run): a crash, not a setting,
+# so it is started again. An exit with a code (a bad flag, a taken port) or SIGTERM/SIGKILL (someone
+# stopped it) is not retried.
+_START_CRASHES = frozenset(-int(s) for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
+                                              signal.SIGFPE))
+_START_TRIES = 3
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -266,21 +281,25 @@ class TritonServer:
         # Auto-picked ports can be taken between free_port() and the bind: retry with fresh ones, but never
         # move ports that were asked for or that a restart must keep.
         first_start = not self.ports
-        for attempt in range(3):
+        for attempt in range(_START_TRIES):
             if first_start:
                 self.ports = {k: (v or free_port(self.host)) for k, v in self._requested_ports.items()}
             self._launch()
             try:
                 self._wait_ready()
                 return self
-            except TritonServerError:
+            except TritonServerError as e:
                 clash = "already in use" in self.log_tail(20)
                 self.stop()
-                all_auto = first_start and not any(self._requested_ports.values())
-                if not (clash and all_auto and attempt < 2):
+                last = attempt == _START_TRIES - 1
+                if clash and first_start and not any(self._requested_ports.values()) and not last:
+                    log.warning("a port picked for tritonserver was taken meanwhile (%s); retrying on fresh "
+                                "ports", self.ports)
+                elif e.returncode in _START_CRASHES and not last:
+                    log.warning("tritonserver died of %s before it was ready; starting it again. Its last log "
+                                "lines:\n%s", signal.Signals(-e.returncode).name, self.log_tail(8))
+                else:
                     raise
-                log.warning("a port picked for tritonserver was taken meanwhile (%s); retrying on fresh ports",
-                            self.ports)
         return self
 
     def restart(self) -> "TritonServer":
@@ -352,7 +371,7 @@ class TritonServer:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise TritonServerError(f"tritonserver exited with code {code} before it was ready; last log "
-                                        f"lines ({self.log_path}):\n{self.log_tail()}")
+                                        f"lines ({self.log_path}):\n{self.log_tail()}", returncode=code)
             if _http_ok(f"{base}/health/ready") and all(_http_ok(f"{base}/models/{m}/ready") for m in self.models):
                 return
             time.sleep(0.1)

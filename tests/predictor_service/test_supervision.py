@@ -184,6 +184,26 @@ def _start_serve(log_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
     return serve, ports
 
 
+def test_a_restart_that_fails_is_logged_and_counted(tmp_path, caplog):
+    # Runs until `broken` exists; after that every start exits 3 before it is ready.
+    broken = tmp_path / "broken"
+    code = (f"import sys, time; from pathlib import Path\n"
+            f"sys.exit(3) if Path({str(broken)!r}).exists() else time.sleep(600)")
+    child = ProcessChild("leader", [sys.executable, "-c", code], ready=lambda: not broken.exists(),
+                         ready_timeout_s=5).start()
+    supervisor = Supervisor([child], RestartPolicy(max_restarts=2, window_s=60, backoff_initial_s=0.05,
+                                                   poll_s=0.05)).watch()
+    try:
+        broken.touch()
+        os.kill(child.pid, signal.SIGKILL)
+        _wait(lambda: supervisor.gave_up, 10, "giving up")
+    finally:
+        supervisor.stop()
+    failed = [r.getMessage() for r in caplog.records if "did not come back" in r.getMessage()]
+    assert len(failed) == 2 and all("(exit code 3)" in m for m in failed), failed
+    assert "leader stopped (restart failed: leader did not become ready" in supervisor.gave_up
+
+
 @pytest.mark.timeout(240)
 def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
     log_path = tmp_path / "serve.log"

@@ -3,6 +3,11 @@ spoken to with tritonclient (sync and asyncio gRPC), stopped in teardown."""
 
 import asyncio
 import json
+import logging
+import os
+import signal
+import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -188,6 +193,47 @@ def test_clash_on_a_requested_port_fails_with_the_server_log(triton_server):
         with TritonServer(grpc_port=taken, models=(ECHO_FLOOR_MODEL,), ready_timeout_s=60):
             pass
     assert triton_server.running()
+
+
+def test_a_crash_while_starting_is_started_again(caplog):
+    """tritonserver once died of SIGABRT on a supervised restart (CI): a crash before ready is retried."""
+    server = TritonServer(models=(ECHO_FLOOR_MODEL,), ready_timeout_s=60)
+    crashed = []
+
+    def crash_the_first_launch() -> None:
+        deadline = time.monotonic() + 30
+        while server.pid is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        crashed.append(server.pid)
+        os.kill(server.pid, signal.SIGABRT)
+
+    killer = threading.Thread(target=crash_the_first_launch)
+    with caplog.at_level(logging.WARNING, logger="predictor_service.triton_server"):
+        killer.start()
+        with server:
+            killer.join()
+            assert server.running() and server.pid != crashed[0]
+            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as response:
+                assert response.status == 200
+    assert "tritonserver died of SIGABRT before it was ready; starting it again" in caplog.text
+
+
+def test_a_stop_while_starting_is_not_retried():
+    server = TritonServer(models=(ECHO_FLOOR_MODEL,), ready_timeout_s=60)
+
+    def stop_the_launch() -> None:
+        deadline = time.monotonic() + 30
+        while server.pid is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(server.pid, signal.SIGKILL)     # as a user's kill -9 would: not a crash, not retried
+
+    killer = threading.Thread(target=stop_the_launch)
+    killer.start()
+    with pytest.raises(TritonServerError, match="exited with code -9 before it was ready") as error:
+        with server:
+            pass
+    killer.join()
+    assert error.value.returncode == -signal.SIGKILL
 
 
 def test_materialised_repository_can_turn_batching_off(tmp_path):
