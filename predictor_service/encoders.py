@@ -25,8 +25,8 @@ import torch
 
 from kernels.static_embed import static_embed
 from predictor_service.bert_rewrite import BertRewrite
-from predictor_service.bert_words import (BERT_SPACES, BERT_STRIPS, LONG_CHUNK_CHARS, PIECES, SPLIT_DISAGREES,
-                                          UnknownWords, max_word_chars_of)
+from predictor_service.bert_words import (LONG_CHUNK_CHARS, PIECES, SPLIT_DISAGREES, UnknownWords,
+                                          cleaned_as_bert, max_word_chars_of)
 from predictor_service.encoder_files import (TOKENIZER_FILE, EncoderFilesError, decode_table, encode_table,
                                              read_static_files, sha256_bytes, stored_storage, table_digest,
                                              write_static_files)
@@ -226,14 +226,11 @@ class StaticEncoder:
         chunk tokenizes on its own and a chunk -> ids cache gives exactly the tokenizer's answer: ~30 us
         for a 700-character prompt instead of ~370 us through the tokenizer once its words were seen. A
         character that Python and BERT disagree on as whitespace is first made what BERT's normaliser makes
-        of it (BERT_STRIPS, BERT_SPACES).
+        of it (bert_words.cleaned_as_bert).
         """
         if SPLIT_DISAGREES.search(text):
-            cleaned = BERT_SPACES.sub(" ", BERT_STRIPS.sub("", text))
-            # Stripping leaves every added token of the raw text; it may only make new ones.
-            if self.holds_added_token(cleaned) and (self._added_split.findall(cleaned)
-                                                    != self._added_split.findall(text)):
-                # Stripping made an added token ("[UN\x0bK]"): the tokenizer matches those in raw text only.
+            cleaned = cleaned_as_bert(text, self._added_split)
+            if cleaned is None:      # stripping made an added token it cannot write apart: the tokenizer reads it
                 ids = _window(self.tokenizer.encode(text, add_special_tokens=False).ids, self.max_tokens,
                               self.tail_tokens)
                 return [t for t in ids if t != self._unk_id]

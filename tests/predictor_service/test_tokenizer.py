@@ -26,6 +26,8 @@ def _tokenizer_ids(encoder, text):
     # Stripping a control character that BERT drops must not make an added token: the tokenizer matches
     # those in the raw text only (texts the rewrite refuses, so the chunk path reads them).
     "[UN\x0bK] \U0001d15e", "[UN\x85K] " + "×" * 4097, "[UN\x1cK]x [PAD] \x0c\U0001d15e",
+    "[UN\x0bK] " + "é, " * 4100, "[UN\x0bK][PAD]\x0c[SE\x1cP]" + "é," * 4100, "[[UN\x0bK]]x[UN[PA\x1fD]K]\U0001d15e",
+    "[UN\x0bK]" * 300 + "[PAD]\x0b[CLS]\u2028[MA\x85SK]\U0001d15e",
     "é" * 300 + "\u2014" + "é" * 300, "\u166d" * 400, "\u1734" * 400, "\u0898" * 400, "\U000111c9" * 400,
     "\U00011938" * 400, "\u0301" * 400 + "é", "é" * 50 + "\u200b" * 300, "ß" * 60 + "é" * 200, "é" * 101 + "[PAD]" * 40,
 ])
@@ -40,7 +42,8 @@ def test_static_chunk_cache_tokenizes_exactly_like_the_tokenizer(static_encoder,
 
 
 # Characters, plus the tokenizer's added tokens, which it matches in the raw text before normalising.
-TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0\x1c\x1d\x1e\x1f\x85\u2028\u2029", "[UNK]", "[PAD]", "[unk]"]
+TEXT_PIECES = [*string.printable, *"éß×–“”πΩ東\u00a0\x1c\x1d\x1e\x1f\x85\u2028\u2029", "[UNK]", "[PAD]", "[unk]",
+               "[UN", "K]", "[PA", "D]"]   # halves that stripping a control character between them joins
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every CI run
@@ -117,6 +120,24 @@ def test_a_long_chunk_with_an_added_token_is_still_cut_and_read_only_as_far_as_t
     assert list(encoder._cut("x[UNK]y[PAD][PAD]")) == ["x", "[UNK]", "y", "[PAD]", "[PAD]"]
     encoder.clear_caches()
     assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:2000])[:encoder.max_tokens]
+
+
+def test_an_added_token_that_stripping_makes_is_written_apart_not_sent_to_the_tokenizer_whole(static_encoder):
+    """"[UN\x0bK]" before 256 KiB the rewrite refuses sent the whole text to the tokenizer (~130 ms); the
+    token stripping makes is written as the words the tokenizer reads, and the chunk path goes on."""
+    import re
+
+    from predictor_service.bert_words import cleaned_as_bert
+
+    split = static_encoder._added_split
+    assert cleaned_as_bert("[UN\x0bK]a\u2028[PAD]\x1c[PA\x0cD]", split) == "[ UNK]a [PAD][ PAD]"
+    assert cleaned_as_bert("[UN\x0bK]", None) == "[UNK]"
+    assert cleaned_as_bert("ab\x0bc", re.compile("abc")) is None      # "a" is no character BERT isolates
+    assert cleaned_as_bert("ab\x0bd", re.compile("abc")) == "abd"
+    text = "[UN\x0bK]" + "é," * 85_000                                  # one 255 KiB chunk
+    static_encoder.clear_caches()
+    assert static_encoder.rewritten(text) is None
+    assert static_encoder._token_ids(text) == _tokenizer_ids(static_encoder, text[:2000])[:static_encoder.max_tokens]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
