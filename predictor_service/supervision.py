@@ -184,8 +184,9 @@ class Supervisor:
             try:
                 child.start()
             except Exception as e:        # counted like an exit: the next try waits longer
-                reason = f"restart failed: {str(e).splitlines()[0][:200]}"
-                log.error("%s did not come back: %s", child.name, _bounded(str(e)))
+                error = bounded_error(e)
+                reason = f"restart failed: {error.partition(chr(10))[0]}"
+                log.error("%s did not come back: %s", child.name, error)
                 child.stop()
                 continue
             log.warning("%s is back after %.1f s", child.name, time.monotonic() - down_since)
@@ -202,10 +203,11 @@ class Supervisor:
             self._on_give_up(child, reason)
 
 
-def _bounded(text: str, *, lines: int = 12, width: int = 300) -> str:
-    """The last `lines` lines of a child's error, each cut at `width`: a restart that fails in a loop
-    must not fill the log, but the lines that say why (a server's last log lines) must reach it."""
-    kept = text.splitlines()
+def bounded_error(error: Exception, *, lines: int = 12, width: int = 300) -> str:
+    """A child's error for the log: its first line, then its last `lines` lines, each cut at `width` (its
+    type's name where it has no message). A restart that fails in a loop must not fill the log, but the
+    lines that say why (a server's last log lines) must reach it."""
+    kept = str(error).splitlines() or [type(error).__name__]
     head, tail = kept[:1], kept[1:][-lines:]
     return "\n".join(line[:width] for line in head + tail)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from predictor_service.artifact import Artifact, default_artifact_path
 from predictor_service.contract import (ARTIFACT_PATH, LOOPBACK, POOL_LABELS_FILE, QUALITY, SERVED_MODELS,
                                         pool_parameters)
-from predictor_service.supervision import spawn_group, stop_group
+from predictor_service.supervision import bounded_error, describe_exit, spawn_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,13 @@ class TritonServerError(RuntimeError):
 
 # tritonserver has been seen to die of these while starting, once in dozens of starts and never twice in a
 # row (SIGSEGV after SIGCONT, SIGABRT on a supervised restart in a loaded CI run): a crash, not a setting,
-# so it is started again. An exit with a code (a bad flag, a taken port) or SIGTERM/SIGKILL (someone
-# stopped it) is not retried.
+# so it is started again, after a short pause. An exit with a code (a bad flag, a taken port) or
+# SIGTERM/SIGKILL (someone stopped it) is not retried. These tries are one start to a Supervisor: its
+# restart policy counts exits of a server that was running, not a start that never got there.
 _START_CRASHES = frozenset(-int(s) for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
                                               signal.SIGFPE))
 _START_TRIES = 3
+_CRASH_PAUSE_S = 0.5
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -288,16 +290,17 @@ class TritonServer:
             try:
                 self._wait_ready()
                 return self
-            except TritonServerError as e:
-                clash = "already in use" in self.log_tail(20)
+            except TritonServerError as e:   # its message ends with the server's last log lines
+                clash = "already in use" in str(e)
                 self.stop()
                 last = attempt == _START_TRIES - 1
                 if clash and first_start and not any(self._requested_ports.values()) and not last:
                     log.warning("a port picked for tritonserver was taken meanwhile (%s); retrying on fresh "
                                 "ports", self.ports)
                 elif e.returncode in _START_CRASHES and not last:
-                    log.warning("tritonserver died of %s before it was ready; starting it again. Its last log "
-                                "lines:\n%s", signal.Signals(-e.returncode).name, self.log_tail(8))
+                    log.warning("tritonserver was %s before it was ready; starting it again in %.1f s: %s",
+                                describe_exit(e.returncode), _CRASH_PAUSE_S, bounded_error(e, lines=8))
+                    time.sleep(_CRASH_PAUSE_S)
                 else:
                     raise
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from predictor_service.supervision import ProcessChild, RestartPolicy, Supervisor, describe_exit
+from predictor_service.supervision import ProcessChild, RestartPolicy, Supervisor, bounded_error, describe_exit
 from predictor_service.triton_server import PROJECT_ROOT, free_port
 from selector.client import make_route_request
 from selector.proto import selector_pb2_grpc as pb_grpc
@@ -202,6 +202,43 @@ def test_a_restart_that_fails_is_logged_and_counted(tmp_path, caplog):
     failed = [r.getMessage() for r in caplog.records if "did not come back" in r.getMessage()]
     assert len(failed) == 2 and all("(exit code 3)" in m for m in failed), failed
     assert "leader stopped (restart failed: leader did not become ready" in supervisor.gave_up
+
+
+class _ExitedChild:
+    """A child that has exited and whose every restart raises `error`."""
+    name = "silent"
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def start(self):
+        raise self.error
+
+    def exit_status(self):
+        return 1
+
+    def stop(self):
+        pass
+
+
+def test_a_restart_that_fails_with_no_message_is_still_counted_and_given_up():
+    # str(RuntimeError()) is "": taking its first line raised IndexError and ended the watcher thread,
+    # so nothing was supervised from then on and it never gave up.
+    supervisor = Supervisor([_ExitedChild(RuntimeError())], RestartPolicy(max_restarts=2, window_s=60,
+                                                                          backoff_initial_s=0.05, poll_s=0.05))
+    supervisor.watch()
+    try:
+        _wait(lambda: supervisor.gave_up, 10, "giving up")
+    finally:
+        supervisor.stop()
+    assert "silent stopped (restart failed: RuntimeError) after 2 restarts" in supervisor.gave_up
+
+
+def test_a_failed_restart_is_logged_bounded():
+    error = RuntimeError("\n".join(["not ready; last log lines:", *(f"line {i} " + "x" * 1000 for i in range(50))]))
+    lines = bounded_error(error).splitlines()
+    assert lines[0] == "not ready; last log lines:" and lines[1].startswith("line 38 ") and len(lines) == 13
+    assert max(map(len, lines)) == 300
 
 
 @pytest.mark.timeout(240)

@@ -215,7 +215,7 @@ def test_a_crash_while_starting_is_started_again(caplog):
             assert server.running() and server.pid != crashed[0]
             with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as response:
                 assert response.status == 200
-    assert "tritonserver died of SIGABRT before it was ready; starting it again" in caplog.text
+    assert "tritonserver was killed by SIGABRT before it was ready; starting it again" in caplog.text
 
 
 def test_a_stop_while_starting_is_not_retried():
