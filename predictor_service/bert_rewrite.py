@@ -16,8 +16,8 @@ and RAG text holds more of them.
 Not rewritten (the caller takes the chunk path, exact as before): a character whose normalised form keeps a
 combining character (NFD reorders those across characters, so one character's answer alone could differ),
 a text with more than MAX_REWRITES characters to replace (a Python call each: 256 KiB of Chinese would
-cost ~40 ms here), and a text with more than MAX_NEW_CHARS characters never seen before (those are asked
-and kept, so the next such text may be covered).
+cost ~40 ms here), and a text with more than MAX_NEW_CHARS characters never seen before (the first
+MAX_NEW_CHARS of them are asked and kept, so a later such text may be covered).
 
 Not thread-safe, as the encoder's chunk cache is not: one predictor serves one thread (Triton's stub).
 """
