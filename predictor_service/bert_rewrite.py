@@ -42,6 +42,7 @@ class BertRewrite:
     def __init__(self, tokenizer):
         self._normalizer, self._pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
         self._rewrites: dict[str, str | None] = {}
+        self.asked = 0      # characters asked of the tokenizer so far: a caller's budget across texts
 
     def _rewrite(self, ch: str) -> str | None:
         parts = []
@@ -64,7 +65,9 @@ class BertRewrite:
                 return None
         return "".join(parts)
 
-    def __call__(self, text: str) -> bytes | None:
+    def __call__(self, text: str, max_new: int = MAX_NEW_CHARS) -> bytes | None:
+        """At most `max_new` characters never seen before are asked of the tokenizer (and kept); a text
+        with more is not rewritten."""
         # At most one past the bound: a findall over 256 KiB of Chinese took ~8 ms only to refuse it.
         found = [m[0] for m in itertools.islice(NOT_PLAIN.finditer(text), MAX_REWRITES + 1)]
         if len(found) > MAX_REWRITES:
@@ -72,14 +75,15 @@ class BertRewrite:
         rewrites = self._rewrites
         distinct = set(found)
         new = [ch for ch in distinct if ch not in rewrites]
-        if len(rewrites) + min(len(new), MAX_NEW_CHARS) > MAX_CACHED_CHARS:
+        if len(rewrites) + min(len(new), max_new) > MAX_CACHED_CHARS:
             rewrites.clear()
             new = list(distinct)
-        # At most MAX_NEW_CHARS asked of the tokenizer per text, but kept: a text with more comes back
-        # covered once its characters have been seen (Chinese prompts warm the cache within a few).
-        for ch in new[:MAX_NEW_CHARS]:
+        # At most max_new asked of the tokenizer per text, but kept: a text with more comes back covered
+        # once its characters have been seen (Chinese prompts warm the cache within a few).
+        for ch in new[:max(max_new, 0)]:
             rewrites[ch] = self._rewrite(ch)
-        if len(new) > MAX_NEW_CHARS:
+        self.asked += min(len(new), max(max_new, 0))
+        if len(new) > max_new:
             return None
         if any(rewrites[ch] is None for ch in distinct):
             return None

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from predictor_service.windows import _window
 from training.data import read_prompts
 
 
@@ -120,6 +121,29 @@ def test_a_long_chunk_with_an_added_token_is_still_cut_and_read_only_as_far_as_t
     assert list(encoder._cut("x[UNK]y[PAD][PAD]")) == ["x", "[UNK]", "y", "[PAD]", "[PAD]"]
     encoder.clear_caches()
     assert encoder._token_ids(text) == _tokenizer_ids(encoder, text[:2000])[:encoder.max_tokens]
+
+
+def test_the_chunk_path_asks_the_rewrite_for_at_most_its_budget_of_new_characters():
+    """Each chunk of a long text went to the rewrite with its own budget of new characters: 80k random
+    ideographs with a tail window asked ~20k of the tokenizer one by one (208 ms cold). Now the chunks of a
+    text share one budget; the other chunks go to the tokenizer, exact either way."""
+    from predictor_service.artifact import static_encoder_from
+    from predictor_service.bert_rewrite import MAX_NEW_CHARS
+
+    encoder = static_encoder_from(max_tokens=256, tail_tokens=192)
+    text = "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(3_000))   # 3,000 distinct, one chunk
+
+    def windowed(text):   # the window is taken with [UNK] in it, then [UNK] dropped
+        return [t for t in _window(encoder.tokenizer.encode(text, add_special_tokens=False).ids, 256, 192)
+                if t != encoder._unk_id]
+
+    before = encoder._rewrite.asked
+    assert encoder._token_ids(text) == windowed(text)
+    # The try at the whole text asks MAX_NEW_CHARS (and refuses it), its chunks at most as many more.
+    assert encoder._rewrite.asked - before == 2 * MAX_NEW_CHARS
+    again = text[::-1]                                                      # the same characters
+    assert encoder._token_ids(again) == windowed(again)
+    assert encoder._rewrite.asked - before == 3 * MAX_NEW_CHARS              # its chunks were cached
 
 
 def test_an_added_token_that_stripping_makes_is_written_apart_not_sent_to_the_tokenizer_whole(static_encoder):
