@@ -46,9 +46,16 @@ class Child(Protocol):
     def stop(self) -> None: ...
 
 
+# Not an OS exit status (those are 0-255 or minus a signal): a child that still runs but can no longer
+# serve reports it from exit_status(), so that it is restarted like one that exited.
+UNSERVING = 1000
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "still running"
+    if returncode == UNSERVING:
+        return "running but unable to serve"
     if returncode < 0:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-returncode).name}"

@@ -31,7 +31,8 @@ from pathlib import Path
 from predictor_service.artifact import Artifact, default_artifact_path
 from predictor_service.contract import (ARTIFACT_PATH, LOOPBACK, POOL_LABELS_FILE, QUALITY, SERVED_MODELS,
                                         pool_parameters)
-from predictor_service.supervision import bounded_error, describe_exit, spawn_group, stop_group
+from predictor_service.backend_stubs import stub_pids, stubs_gone
+from predictor_service.supervision import UNSERVING, bounded_error, describe_exit, spawn_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class TritonServer:
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._owns_run_dir = run_dir is None
         self._process: subprocess.Popen | None = None
+        self._stubs: frozenset[int] = frozenset()      # its Python-backend stubs, once ready
         self._log_file = None
         self._shm_prefix = ""
 
@@ -266,8 +268,14 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def exit_status(self) -> int | None:
-        """The exit status once the process has exited (reaping it), None while it runs or was stopped."""
-        return None if self._process is None else self._process.poll()
+        """The exit status once the process has exited (reaping it), None while it runs or was stopped;
+        UNSERVING while it runs without a Python-backend stub it was ready with (backend_stubs: it would
+        answer that model's every request INTERNAL, and never recover)."""
+        process = self._process
+        status = None if process is None else process.poll()
+        if status is None and self._stubs and stubs_gone(process.pid, self._stubs):
+            return UNSERVING
+        return status
 
     @property
     def pid(self) -> int | None:
@@ -313,7 +321,7 @@ class TritonServer:
     def stop(self) -> None:
         """SIGTERM, SIGKILL after stop_timeout_s, then SIGKILL to what is left of its process group: the
         Python stubs outlive a server killed with SIGKILL (re-parented to PID 1, 585 MB each, seen)."""
-        process, self._process = self._process, None
+        process, self._process, self._stubs = self._process, None, frozenset()
         if process is not None:
             stop_group(process, timeout_s=self.stop_timeout_s, name="tritonserver")
         if self._log_file is not None:
@@ -376,6 +384,7 @@ class TritonServer:
                 raise TritonServerError(f"tritonserver exited with code {code} before it was ready; last log "
                                         f"lines ({self.log_path}):\n{self.log_tail()}", returncode=code)
             if _http_ok(f"{base}/health/ready") and all(_http_ok(f"{base}/models/{m}/ready") for m in self.models):
+                self._stubs = stub_pids(self._process.pid)
                 return
             time.sleep(0.1)
         raise TritonServerError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; last log lines "

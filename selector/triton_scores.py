@@ -15,6 +15,7 @@ go through the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Protocol
 
 import grpc
@@ -31,8 +32,17 @@ from selector.constraints import InvalidRequest
 from selector.pool import read_served_pool
 
 
+# What ready() scores when the model read ready but its last call found its process down.
+PROBE_PROMPT = "Is the predictor serving?"
+
+
 class PredictorUnavailable(RuntimeError):
     """Triton cannot be reached, or the model is not loaded."""
+
+
+class ModelDown(PredictorUnavailable):
+    """The model's Python-backend stub is dead (2.51: "Stub process '...' is not healthy.", status INTERNAL):
+    the server and model still read ready, and the model answers nothing until the server is restarted."""
 
 
 class PredictorTimeout(RuntimeError):
@@ -80,6 +90,7 @@ class TritonScores:
             ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
         ])
         self._max_batch_size = 0     # from the model config, read by served_pool()
+        self._model_down = False     # the last call was answered ModelDown
         # The client's own channel (tritonclient is pinned), so one connection and its reconnect settings
         # serve every call.
         self._model_infer = GRPCInferenceServiceStub(self._client._channel).ModelInfer
@@ -107,9 +118,14 @@ class TritonScores:
 
     async def ready(self) -> bool:
         try:
-            return bool(await self._client.is_model_ready(self.model, client_timeout=1.0))
+            if not await self._client.is_model_ready(self.model, client_timeout=1.0):
+                return False
         except InferenceServerException:
             return False
+        if self._model_down:     # it reads ready without its stub: only a scored prompt tells them apart
+            with contextlib.suppress(Exception):    # any failure leaves it down
+                await self.score([PROBE_PROMPT], timeout_s=1.0)
+        return not self._model_down
 
     async def score(self, prompts: list[str], *, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -164,8 +180,11 @@ class TritonScores:
         try:
             response = await self._model_infer(request, timeout=timeout_s)
         except grpc.RpcError as e:
-            raise _translate(get_error_grpc(e),
-                             f"scoring {len(prompts)} prompt(s) with {self.model!r} at {self.url}") from e
+            error = _translate(get_error_grpc(e),
+                               f"scoring {len(prompts)} prompt(s) with {self.model!r} at {self.url}")
+            self._model_down = self._model_down or isinstance(error, ModelDown)    # until a call succeeds
+            raise error from e
+        self._model_down = False
         quality = cost = None
         contents = response.raw_output_contents
         for i, output in enumerate(response.outputs):
@@ -202,6 +221,8 @@ def _translate(error: InferenceServerException, doing: str) -> RuntimeError:
         # The selector checks prompts against its own limit first; this is the predictor's, set apart
         # (ROUTOO_MAX_PROMPT_BYTES differs between the two), or a prompt only the model refuses.
         return InvalidRequest("prompts", f"the predictor refused it while {doing}: {message}")
+    if "is not healthy" in message:
+        return ModelDown(f"the predictor's model process is down while {doing}: {message}")
     if status.endswith("UNAVAILABLE"):
         return PredictorUnavailable(f"the predictor is unreachable while {doing}: {error.message()}")
     if status.endswith("DEADLINE_EXCEEDED"):

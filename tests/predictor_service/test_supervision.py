@@ -272,9 +272,9 @@ def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
     assert not list(Path("/dev/shm").glob(f"{shm_prefix}*"))
 
 
-async def _route_through_a_kill(address: str, triton_pid: int, stubs: list[int]) -> dict:
-    """16 clients Route in a loop; tritonserver is killed once all got an answer; until 16 answers come after
-    the restart. Returns counts of the outcomes."""
+async def _route_through_a_kill(address: str, victim_pid: int, stubs: list[int]) -> dict:
+    """16 clients Route in a loop; `victim_pid` (tritonserver, or a stub of it) is killed once all got an
+    answer; until 16 answers come after the restart. Returns counts of the outcomes."""
     failed: dict[str, int] = {}
     ok = {"before": 0, "after": 0}
     phase = {"name": "before"}
@@ -297,7 +297,7 @@ async def _route_through_a_kill(address: str, triton_pid: int, stubs: list[int])
         while ok["before"] < 64:
             assert time.monotonic() < deadline, (ok, failed)
             await asyncio.sleep(0.05)
-        os.kill(triton_pid, signal.SIGKILL)
+        os.kill(victim_pid, signal.SIGKILL)
         while not failed.get("UNAVAILABLE"):        # the outage is seen...
             assert time.monotonic() < deadline, (ok, failed)
             await asyncio.sleep(0.01)
@@ -308,6 +308,33 @@ async def _route_through_a_kill(address: str, triton_pid: int, stubs: list[int])
         stop.set()
         await asyncio.gather(*tasks)
     return {"ok_before": ok["before"], "ok_after": ok["after"], "failed": failed, "stubs": stubs}
+
+
+@pytest.mark.timeout(240)
+def test_serve_restarts_triton_when_the_predictor_stub_dies(tmp_path):
+    # Without a hand, this Triton would answer INTERNAL "Stub process ... is not healthy." for ever
+    # (predictor_service/backend_stubs.py); the selector answers UNAVAILABLE meanwhile.
+    log_path = tmp_path / "serve.log"
+    serve, ports = _start_serve(log_path)
+    shm_prefix = f"routoo_{serve.pid}_"
+    try:
+        tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
+        stubs = [pid for pid in _stubs_of(shm_prefix)
+                 if b"/routoo_predictor/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(tritons) == 1 and len(stubs) == 1
+        outcome = asyncio.run(_route_through_a_kill(f"127.0.0.1:{ports['selector']}", stubs[0], stubs))
+        assert outcome["ok_after"] >= 16, outcome
+        assert set(outcome["failed"]) <= {"UNAVAILABLE"}, outcome
+        new_tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
+        assert len(new_tritons) == 1 and new_tritons != tritons
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+        rc = serve.wait(60)
+    text = log_path.read_text()
+    assert rc == 0, text
+    assert text.count("tritonserver exited (running but unable to serve)") == 1, text
+    assert text.count("tritonserver is back") == 1
 
 
 @pytest.mark.timeout(180)
