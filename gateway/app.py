@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import urllib.parse
 
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,7 +37,7 @@ from gateway.routing import (ROUTED_MODEL, Decision, Router, constraints_from_bo
                              raise_unless_selector_down, unrouted)
 from gateway.stream import EventRewriter, RelayResponse
 from gateway.upstream import (MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES, UPSTREAM_ERRORS, Answer, Forwarder,
-                              UpstreamConfigError, load_upstreams, read_limited)
+                              UpstreamConfigError, header_key, load_upstreams, read_limited)
 from selector.log_limits import AggregatedLog
 from selector.pool import DEFAULT_POOL_PATH, is_env_name, load_pool
 from selector.proto import selector_pb2 as pb
@@ -47,6 +48,16 @@ log = logging.getLogger("routoo.gateway")
 # Headers of the upstream's answer that describe its body and are passed on (hop-by-hop ones are not), where
 # their values are printable ASCII (HTTP/1.1 sends latin-1 at most; anything else is dropped, not a 500).
 _PASSED_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
+
+
+# Header values go out as Latin-1, and a pool name may be any text but control characters: such a name
+# made every answer of its model a 500 after the upstream had been paid. Printable ASCII but "%" is sent as
+# it is; the rest as percent-encoded UTF-8 (RFC 3986), which urllib.parse.unquote reads back.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_text(text: str) -> str:
+    return urllib.parse.quote(text, safe=_HEADER_SAFE)
 
 
 class Gateway:
@@ -69,7 +80,11 @@ class Gateway:
                 named = repr(config.api_key_env) if is_env_name(config.api_key_env) else \
                     f"(a {len(config.api_key_env)}-character value that is not a variable name)"
                 raise ValueError(f"--api-key-env {named}: that environment variable is not set")
-            self.client_key = key.encode("utf-8")
+            if header_key(key) is None:
+                raise ValueError(f"--api-key-env {config.api_key_env!r}: its value holds a character an HTTP "
+                                 f"header cannot carry (a control character, or one that is not ASCII) besides "
+                                 f"the whitespace at its ends, so no client could send it")
+            self.client_key = header_key(key).encode("utf-8")
         if config.fallback_model is not None and config.fallback_model not in self.upstreams:
             raise ValueError(f"fallback model {config.fallback_model!r} has no upstream in the pool file; models "
                              f"with one: {sorted(self.upstreams)}")
@@ -272,7 +287,7 @@ class Gateway:
 
     @staticmethod
     def _decision_headers(decision: Decision, model: str, attempts: int) -> dict[str, str]:
-        headers = {"x-routoo-model": model, "x-routoo-attempts": str(attempts)}
+        headers = {"x-routoo-model": header_text(model), "x-routoo-attempts": str(attempts)}
         if decision.routed:
             quality, cost = decision.quality.get(model, math.nan), decision.expected_cost_usd.get(model, math.nan)
             headers.update({"x-routoo-quality": f"{quality:.4f}", "x-routoo-expected-cost-usd": f"{cost:.6g}",

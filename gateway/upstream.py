@@ -56,6 +56,15 @@ class Upstream:
         return (prompt * self.input_usd_per_mtok + completion * self.output_usd_per_mtok) / 1e6
 
 
+def header_key(value: str) -> str | None:
+    """A key from the environment as it goes into a header: the whitespace at its ends dropped (a secret
+    made from a file, or a .env with CRLF line ends, carries a newline), None if what is left is empty or
+    holds a character other than printable ASCII. aiohttp refused such a key on every request: a 500 with
+    no failover; as a client key it locked every client out."""
+    key = value.strip()
+    return key if key and all(" " <= c <= "~" for c in key) else None
+
+
 def load_upstreams(pool: Pool, environ=os.environ) -> dict[str, Upstream]:
     """Every pool model with a base_url, keys read from the environment once, at start-up."""
     upstreams = {}
@@ -68,7 +77,11 @@ def load_upstreams(pool: Pool, environ=os.environ) -> dict[str, Upstream]:
             if not key:
                 raise UpstreamConfigError(f"pool model {m.name!r}: its api_key_env {m.api_key_env!r} is not set in "
                                           f"the environment (export it before starting the gateway)")
-            headers["authorization"] = f"Bearer {key}"
+            if header_key(key) is None:     # the variable is named, never its value
+                raise UpstreamConfigError(f"pool model {m.name!r}: the value of {m.api_key_env!r} holds a "
+                                          f"character an HTTP header cannot carry (a control character, or "
+                                          f"one that is not ASCII) besides the whitespace at its ends")
+            headers["authorization"] = f"Bearer {header_key(key)}"
         upstreams[m.name] = Upstream(m.name, m.base_url.rstrip("/") + "/chat/completions",
                                      m.upstream_model or m.name, m.input_usd_per_mtok, m.output_usd_per_mtok,
                                      headers)

@@ -65,6 +65,37 @@ def test_upstream_keys_come_from_the_environment_only(tmp_path):
         Gateway(GatewayConfig(pool_path=path), environ={})
 
 
+def test_keys_lose_the_whitespace_at_their_ends_and_refuse_what_a_header_cannot_carry(tmp_path):
+    # A secret made from a file, or a .env with CRLF line ends, ends in a newline: aiohttp refused the
+    # header on every request (a 500, no failover), and as a client key it locked every client out.
+    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+
+    pool = load_pool(write_pool(tmp_path, 'base_url = "http://h:1/v1/"\napi_key_env = "A_KEY"'))
+    assert load_upstreams(pool, {"A_KEY": " secret\r\n"})["a"].headers == {"authorization": "Bearer secret"}
+    for bad in ("sec\nret", "sec\x00ret", "s\u00e9cret", "\t\n"):
+        with pytest.raises(UpstreamConfigError, match="'A_KEY' holds a character an HTTP header cannot carry") as e:
+            load_upstreams(pool, {"A_KEY": bad})
+        assert bad not in str(e.value)
+    assert Gateway(GatewayConfig(api_key_env="K"), environ={"K": "gateway-key\n"}).client_key == b"gateway-key"
+    with pytest.raises(ValueError, match="--api-key-env 'K': its value holds a character") as e:
+        Gateway(GatewayConfig(api_key_env="K"), environ={"K": "gate\u00e9way"})
+    assert "gate\u00e9way" not in str(e.value)
+
+
+def test_a_model_name_goes_into_its_header_as_latin_1_text():
+    # x-routoo-model held the name as it is: a name outside Latin-1 made every answer of its model a 500.
+    from urllib.parse import unquote
+
+    from gateway.app import header_text
+
+    assert header_text("gpt-4o@2024-05 (eu) [x]") == "gpt-4o@2024-05 (eu) [x]"      # printable ASCII as it is
+    for name in ("Qwen\u20117B-\u4e2d\u6587", "a%b", "caf\u00e9"):
+        text = header_text(name)
+        assert text.isascii() and text.isprintable() and unquote(text) == name
+        text.encode("latin-1")
+
+
 def test_a_client_key_passed_where_its_variables_name_belongs_is_not_printed_back():
     from gateway.app import Gateway
     from gateway.config import GatewayConfig
