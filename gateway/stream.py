@@ -92,9 +92,11 @@ class EventRewriter:
 
 
 def error_event(message: str, code: str) -> bytes:
-    """An error the openai clients raise as APIError when it arrives inside a stream."""
+    """An error the openai clients raise as APIError when it arrives inside a stream. It follows whole lines
+    only (the relay drops a cut one), and its first newline ends an event the upstream left open by one: a
+    blank line more where the event was ended already, which SSE ignores."""
     body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
-    return b"data: " + json.dumps(body).encode("utf-8") + b"\n\n"
+    return b"\ndata: " + json.dumps(body).encode("utf-8") + b"\n\n"
 
 
 class RelayResponse:
@@ -139,7 +141,7 @@ class RelayResponse:
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = self._rewriter.flush()
-            if tail:
+            if tail and self._rewriter.ended:   # else the line was cut: half an event is no use to a client
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
             if not self._rewriter.ended:
                 outcome = "truncated"

@@ -56,8 +56,25 @@ def test_a_stream_that_breaks_off_ends_in_an_error_for_the_client(fresh):
     assert list(fresh.received()) == [chosen]       # after the first byte there is no retry
 
 
+@pytest.mark.parametrize("mode, before", [("end_mid_line", ["answer"]), ("end_after_one_lf", ["answer", " more"])])
+def test_a_stream_cut_inside_a_line_or_an_event_still_ends_in_an_api_error(fresh, mode, before):
+    # The error event used to follow the cut bytes as they were: joined to a half line, or to an event
+    # left open by one newline, it reached the openai client as JSONDecodeError instead of APIError.
+    chosen, _ = first_two(fresh, QUESTION)
+    fresh.upstreams[chosen].mode = mode
+    stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
+    chunks = []
+    with pytest.raises(openai.APIError, match=r"before its end \(\[DONE\] or a finish_reason\)"):
+        for chunk in stream:
+            chunks.append(chunk.choices[0].delta.content)
+    assert chunks == before
+
+
 def test_a_stream_closed_before_its_end_ends_in_an_error_and_is_counted(fresh):
     chosen, _ = first_two(fresh, QUESTION)
+    # The stack serves the whole folder: other tests' cut streams are counted too.
+    counted = metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen,
+                     reason="stream_ended_early")
     fresh.upstreams[chosen].mode = "end_without_done"
     stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
     chunks = []
@@ -66,13 +83,13 @@ def test_a_stream_closed_before_its_end_ends_in_an_error_and_is_counted(fresh):
             chunks.append(chunk.choices[0].delta.content)
     assert chunks == ["answer"]
     assert metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen,
-                  reason="stream_ended_early") == 1
+                  reason="stream_ended_early") == counted + 1
     # A finish_reason is an end too: an upstream that never sends [DONE] after it is not an error.
     fresh.upstreams[chosen].mode = "finish_without_done"
     stream = fresh.client().chat.completions.create(model="routoo", messages=chat(QUESTION), stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"answer from {chosen}"
     assert metric(fresh.metrics(), "routoo_gateway_upstream_failures_total", model=chosen,
-                  reason="stream_ended_early") == 1
+                  reason="stream_ended_early") == counted + 1
 
 
 def test_a_client_that_leaves_mid_stream_cancels_the_upstream(fresh):

@@ -159,6 +159,12 @@ class FakeUpstream:
             if mode == "break_mid_stream":
                 h.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if mode in ("end_mid_line", "end_after_one_lf"):    # closed cleanly inside a line, or an event
+                cut = b'data: {"id": "chatcmpl-fake", "obj' if mode == "end_mid_line" else None
+                send(cut or event({"content": " more"})[:-1])
+                h.wfile.write(b"0\r\n\r\n")
+                h.wfile.flush()
+                return
             if mode == "end_without_done":
                 h.wfile.write(b"0\r\n\r\n")
                 h.wfile.flush()
