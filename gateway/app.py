@@ -85,11 +85,11 @@ class Gateway:
                                  f"header cannot carry (a control character, or one that is not ASCII) besides "
                                  f"the whitespace at its ends, so no client could send it")
             self.client_key = header_key(key).encode("utf-8")
-        if config.fallback_model is not None and config.fallback_model not in self.upstreams:
-            raise ValueError(f"fallback model {config.fallback_model!r} has no upstream in the pool file; models "
-                             f"with one: {sorted(self.upstreams)}")
         enabled = {m.name for m in self.pool.models if m.enabled}
         self.callable_models = [n for n in self.pool.names if n in self.upstreams and n in enabled]
+        if config.fallback_model is not None and config.fallback_model not in self.callable_models:
+            raise ValueError(f"fallback model {config.fallback_model!r} has no upstream in the pool file, or is "
+                             f"disabled there; models with one, enabled: {self.callable_models}")
         self._best_among = set(self.callable_models)
         self._in_flight = 0
         self.metrics.in_flight.set_function(lambda: self._in_flight)
@@ -190,6 +190,9 @@ class Gateway:
                                    code="model_not_found")
             if model not in self.upstreams:
                 raise GatewayError(400, f"pool model {model!r} has no upstream (base_url in the pool file)",
+                                   param="model", code="model_not_found")
+            if model not in self.callable_models:   # as /v1/models and routing leave it out
+                raise GatewayError(400, f"pool model {model!r} is disabled in the pool file (enabled = false)",
                                    param="model", code="model_not_found")
             return unrouted(model), stream
         policy = parse_policy(model)

@@ -98,6 +98,10 @@ def load_checked_pool(config: SelectorConfig) -> Pool:
     """The pool file of `config`, with its fallback model checked against it; PoolError otherwise. What
     needs no predictor, so `routoo serve` calls it before it starts Triton."""
     pool = load_pool(config.pool_path)
+    if not any(m.enabled for m in pool.models):
+        # Health would say SERVING, and every Route and RouteBatch be refused.
+        raise PoolError(f"every model of the pool file {config.pool_path} is disabled (enabled = false): no "
+                        f"request could be routed")
     if config.fallback_model is not None and config.fallback_model not in pool.names:
         raise PoolError(f"fallback_model {config.fallback_model!r} is not in the pool; valid models are {pool.names}")
     if config.fallback_model is not None and not pool.models[pool.names.index(config.fallback_model)].enabled:

@@ -18,7 +18,9 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("body, flags, message", [
     (POOL + "[[modles]]\nname = 'b'\n", [], "unknown top-level keys ['modles']"),
-    (POOL + "enabled = false\n", ["--fallback-model", "a"], "fallback_model 'a' is disabled in the pool file"),
+    (POOL + "enabled = false\n" + POOL.replace("'a'", "'b'"), ["--fallback-model", "a"],
+     "fallback_model 'a' is disabled in the pool file"),
+    (POOL + "enabled = false\n", [], "is disabled (enabled = false): no request could be routed"),
     (POOL, ["--fallback-model", "nosuch"], "fallback_model 'nosuch' is not in the pool"),
     (POOL, ["--max-in-flight-mib", "inf"], "--max-in-flight-mib: must be a number of MiB > 0"),
     (POOL, ["--metrics-port", "70000"], "metrics_port must be in [0, 65535]"),

@@ -83,6 +83,27 @@ def test_keys_lose_the_whitespace_at_their_ends_and_refuse_what_a_header_cannot_
     assert "gate\u00e9way" not in str(e.value)
 
 
+def test_a_disabled_model_is_refused_by_name_and_as_the_fallback(tmp_path):
+    # It was left out of /v1/models and of routing, but a request naming it was forwarded to it.
+    import asyncio
+
+    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+    from gateway.errors import GatewayError
+
+    path = tmp_path / "pool.toml"
+    path.write_text(pool_toml(Pool((PoolModel("a", 1.0, 2.0, 100.0, False, base_url="http://127.0.0.1:1/v1"),
+                                    PoolModel("b", 1.0, 2.0, 100.0, True, base_url="http://127.0.0.1:1/v1")))),
+                    encoding="utf-8")
+    gateway = Gateway(GatewayConfig(pool_path=path), environ={})
+    assert gateway.callable_models == ["b"]
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(GatewayError, match="pool model 'a' is disabled in the pool file"):
+        asyncio.run(gateway._decide(body))
+    with pytest.raises(ValueError, match="fallback model 'a' has no upstream in the pool file, or is disabled"):
+        Gateway(GatewayConfig(pool_path=path, fallback_model="a"), environ={})
+
+
 def test_a_model_name_goes_into_its_header_as_latin_1_text():
     # x-routoo-model held the name as it is: a name outside Latin-1 made every answer of its model a 500.
     from urllib.parse import unquote
