@@ -52,14 +52,19 @@ class SelectorServer:
         self._metrics_http = None
 
     async def start(self) -> None:
+        # /metrics first: a port in use is then a start-up error naming it, with no gRPC server left running.
+        if self._config.metrics_port is not None:
+            try:
+                self._metrics_http, _ = self.metrics.serve_http(self._config.host, self._config.metrics_port)
+            except OSError as e:
+                raise StartupError(f"cannot serve /metrics on {self._config.host}:{self._config.metrics_port}: "
+                                   f"{e.strerror or e}") from e
+            self.metrics_port = self._metrics_http.server_port
         await self.grpc_server.start()
         # create_server has just read the predictor's config, so both start SERVING; the watcher follows.
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.create_task(self._watch_predictor())
-        if self._config.metrics_port is not None:
-            self._metrics_http, _ = self.metrics.serve_http(self._config.host, self._config.metrics_port)
-            self.metrics_port = self._metrics_http.server_port
 
     async def _watch_predictor(self) -> None:
         """The Selector service reports SERVING while the predictor is ready (or a fallback is configured)."""

@@ -47,6 +47,20 @@ def test_pool_file_that_does_not_match_the_predictor_refuses_to_start(triton_ser
         asyncio.run(create_server("127.0.0.1:0", config=config))
 
 
+def test_a_metrics_port_in_use_is_a_start_up_error_naming_it(triton_server):
+    # It raised OSError after the gRPC server had started: a traceback, then "Event loop is closed".
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "selector.server", "--predictor-url", triton_server.grpc_url,
+                               "--selector-port", "0", "--metrics-port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot serve /metrics on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_price_in_the_pool_file_scales_that_models_expected_cost(selector, triton_server, tmp_path):
     # Llama-2-7b-hf was trained at $0.15/$0.15 per Mtok; the pool file says $0.30/$0.45: blended x2.5.
     path = edited_pool(tmp_path, 'name = "Llama-2-7b-hf"\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.15',
