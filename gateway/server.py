@@ -13,6 +13,7 @@ import uvicorn
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from selector.log_limits import AggregatedRecords
 
 log = logging.getLogger("routoo.gateway")
 
@@ -39,6 +40,9 @@ class GatewayServer:
                                    log_level="warning", access_log=False, lifespan="on",
                                    timeout_graceful_shutdown=config.grace_s, server_header=False)
         self._server = (_EmbeddedUvicorn if embedded else uvicorn.Server)(uv_config)
+        # After uvicorn.Config, which configures its loggers: uvicorn.error's warnings through the gateway's
+        # own bounded log (a line per kind per 10 s) while this server runs.
+        self._bounded_uvicorn = AggregatedRecords(self.gateway.log)
         self._task: asyncio.Task | None = None
         self.port: int | None = None
 
@@ -55,6 +59,7 @@ class GatewayServer:
         except OSError as e:
             sock.close()
             raise OSError(f"the gateway cannot bind {self.config.host}:{self.config.port}: {e.strerror}") from e
+        logging.getLogger("uvicorn.error").addFilter(self._bounded_uvicorn)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
@@ -69,6 +74,7 @@ class GatewayServer:
             return
         self._server.should_exit = True
         await asyncio.gather(self._task, return_exceptions=True)
+        logging.getLogger("uvicorn.error").removeFilter(self._bounded_uvicorn)
 
     async def wait(self) -> None:
         await self._task
@@ -81,7 +87,6 @@ async def serve(config: GatewayConfig) -> None:
     print(f"gateway ready at http://{config.host}:{port}/v1 (selector {config.selector_address}, "
           f"{len(server.gateway.upstreams)} upstreams); Ctrl-C stops it", flush=True)
     await server.wait()
-
 
 
 async def serve_beside_selector(serve_selector, gateway: GatewayServer) -> None:

@@ -53,3 +53,20 @@ class AggregatedLog:
             self._last[key] = now
             self._log.log(level, f"{msg} (and {count - 1} more like it in the last {self._interval_s:g} s)"
                           if count > 1 else msg, *args)
+
+
+class AggregatedRecords(logging.Filter):
+    """Put on a library's logger that writes a line per bad connection (uvicorn's "Invalid HTTP request
+    received.", "Unsupported upgrade request."; a line or two each, whatever the rate): its records at
+    `level` and above go out through `log` instead, one line per message per interval with a count."""
+
+    def __init__(self, log: AggregatedLog, level: int = logging.WARNING):
+        super().__init__()
+        self._log, self._level = log, level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self._level:
+            return True
+        self._log.log(record.levelno, ("records", record.name, str(record.msg)), "%s: %s", record.name,
+                      record.getMessage(), exc_info=record.exc_info)
+        return False

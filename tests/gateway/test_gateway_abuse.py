@@ -2,6 +2,7 @@
 OpenAI-style error or a good answer, never a text/plain 500, a leaked upstream connection or one log line per
 request. Found by a review that reproduced each against the real gateway; the stack is conftest.py's."""
 
+import contextlib
 import json
 import logging
 import socket
@@ -99,6 +100,32 @@ def test_failures_log_a_line_per_kind_not_per_request(fresh, caplog):
 
 
 # --- from upstreams ----------------------------------------------------------------------------------------
+
+def test_bad_connections_log_a_line_per_kind_not_per_connection(fresh, caplog):
+    # uvicorn wrote "Invalid HTTP request received." for each, and two lines per WebSocket upgrade.
+    passed = []
+    handler = logging.Handler()
+    handler.emit = passed.append                   # what still goes out on uvicorn's own logger
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="routoo.gateway"):
+            for raw in [b"GARBAGE\r\n\r\n"] * 30 + [b"GET /v1/models HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"] * 30:
+                with socket.create_connection(("127.0.0.1", fresh.gateway.port), timeout=10) as conn:
+                    conn.sendall(raw)
+                    conn.settimeout(10)
+                    with contextlib.suppress(OSError):
+                        conn.recv(65536)
+            assert httpx.get(fresh.url + "/v1/models", headers=AUTH, timeout=30).status_code == 200
+    finally:
+        uvicorn_log.removeHandler(handler)
+    assert not [r for r in passed if r.levelno >= logging.WARNING], [r.getMessage() for r in passed][:5]
+    lines = [r.getMessage() for r in caplog.records if r.name == "routoo.gateway" and "uvicorn.error" in r.getMessage()]
+    assert any("Invalid HTTP request received." in line for line in lines), lines
+    assert 1 <= len(lines) <= 6, lines             # a line per kind, not 90
+
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_odd_but_well_formed_answers_reach_the_client(fresh, stream):
