@@ -241,8 +241,10 @@ def test_a_failed_restart_is_logged_bounded():
     assert max(map(len, lines)) == 300
 
 
-@pytest.mark.timeout(240)
-def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
+def _serve_through_a_kill(tmp_path: Path, victim) -> tuple[dict, str, str]:
+    """`routoo serve` under 16 Route clients; `victim(tritonserver pid, stub pids)` is SIGKILLed, then serve is
+    stopped with SIGTERM. Every Route after the kill must succeed or be UNAVAILABLE, serve must have one new
+    tritonserver and exit 0. Returns the outcome, serve's log and its shared-memory prefix."""
     log_path = tmp_path / "serve.log"
     serve, ports = _start_serve(log_path)
     shm_prefix = f"routoo_{serve.pid}_"
@@ -251,7 +253,8 @@ def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
         assert len(tritons) == 1
         old_stubs = _stubs_of(shm_prefix)
         assert len(old_stubs) == 2                        # one stub per model
-        outcome = asyncio.run(_route_through_a_kill(f"127.0.0.1:{ports['selector']}", tritons[0], old_stubs))
+        outcome = asyncio.run(_route_through_a_kill(f"127.0.0.1:{ports['selector']}", victim(tritons[0], old_stubs),
+                                                    old_stubs))
         assert outcome["ok_after"] >= 16, outcome         # Routes succeed again, without a hand
         assert set(outcome["failed"]) <= {"UNAVAILABLE"}, outcome
         new_tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
@@ -263,8 +266,14 @@ def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
         rc = serve.wait(60)
     text = log_path.read_text()
     assert rc == 0, text
-    assert text.count("tritonserver exited (killed by SIGKILL)") == 1
     assert text.count("tritonserver is back") == 1
+    return outcome, text, shm_prefix
+
+
+@pytest.mark.timeout(240)
+def test_serve_brings_a_killed_triton_back_and_leaves_nothing_behind(tmp_path):
+    _, text, shm_prefix = _serve_through_a_kill(tmp_path, lambda triton, stubs: triton)
+    assert text.count("tritonserver exited (killed by SIGKILL)") == 1
     # Thousands of failed Routes during the outage; the log holds a bounded handful of lines about them.
     failed_lines = [line for line in text.splitlines() if "routoo.selector" in line and "UNAVAILABLE" in line]
     assert len(failed_lines) <= 10, failed_lines[:20]
@@ -314,27 +323,13 @@ async def _route_through_a_kill(address: str, victim_pid: int, stubs: list[int])
 def test_serve_restarts_triton_when_the_predictor_stub_dies(tmp_path):
     # Without a hand, this Triton would answer INTERNAL "Stub process ... is not healthy." for ever
     # (predictor_service/backend_stubs.py); the selector answers UNAVAILABLE meanwhile.
-    log_path = tmp_path / "serve.log"
-    serve, ports = _start_serve(log_path)
-    shm_prefix = f"routoo_{serve.pid}_"
-    try:
-        tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
-        stubs = [pid for pid in _stubs_of(shm_prefix)
-                 if b"/routoo_predictor/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert len(tritons) == 1 and len(stubs) == 1
-        outcome = asyncio.run(_route_through_a_kill(f"127.0.0.1:{ports['selector']}", stubs[0], stubs))
-        assert outcome["ok_after"] >= 16, outcome
-        assert set(outcome["failed"]) <= {"UNAVAILABLE"}, outcome
-        new_tritons = [pid for pid, comm in _children_of(serve.pid) if comm == "tritonserver"]
-        assert len(new_tritons) == 1 and new_tritons != tritons
-    finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-        rc = serve.wait(60)
-    text = log_path.read_text()
-    assert rc == 0, text
+    def predictor_stub(triton, stubs):
+        found = [pid for pid in stubs if b"/routoo_predictor/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(found) == 1
+        return found[0]
+
+    _, text, _ = _serve_through_a_kill(tmp_path, predictor_stub)
     assert text.count("tritonserver exited (running but unable to serve)") == 1, text
-    assert text.count("tritonserver is back") == 1
 
 
 @pytest.mark.timeout(180)
