@@ -80,11 +80,12 @@ class Gateway:
                 named = repr(config.api_key_env) if is_env_name(config.api_key_env) else \
                     f"(a {len(config.api_key_env)}-character value that is not a variable name)"
                 raise ValueError(f"--api-key-env {named}: that environment variable is not set")
-            if header_key(key) is None:
+            key = header_key(key)
+            if key is None:
                 raise ValueError(f"--api-key-env {config.api_key_env!r}: its value holds a character an HTTP "
                                  f"header cannot carry (a control character, or one that is not ASCII) besides "
                                  f"the whitespace at its ends, so no client could send it")
-            self.client_key = header_key(key).encode("utf-8")
+            self.client_key = key.encode("utf-8")
         enabled = {m.name for m in self.pool.models if m.enabled}
         self.callable_models = [n for n in self.pool.names if n in self.upstreams and n in enabled]
         if config.fallback_model is not None and config.fallback_model not in self.callable_models:

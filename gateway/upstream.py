@@ -77,11 +77,12 @@ def load_upstreams(pool: Pool, environ=os.environ) -> dict[str, Upstream]:
             if not key:
                 raise UpstreamConfigError(f"pool model {m.name!r}: its api_key_env {m.api_key_env!r} is not set in "
                                           f"the environment (export it before starting the gateway)")
-            if header_key(key) is None:     # the variable is named, never its value
+            key = header_key(key)
+            if key is None:                 # the variable is named, never its value
                 raise UpstreamConfigError(f"pool model {m.name!r}: the value of {m.api_key_env!r} holds a "
                                           f"character an HTTP header cannot carry (a control character, or "
                                           f"one that is not ASCII) besides the whitespace at its ends")
-            headers["authorization"] = f"Bearer {header_key(key)}"
+            headers["authorization"] = f"Bearer {key}"
         upstreams[m.name] = Upstream(m.name, m.base_url.rstrip("/") + "/chat/completions",
                                      m.upstream_model or m.name, m.input_usd_per_mtok, m.output_usd_per_mtok,
                                      headers)
