@@ -90,7 +90,7 @@ class TritonScores:
             ("grpc.max_reconnect_backoff_ms", reconnect_backoff_max_ms),
         ])
         self._max_batch_size = 0     # from the model config, read by served_pool()
-        self._model_down = False     # the last call was answered ModelDown
+        self._model_down = False     # a call was answered ModelDown, and none has succeeded since
         # The client's own channel (tritonclient is pinned), so one connection and its reconnect settings
         # serve every call.
         self._model_infer = GRPCInferenceServiceStub(self._client._channel).ModelInfer
